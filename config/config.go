@@ -1,0 +1,337 @@
+// Package config loads sluice's configuration: a YAML file with SLUICE_*
+// environment overrides, read through viper, checked strictly (unknown keys
+// are errors), with every unit converted once into base units: [Rate] in
+// bytes per second, [Size] in bytes, durations as [time.Duration].
+//
+// Typical usage:
+//
+//	cfg, err := config.Load("/etc/sluice/sluice.yaml")
+//	if err != nil {
+//		// err names every bad key and the form it wants, e.g.
+//		// listeners[0].timeouts.idle: want a duration like "5m" or "30s", got "soon"
+//	}
+//	for _, l := range cfg.Listeners { ... }
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"net"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spf13/viper"
+)
+
+// Config is a whole, validated sluice configuration with defaults filled in.
+type Config struct {
+	Log       Log
+	Listeners []Listener
+	Shutdown  Shutdown
+}
+
+// Log configures the process logger.
+type Log struct {
+	// Level is one of "debug", "info", "warn", "error". Default "info".
+	Level string
+	// Format is "text" (logfmt-like) or "json". Default "text".
+	Format string
+}
+
+// Listener is one listening socket and where its connections go.
+type Listener struct {
+	// Name labels the listener in logs and metrics. Default: the listen
+	// address. Names are unique within a config.
+	Name string
+	// Listen is the local address, "host:port"; an empty host means all
+	// addresses and port 0 picks a free port.
+	Listen string
+	// Upstream is the address connections are forwarded to, "host:port".
+	Upstream string
+	// Timeouts bound dialing and idleness.
+	Timeouts Timeouts
+}
+
+// Timeouts are a listener's connection time limits.
+type Timeouts struct {
+	// Connect bounds the dial to the upstream. Default 5s; must be > 0.
+	Connect time.Duration
+	// Idle closes a connection after this long with no byte moved in either
+	// direction. Default 5m; 0 disables the idle timeout.
+	Idle time.Duration
+}
+
+// Shutdown configures the graceful stop on SIGTERM/SIGINT.
+type Shutdown struct {
+	// Drain is how long live connections may run on after sluice stops
+	// accepting; what is still open then is closed. Default 30s; 0 closes
+	// at once.
+	Drain time.Duration
+}
+
+// Defaults.
+const (
+	DefaultConnectTimeout = 5 * time.Second
+	DefaultIdleTimeout    = 5 * time.Minute
+	DefaultDrain          = 30 * time.Second
+)
+
+// EnvPrefix prefixes environment overrides: SLUICE_LOG_LEVEL=debug overrides
+// log.level. Dots and dashes in key paths become underscores.
+const EnvPrefix = "SLUICE"
+
+// Load reads the YAML file at path, applies SLUICE_* environment overrides,
+// fills in defaults and validates the result. The error names every bad key
+// with the form it wants; unknown keys are errors.
+func Load(path string) (*Config, error) {
+	v := newViper()
+	v.SetConfigFile(path)
+	if err := v.ReadInConfig(); err != nil {
+		return nil, fmt.Errorf("read config %q: %w", path, err)
+	}
+	return decode(v.AllSettings())
+}
+
+// Parse is [Load] for YAML text already in memory.
+func Parse(yamlText []byte) (*Config, error) {
+	v := newViper()
+	if err := v.ReadConfig(bytes.NewReader(yamlText)); err != nil {
+		return nil, fmt.Errorf("read config: %w", err)
+	}
+	return decode(v.AllSettings())
+}
+
+func newViper() *viper.Viper {
+	v := viper.New()
+	v.SetConfigType("yaml")
+	v.SetEnvPrefix(EnvPrefix)
+	v.SetEnvKeyReplacer(strings.NewReplacer(".", "_", "-", "_"))
+	v.AutomaticEnv()
+	// Keys with defaults are overridable from the environment even when
+	// the file does not mention them.
+	v.SetDefault("log.level", "info")
+	v.SetDefault("log.format", "text")
+	v.SetDefault("shutdown.drain", DefaultDrain.String())
+	return v
+}
+
+// decoder walks the generic settings tree, collecting every error.
+type decoder struct {
+	errs []error
+}
+
+func (d *decoder) failf(path, format string, args ...any) {
+	d.errs = append(d.errs, fmt.Errorf("%s: "+format, append([]any{path}, args...)...))
+}
+
+func decode(settings map[string]any) (*Config, error) {
+	d := &decoder{}
+	c := &Config{}
+	top := d.object("", settings, "log", "listeners", "shutdown")
+
+	lg := d.object("log", top["log"], "level", "format")
+	c.Log.Level = d.oneOf("log.level", lg["level"], "info", "debug", "info", "warn", "error")
+	c.Log.Format = d.oneOf("log.format", lg["format"], "text", "text", "json")
+
+	sd := d.object("shutdown", top["shutdown"], "drain")
+	c.Shutdown.Drain = d.duration("shutdown.drain", sd["drain"], DefaultDrain, false)
+
+	c.Listeners = d.listeners(top["listeners"])
+	if len(d.errs) > 0 {
+		return nil, errors.Join(d.errs...)
+	}
+	return c, nil
+}
+
+func (d *decoder) listeners(v any) []Listener {
+	list, ok := v.([]any)
+	if v == nil || (ok && len(list) == 0) {
+		d.failf("listeners", "want at least one listener, like [{name: web, listen: \"0.0.0.0:8080\", upstream: \"10.0.0.1:80\"}]")
+		return nil
+	}
+	if !ok {
+		d.failf("listeners", "want a list of listeners, got %s", describe(v))
+		return nil
+	}
+	out := make([]Listener, 0, len(list))
+	names := map[string]string{}
+	addrs := map[string]string{}
+	for i, item := range list {
+		path := "listeners[" + strconv.Itoa(i) + "]"
+		m := d.object(path, item, "name", "listen", "upstream", "timeouts")
+		if m == nil {
+			continue
+		}
+		l := Listener{
+			Listen:   d.hostPort(path+".listen", m["listen"], true),
+			Upstream: d.hostPort(path+".upstream", m["upstream"], false),
+		}
+		l.Name = d.str(path+".name", m["name"], l.Listen)
+		to := d.object(path+".timeouts", m["timeouts"], "connect", "idle")
+		l.Timeouts.Connect = d.duration(path+".timeouts.connect", to["connect"], DefaultConnectTimeout, true)
+		l.Timeouts.Idle = d.duration(path+".timeouts.idle", to["idle"], DefaultIdleTimeout, false)
+
+		if prev, dup := names[l.Name]; dup && l.Name != "" {
+			d.failf(path+".name", "%q is already the name of %s", l.Name, prev)
+		}
+		names[l.Name] = path
+		if prev, dup := addrs[l.Listen]; dup && l.Listen != "" && !strings.HasSuffix(l.Listen, ":0") {
+			d.failf(path+".listen", "%q is already the address of %s", l.Listen, prev)
+		}
+		addrs[l.Listen] = path
+		out = append(out, l)
+	}
+	return out
+}
+
+// object returns v as a map with lower-cased keys, refusing keys not in
+// allowed. A nil v is an empty object.
+func (d *decoder) object(path string, v any, allowed ...string) map[string]any {
+	if v == nil {
+		return map[string]any{}
+	}
+	m, ok := v.(map[string]any)
+	if !ok {
+		if mm, ok2 := v.(map[any]any); ok2 {
+			m = make(map[string]any, len(mm))
+			for k, val := range mm {
+				m[fmt.Sprint(k)] = val
+			}
+		} else {
+			d.failf(orTop(path), "want a mapping of keys (%s), got %s", strings.Join(allowed, ", "), describe(v))
+			return nil
+		}
+	}
+	out := make(map[string]any, len(m))
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		lk := strings.ToLower(k)
+		if !slices.Contains(allowed, lk) {
+			d.failf(join(path, k), "unknown key (known keys here: %s)", strings.Join(allowed, ", "))
+			continue
+		}
+		out[lk] = m[k]
+	}
+	return out
+}
+
+func (d *decoder) str(path string, v any, def string) string {
+	switch x := v.(type) {
+	case nil:
+		return def
+	case string:
+		return x
+	default:
+		d.failf(path, "want a string, got %s", describe(v))
+		return def
+	}
+}
+
+func (d *decoder) oneOf(path string, v any, def string, allowed ...string) string {
+	s := strings.ToLower(d.str(path, v, def))
+	if !slices.Contains(allowed, s) {
+		d.failf(path, "want one of %s, got %q", strings.Join(allowed, ", "), s)
+		return def
+	}
+	return s
+}
+
+// duration parses a Go duration ("5s", "1m30s"). Zero is allowed unless
+// positive is set.
+func (d *decoder) duration(path string, v any, def time.Duration, positive bool) time.Duration {
+	const form = `want a duration like "5m" or "30s"`
+	switch x := v.(type) {
+	case nil:
+		return def
+	case string:
+		dur, err := time.ParseDuration(strings.TrimSpace(x))
+		switch {
+		case err != nil:
+			d.failf(path, "%s, got %q", form, x)
+		case dur < 0:
+			d.failf(path, "%s, got a negative %q", form, x)
+		case positive && dur == 0:
+			d.failf(path, "%s greater than zero, got %q", form, x)
+		default:
+			return dur
+		}
+	case int, int64, float64:
+		if fmt.Sprint(x) == "0" && !positive {
+			return 0
+		}
+		d.failf(path, "%s (with a unit), got %v", form, x)
+	default:
+		d.failf(path, "%s, got %s", form, describe(v))
+	}
+	return def
+}
+
+// hostPort checks a "host:port" address. For a listen address the host may
+// be empty and the port 0; an upstream needs both.
+func (d *decoder) hostPort(path string, v any, listen bool) string {
+	form := `want "host:port", like "10.0.0.1:80"`
+	if listen {
+		form = `want "host:port", like "0.0.0.0:8080" or "127.0.0.1:8080"`
+	}
+	s, ok := v.(string)
+	if v == nil {
+		d.failf(path, "required: %s", form)
+		return ""
+	}
+	if !ok {
+		d.failf(path, "%s, got %s", form, describe(v))
+		return ""
+	}
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		d.failf(path, "%s, got %q", form, s)
+		return ""
+	}
+	p, err := strconv.ParseUint(port, 10, 16)
+	if err != nil || (!listen && p == 0) {
+		d.failf(path, "%s with a port from 1 to 65535, got %q", form, s)
+		return ""
+	}
+	if !listen && host == "" {
+		d.failf(path, "%s with a host, got %q", form, s)
+		return ""
+	}
+	return s
+}
+
+func describe(v any) string {
+	switch x := v.(type) {
+	case string:
+		return strconv.Quote(x)
+	case []any:
+		return "a list"
+	case map[string]any, map[any]any:
+		return "a mapping"
+	case bool:
+		return fmt.Sprintf("%v", x)
+	default:
+		return fmt.Sprintf("%v", x)
+	}
+}
+
+func join(path, key string) string {
+	if path == "" {
+		return key
+	}
+	return path + "." + key
+}
+
+func orTop(path string) string {
+	if path == "" {
+		return "(top level)"
+	}
+	return path
+}

@@ -1,0 +1,144 @@
+package proxy
+
+import (
+	"errors"
+	"io"
+	"net"
+	"sync/atomic"
+	"syscall"
+)
+
+// maxMove caps one unshaped move. Each move is bounded by what the kernel
+// already holds for us (see waitReadable), so this only bounds how long one
+// splice call may hold a pipe on a very fast stream.
+const maxMove = 4 << 20
+
+// genericBufSize is the copy buffer of the user-space path, used only when an
+// end is not a *net.TCPConn.
+const genericBufSize = 32 << 10
+
+// pump moves the bytes of one direction of a conn, src → dst.
+//
+// On the splice path (both ends *net.TCPConn) it first waits until src has
+// bytes queued, without holding anything but the goroutine (no pipe, no
+// buffer), then splices exactly the queued bytes. Go's splice would otherwise
+// park in the kernel holding a pipe (two descriptors) for as long as src is
+// idle.
+type pump struct {
+	c        *conn
+	dir      Dir
+	src, dst net.Conn
+	bytes    atomic.Int64
+
+	// The splice path; srcRaw is nil on the user-space path.
+	srcRaw syscall.RawConn
+	dstTCP *net.TCPConn
+	lr     io.LimitedReader // reused: R is src, N is set per move
+	ready  func(fd uintptr) bool
+	avail  int   // set by ready: bytes queued on src
+	rerr   error // set by ready: io.EOF or the socket's error
+	inq    int32 // ioctl result, a field so the syscall needs no allocation
+	peek   [1]byte
+}
+
+func (p *pump) init(c *conn, dir Dir, src, dst net.Conn) {
+	p.c, p.dir, p.src, p.dst = c, dir, src, dst
+	st, ok1 := src.(*net.TCPConn)
+	dt, ok2 := dst.(*net.TCPConn)
+	if !ok1 || !ok2 || !spliceSupported {
+		return
+	}
+	raw, err := st.SyscallConn()
+	if err != nil {
+		return
+	}
+	p.srcRaw, p.dstTCP = raw, dt
+	p.lr.R = st
+	p.ready = p.readable
+}
+
+// pump is run as its own goroutine for the upstream direction, so stack
+// dumps name it; it reports the direction's end on errc.
+func (p *pump) pump(errc chan<- error) {
+	errc <- p.run()
+}
+
+// run moves bytes until src ends or fails. On a clean end it forwards the
+// half-close to dst, after every byte is written, and returns nil. On
+// failure it cancels the conn, so the other direction stops too, and returns
+// the error.
+func (p *pump) run() error {
+	var err error
+	if p.srcRaw != nil {
+		err = p.copySplice()
+	} else {
+		err = p.copyBuffer()
+	}
+	if err == nil {
+		err = closeWrite(p.dst)
+	}
+	if err != nil {
+		p.c.cancel(err)
+	}
+	return err
+}
+
+// copySplice is the splice path. It returns nil when src ends cleanly.
+func (p *pump) copySplice() error {
+	for {
+		avail, err := p.waitReadable()
+		if err != nil {
+			if err == io.EOF {
+				return nil
+			}
+			return err
+		}
+		want := min(avail, maxMove)
+		p.lr.N = int64(want)
+		n, err := p.dstTCP.ReadFrom(&p.lr) // splice(2) for TCP → TCP
+		if n > 0 {
+			p.moved(n)
+		}
+		if err != nil {
+			return err
+		}
+		// n < want with no error means src ended inside the move; the next
+		// waitReadable sees the EOF.
+	}
+}
+
+// waitReadable blocks until src has bytes queued and returns how many, or
+// returns io.EOF once src has ended, or the socket's error. The wait holds
+// no pipe and no buffer; it honours src's read deadline.
+func (p *pump) waitReadable() (int, error) {
+	p.avail, p.rerr = 0, nil
+	if err := p.srcRaw.Read(p.ready); err != nil {
+		return 0, err
+	}
+	return p.avail, p.rerr
+}
+
+// copyBuffer is the user-space path for ends that are not TCP sockets.
+func (p *pump) copyBuffer() error {
+	buf := make([]byte, genericBufSize)
+	for {
+		n, err := p.src.Read(buf)
+		if n > 0 {
+			if _, werr := p.dst.Write(buf[:n]); werr != nil {
+				return werr
+			}
+			p.moved(int64(n))
+		}
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return err
+		}
+	}
+}
+
+func (p *pump) moved(n int64) {
+	p.bytes.Add(n)
+	p.c.touch()
+}
