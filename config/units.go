@@ -62,10 +62,10 @@ func ParseRate(s string) (Rate, error) {
 		return 0, nil
 	}
 	num, unit := splitNumber(t)
+	if num == "" {
+		return 0, fmt.Errorf("%w: no number in %q", ErrBadValue, s)
+	}
 	if unit == "" {
-		if num == "" {
-			return 0, fmt.Errorf("%w: %q", ErrBadValue, s)
-		}
 		return 0, fmt.Errorf("%w in %q (bits or bytes?)", ErrNoUnit, s)
 	}
 	mul, ok := rateUnits[unit]

@@ -140,17 +140,20 @@ func (c *conn) dialUpstream() (net.Conn, error) {
 	return c.srv.dial(ctx, "tcp", c.l.cfg.Upstream)
 }
 
-// result names how the connection ended, and the error worth logging.
+// result names how the connection ended, and the error worth logging. The
+// conn's context cause is the first failure: whatever the other pump saw
+// after it is only the consequence of the cancel.
 func (c *conn) result(errUp, errDown error) (string, error) {
-	switch cause := context.Cause(c.ctx); {
+	cause := context.Cause(c.ctx)
+	switch {
 	case errors.Is(cause, errIdleTimeout):
 		return resultIdle, nil
 	case errors.Is(cause, errShutdown):
 		return resultShutdown, nil
 	}
-	err := errUp
-	if err == nil {
-		err = errDown
+	err := errors.Join(errUp, errDown)
+	if cause != nil && !errors.Is(cause, context.Canceled) {
+		err = cause
 	}
 	switch {
 	case err == nil:

@@ -78,6 +78,7 @@ func (p *pump) run() error {
 		err = closeWrite(p.dst)
 	}
 	if err != nil {
+		err = &DirError{Dir: p.dir, Err: err}
 		p.c.cancel(err)
 	}
 	return err
@@ -137,6 +138,15 @@ func (p *pump) copyBuffer() error {
 		}
 	}
 }
+
+// DirError is an I/O error of one direction of a connection.
+type DirError struct {
+	Dir Dir
+	Err error
+}
+
+func (e *DirError) Error() string { return e.Dir.String() + ": " + e.Err.Error() }
+func (e *DirError) Unwrap() error { return e.Err }
 
 func (p *pump) moved(n int64) {
 	p.bytes.Add(n)
