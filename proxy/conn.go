@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -59,69 +60,102 @@ var aLongTimeAgo = time.Unix(1, 0)
 // monoEpoch anchors lastActive: durations since it use the monotonic clock.
 var monoEpoch = time.Now()
 
-// conn is one proxied connection. Its two pumps share ctx: cancelling it
-// (with a cause) unblocks every read, write and wait of both.
+// conn is one proxied connection.
+//
+// It has no context of its own (a context, its children map and an
+// AfterFunc cost about 800 bytes per idle connection): abort records the
+// first cause and puts both sockets' deadlines in the past, which unblocks
+// every read, write and readiness wait of both pumps.
 type conn struct {
 	srv    *Server
 	l      *listener
 	id     uint64
 	client *net.TCPConn
-	up     net.Conn
 	start  time.Time
 
-	ctx    context.Context
-	cancel context.CancelCauseFunc
+	mu    sync.Mutex
+	up    net.Conn // set once dialed; guarded by mu until the pumps start
+	cause error    // first reason the conn was aborted; guarded by mu
 
 	// lastActive is when a byte last moved either way, in nanoseconds
 	// since monoEpoch.
 	lastActive atomic.Int64
 	idleTimer  *time.Timer
+	running    atomic.Int32 // pumps still running
 
 	pumps [2]pump
 }
 
-// serve dials the upstream, runs both pumps, closes both sockets and logs
-// the connection's one summary line. It owns c.client and c.up.
-func (c *conn) serve() {
-	defer c.srv.forget(c)
-	defer c.cancel(nil)
+// abort ends the conn for cause: the first cause wins and is what the
+// conn's log line reports. It is safe to call from any goroutine, any number
+// of times.
+func (c *conn) abort(cause error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.cause != nil {
+		return
+	}
+	c.cause = cause
+	c.client.SetDeadline(aLongTimeAgo)
+	if c.up != nil {
+		c.up.SetDeadline(aLongTimeAgo)
+	}
+}
 
+func (c *conn) abortCause() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.cause
+}
+
+// serve dials the upstream and starts both pumps; the last pump to end
+// calls finish. serve's own goroutine ends once the pumps run, so an idle
+// connection costs two small goroutine stacks, not also the dialer's deep
+// one. The conn owns c.client and c.up.
+func (c *conn) serve() {
 	up, err := c.dialUpstream()
+	if err == nil {
+		c.mu.Lock()
+		c.up = up
+		if c.cause != nil { // aborted while dialing
+			err = c.cause
+		}
+		c.mu.Unlock()
+	}
 	if err != nil {
 		// Refused, unreachable or timed out: tell the client at once with
 		// a reset rather than leaving it connected to nothing.
 		c.client.SetLinger(0)
 		c.client.Close()
+		if up != nil {
+			up.Close()
+		}
 		result := resultUpstreamError
-		if errors.Is(context.Cause(c.ctx), errShutdown) {
-			result = resultShutdown
+		if errors.Is(err, errShutdown) || errors.Is(context.Cause(c.srv.ctx), errShutdown) {
+			result, err = resultShutdown, nil
 		}
 		c.logDone(result, err)
+		c.srv.forget(c)
 		return
 	}
-	c.up = up
-
-	stop := context.AfterFunc(c.ctx, func() {
-		c.client.SetDeadline(aLongTimeAgo)
-		c.up.SetDeadline(aLongTimeAgo)
-	})
 	c.touch()
 	if idle := c.l.cfg.IdleTimeout; idle > 0 {
 		c.idleTimer = time.AfterFunc(idle, c.checkIdle)
 	}
+	c.pumps[Up].init(c, Up, c.client, up)
+	c.pumps[Down].init(c, Down, up, c.client)
+	c.running.Store(2)
+	go c.pumps[Up].pump()
+	go c.pumps[Down].pump()
+}
 
-	c.pumps[Up].init(c, Up, c.client, c.up)
-	c.pumps[Down].init(c, Down, c.up, c.client)
-	errc := make(chan error, 1)
-	go c.pumps[Up].pump(errc)
-	errDown := c.pumps[Down].run()
-	errUp := <-errc
-
+// finish closes both sockets and logs the connection's summary line. It
+// runs once, on the goroutine of the pump that ended last.
+func (c *conn) finish() {
 	if c.idleTimer != nil {
 		c.idleTimer.Stop()
 	}
-	stop()
-	result, err := c.result(errUp, errDown)
+	result, err := c.result(c.pumps[Up].err, c.pumps[Down].err)
 	if result != resultOK && result != resultIdle && result != resultShutdown {
 		// Forward a reset as a reset: both sides learn the stream broke.
 		c.client.SetLinger(0)
@@ -132,19 +166,20 @@ func (c *conn) serve() {
 	c.client.Close()
 	c.up.Close()
 	c.logDone(result, err)
+	c.srv.forget(c)
 }
 
 func (c *conn) dialUpstream() (net.Conn, error) {
-	ctx, cancel := context.WithTimeout(c.ctx, c.l.cfg.ConnectTimeout)
+	ctx, cancel := context.WithTimeout(c.srv.ctx, c.l.cfg.ConnectTimeout)
 	defer cancel()
 	return c.srv.dial(ctx, "tcp", c.l.cfg.Upstream)
 }
 
 // result names how the connection ended, and the error worth logging. The
-// conn's context cause is the first failure: whatever the other pump saw
-// after it is only the consequence of the cancel.
+// abort cause is the first failure: whatever the other pump saw after it is
+// only the consequence of the abort.
 func (c *conn) result(errUp, errDown error) (string, error) {
-	cause := context.Cause(c.ctx)
+	cause := c.abortCause()
 	switch {
 	case errors.Is(cause, errIdleTimeout):
 		return resultIdle, nil
@@ -152,7 +187,7 @@ func (c *conn) result(errUp, errDown error) (string, error) {
 		return resultShutdown, nil
 	}
 	err := errors.Join(errUp, errDown)
-	if cause != nil && !errors.Is(cause, context.Canceled) {
+	if cause != nil {
 		err = cause
 	}
 	switch {
@@ -177,7 +212,7 @@ func (c *conn) checkIdle() {
 	idle := c.l.cfg.IdleTimeout
 	quiet := time.Since(monoEpoch) - time.Duration(c.lastActive.Load())
 	if quiet >= idle {
-		c.cancel(errIdleTimeout)
+		c.abort(errIdleTimeout)
 		return
 	}
 	c.idleTimer.Reset(idle - quiet)

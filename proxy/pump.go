@@ -37,8 +37,10 @@ type pump struct {
 	ready  func(fd uintptr) bool
 	avail  int   // set by ready: bytes queued on src
 	rerr   error // set by ready: io.EOF or the socket's error
-	inq    int32 // ioctl result, a field so the syscall needs no allocation
-	peek   [1]byte
+
+	// err is how the direction ended: nil after a clean half-close. Set
+	// before the pump's exit is counted in conn.running.
+	err error
 }
 
 func (p *pump) init(c *conn, dir Dir, src, dst net.Conn) {
@@ -57,15 +59,18 @@ func (p *pump) init(c *conn, dir Dir, src, dst net.Conn) {
 	p.ready = p.readable
 }
 
-// pump is run as its own goroutine for the upstream direction, so stack
-// dumps name it; it reports the direction's end on errc.
-func (p *pump) pump(errc chan<- error) {
-	errc <- p.run()
+// pump is the goroutine of one direction (stack dumps name it). The last of
+// a conn's two pumps to end closes the conn.
+func (p *pump) pump() {
+	p.err = p.run()
+	if p.c.running.Add(-1) == 0 {
+		p.c.finish()
+	}
 }
 
 // run moves bytes until src ends or fails. On a clean end it forwards the
 // half-close to dst, after every byte is written, and returns nil. On
-// failure it cancels the conn, so the other direction stops too, and returns
+// failure it aborts the conn, so the other direction stops too, and returns
 // the error.
 func (p *pump) run() error {
 	var err error
@@ -79,7 +84,7 @@ func (p *pump) run() error {
 	}
 	if err != nil {
 		err = &DirError{Dir: p.dir, Err: err}
-		p.c.cancel(err)
+		p.c.abort(err)
 	}
 	return err
 }

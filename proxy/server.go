@@ -71,8 +71,8 @@ type Server struct {
 	log  *slog.Logger
 	dial func(ctx context.Context, network, addr string) (net.Conn, error)
 
-	// ctx is the parent of every connection's context; cancelling it with a
-	// cause closes them all.
+	// ctx bounds upstream dials; it is cancelled, with errShutdown as the
+	// cause, when the server closes its connections.
 	ctx    context.Context
 	cancel context.CancelCauseFunc
 
@@ -228,7 +228,6 @@ func (s *Server) newConn(l *listener, c *net.TCPConn) *conn {
 		return nil
 	}
 	cn := &conn{srv: s, l: l, id: s.nextID.Add(1), client: c, start: time.Now()}
-	cn.ctx, cn.cancel = context.WithCancelCause(s.ctx)
 	s.conns[cn] = struct{}{}
 	return cn
 }
@@ -255,7 +254,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		return nil
 	case <-ctx.Done():
 	}
-	s.cancel(errShutdown)
+	s.abortAll()
 	<-done
 	return ctx.Err()
 }
@@ -264,9 +263,23 @@ func (s *Server) Shutdown(ctx context.Context) error {
 // their goroutines to end.
 func (s *Server) Close() error {
 	done := s.stopAccepting()
-	s.cancel(errShutdown)
+	s.abortAll()
 	<-done
 	return nil
+}
+
+// abortAll cancels dials in flight and aborts every live connection.
+func (s *Server) abortAll() {
+	s.cancel(errShutdown)
+	s.mu.Lock()
+	conns := make([]*conn, 0, len(s.conns))
+	for c := range s.conns {
+		conns = append(conns, c)
+	}
+	s.mu.Unlock()
+	for _, c := range conns {
+		c.abort(errShutdown)
+	}
 }
 
 // stopAccepting closes the listeners, waits for the accept loops to end and

@@ -1,0 +1,534 @@
+// Command loadbench measures sluice against direct loopback and against
+// nginx's stream proxy, in one run, on this machine's loopback:
+//
+//   - throughput of 1 and 16 download streams,
+//   - proxy CPU seconds per GB moved,
+//   - round-trip latency of 64-byte ping-pong (p50, p99),
+//   - RSS per idle proxied connection.
+//
+// It starts its own backends, a sluice and an nginx with configs of its own
+// on free loopback ports, stops them by PID when done, and prints the median
+// of -runs runs. See bench/README.md.
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+var (
+	sluiceBin = flag.String("sluice", "./sluice", "sluice binary")
+	nginxBin  = flag.String("nginx", "/usr/sbin/nginx", "nginx binary; empty skips nginx")
+	nginxMod  = flag.String("nginx-stream-module", "/usr/lib/nginx/modules/ngx_stream_module.so", "nginx stream module")
+	runs      = flag.Int("runs", 3, "runs; figures are medians")
+	duration  = flag.Duration("duration", 3*time.Second, "length of each throughput measurement")
+	pings     = flag.Int("pings", 20000, "ping-pong round trips per latency measurement")
+	idleConns = flag.Int("idle", 9000, "idle connections for the RSS measurement; 0 skips it")
+	jsonOut   = flag.String("json", "", "also write the raw results to this file")
+)
+
+// target is a way to reach the backends: directly or through a proxy.
+type target struct {
+	name       string
+	sourceAddr string // download streams
+	echoAddr   string // ping-pong and idle connections
+	pids       func() []int
+}
+
+// result is one run's figures for one target.
+type result struct {
+	Target      string  `json:"target"`
+	Stream1MBps float64 `json:"stream1_MBps"`
+	Stream16MBs float64 `json:"stream16_MBps"`
+	CPUsPerGB1  float64 `json:"cpu_s_per_GB_1"`
+	CPUsPerGB16 float64 `json:"cpu_s_per_GB_16"`
+	P50us       float64 `json:"p50_us"`
+	P99us       float64 `json:"p99_us"`
+	IdleRSSKiB  float64 `json:"idle_rss_KiB_per_conn"`
+	IdleFDs     float64 `json:"idle_fds_per_conn"`
+}
+
+func main() {
+	flag.Parse()
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "loadbench:", err)
+		os.Exit(1)
+	}
+}
+
+func run() error {
+	dir, err := os.MkdirTemp("", "loadbench")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+
+	src, err := listenBackend(serveSource)
+	if err != nil {
+		return err
+	}
+	defer src.Close()
+	echo, err := listenBackend(serveEcho)
+	if err != nil {
+		return err
+	}
+	defer echo.Close()
+
+	targets := []*target{{name: "direct", sourceAddr: src.Addr().String(), echoAddr: echo.Addr().String(), pids: func() []int { return nil }}}
+
+	sl, err := startSluice(dir, src.Addr().String(), echo.Addr().String())
+	if err != nil {
+		return fmt.Errorf("start sluice: %w", err)
+	}
+	defer sl.stop()
+	targets = append(targets, sl.target)
+
+	if *nginxBin != "" {
+		ng, err := startNginx(dir, src.Addr().String(), echo.Addr().String())
+		if err != nil {
+			return fmt.Errorf("start nginx (install nginx and libnginx-mod-stream, or pass -nginx ''): %w", err)
+		}
+		defer ng.stop()
+		targets = append(targets, ng.target)
+	}
+
+	all := map[string][]result{}
+	for r := 1; r <= *runs; r++ {
+		for _, t := range targets {
+			res, err := measure(t)
+			if err != nil {
+				return fmt.Errorf("run %d, %s: %w", r, t.name, err)
+			}
+			fmt.Fprintf(os.Stderr, "run %d %-7s 1x %7.0f MB/s  16x %7.0f MB/s  cpu %.3f/%.3f s/GB  p50 %5.1f us  p99 %5.1f us  idle %.2f KiB %.2f fds/conn\n",
+				r, t.name, res.Stream1MBps, res.Stream16MBs, res.CPUsPerGB1, res.CPUsPerGB16, res.P50us, res.P99us, res.IdleRSSKiB, res.IdleFDs)
+			all[t.name] = append(all[t.name], res)
+		}
+	}
+	if *jsonOut != "" {
+		b, _ := json.MarshalIndent(all, "", "  ")
+		if err := os.WriteFile(*jsonOut, b, 0o644); err != nil {
+			return err
+		}
+	}
+	report(targets, all)
+	return nil
+}
+
+func report(targets []*target, all map[string][]result) {
+	med := map[string]result{}
+	for _, t := range targets {
+		rs := all[t.name]
+		m := func(f func(result) float64) float64 {
+			v := make([]float64, len(rs))
+			for i, r := range rs {
+				v[i] = f(r)
+			}
+			slices.Sort(v)
+			return v[len(v)/2]
+		}
+		med[t.name] = result{
+			Target:      t.name,
+			Stream1MBps: m(func(r result) float64 { return r.Stream1MBps }),
+			Stream16MBs: m(func(r result) float64 { return r.Stream16MBs }),
+			CPUsPerGB1:  m(func(r result) float64 { return r.CPUsPerGB1 }),
+			CPUsPerGB16: m(func(r result) float64 { return r.CPUsPerGB16 }),
+			P50us:       m(func(r result) float64 { return r.P50us }),
+			P99us:       m(func(r result) float64 { return r.P99us }),
+			IdleRSSKiB:  m(func(r result) float64 { return r.IdleRSSKiB }),
+			IdleFDs:     m(func(r result) float64 { return r.IdleFDs }),
+		}
+	}
+	d := med["direct"]
+	fmt.Printf("\nmedian of %d runs (%s per throughput measurement, %d pings, %d idle conns)\n", *runs, *duration, *pings, *idleConns)
+	fmt.Printf("%-7s %10s %6s %10s %6s %9s %9s %8s %8s %8s %8s %9s %8s\n",
+		"target", "1x MB/s", "ratio", "16x MB/s", "ratio", "cpu1 s/GB", "cpu16s/GB", "p50 us", "p99 us", "+p50 us", "+p99 us", "idle KiB", "idle fd")
+	for _, t := range targets {
+		r := med[t.name]
+		fmt.Printf("%-7s %10.0f %6.2f %10.0f %6.2f %9.3f %9.3f %8.1f %8.1f %8.1f %8.1f %9.2f %8.2f\n",
+			r.Target, r.Stream1MBps, r.Stream1MBps/d.Stream1MBps, r.Stream16MBs, r.Stream16MBs/d.Stream16MBs,
+			r.CPUsPerGB1, r.CPUsPerGB16, r.P50us, r.P99us, r.P50us-d.P50us, r.P99us-d.P99us, r.IdleRSSKiB, r.IdleFDs)
+	}
+}
+
+func measure(t *target) (result, error) {
+	res := result{Target: t.name}
+	var err error
+	if res.Stream1MBps, res.CPUsPerGB1, err = throughput(t, 1); err != nil {
+		return res, err
+	}
+	if res.Stream16MBs, res.CPUsPerGB16, err = throughput(t, 16); err != nil {
+		return res, err
+	}
+	if res.P50us, res.P99us, err = latency(t); err != nil {
+		return res, err
+	}
+	if *idleConns > 0 {
+		if res.IdleRSSKiB, res.IdleFDs, err = idle(t, *idleConns); err != nil {
+			return res, err
+		}
+	}
+	return res, nil
+}
+
+// throughput downloads from the source backend over n streams for
+// -duration and returns MB/s (10^6 bytes) and the proxy's CPU s per GB.
+func throughput(t *target, n int) (mbps, cpuPerGB float64, err error) {
+	conns := make([]net.Conn, n)
+	for i := range conns {
+		if conns[i], err = net.Dial("tcp", t.sourceAddr); err != nil {
+			return 0, 0, err
+		}
+	}
+	var total atomic.Int64
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	// Warm up for a quarter of a second, then measure.
+	for _, c := range conns {
+		wg.Add(1)
+		go func(c net.Conn) {
+			defer wg.Done()
+			buf := make([]byte, 256<<10)
+			for {
+				k, err := c.Read(buf)
+				total.Add(int64(k))
+				if err != nil {
+					return
+				}
+				select {
+				case <-stop:
+					return
+				default:
+				}
+			}
+		}(c)
+	}
+	time.Sleep(250 * time.Millisecond)
+	cpu0 := cpuSeconds(t.pids())
+	b0, t0 := total.Load(), time.Now()
+	time.Sleep(*duration)
+	b1, el := total.Load(), time.Since(t0)
+	cpu1 := cpuSeconds(t.pids())
+	close(stop)
+	for _, c := range conns {
+		c.Close()
+	}
+	wg.Wait()
+	moved := float64(b1 - b0)
+	if moved == 0 {
+		return 0, 0, errors.New("no bytes moved")
+	}
+	return moved / el.Seconds() / 1e6, (cpu1 - cpu0) / (moved / 1e9), nil
+}
+
+// latency measures 64-byte ping-pong round trips through t.
+func latency(t *target) (p50, p99 float64, err error) {
+	c, err := net.Dial("tcp", t.echoAddr)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer c.Close()
+	msg, back := make([]byte, 64), make([]byte, 64)
+	rtts := make([]time.Duration, 0, *pings)
+	for i := 0; i < *pings+1000; i++ {
+		start := time.Now()
+		if _, err := c.Write(msg); err != nil {
+			return 0, 0, err
+		}
+		if _, err := io.ReadFull(c, back); err != nil {
+			return 0, 0, err
+		}
+		if i >= 1000 { // warm-up
+			rtts = append(rtts, time.Since(start))
+		}
+	}
+	slices.Sort(rtts)
+	us := func(q float64) float64 { return float64(rtts[int(q*float64(len(rtts)-1))]) / 1e3 }
+	return us(0.50), us(0.99), nil
+}
+
+// idle opens n connections through t, moves one byte each way on each so
+// every pump has run, and returns the proxy's RSS and descriptor growth per
+// connection.
+func idle(t *target, n int) (kibPerConn, fdsPerConn float64, err error) {
+	pids := t.pids()
+	if len(pids) == 0 {
+		return 0, 0, nil
+	}
+	settle()
+	rss0, fd0 := rssKiB(pids), fdCount(pids)
+	conns := make([]net.Conn, 0, n)
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	one := make([]byte, 1)
+	for i := 0; i < n; i++ {
+		c, err := net.Dial("tcp", t.echoAddr)
+		if err != nil {
+			return 0, 0, fmt.Errorf("idle conn %d: %w", i, err)
+		}
+		conns = append(conns, c)
+		if _, err := c.Write(one); err != nil {
+			return 0, 0, err
+		}
+		if _, err := io.ReadFull(c, one); err != nil {
+			return 0, 0, fmt.Errorf("idle conn %d echo: %w", i, err)
+		}
+	}
+	settle()
+	rss1, fd1 := rssKiB(t.pids()), fdCount(t.pids())
+	return float64(rss1-rss0) / float64(n), float64(fd1-fd0) / float64(n), nil
+}
+
+// settle gives the proxies a moment to finish what they were doing (Go's
+// scavenger, nginx's lingering closes) before memory is read.
+func settle() { time.Sleep(1500 * time.Millisecond) }
+
+// --- backends ---------------------------------------------------------------
+
+func listenBackend(serve func(net.Conn)) (net.Listener, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go serve(c)
+		}
+	}()
+	return ln, nil
+}
+
+// serveSource writes an endless stream until the client goes away.
+func serveSource(c net.Conn) {
+	defer c.Close()
+	buf := make([]byte, 256<<10)
+	for {
+		if _, err := c.Write(buf); err != nil {
+			return
+		}
+	}
+}
+
+// serveEcho echoes every byte back.
+func serveEcho(c net.Conn) {
+	defer c.Close()
+	buf := make([]byte, 4096)
+	for {
+		n, err := c.Read(buf)
+		if n > 0 {
+			if _, werr := c.Write(buf[:n]); werr != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// --- proxies ----------------------------------------------------------------
+
+type proxyProc struct {
+	*target
+	cmd *exec.Cmd
+}
+
+func (p *proxyProc) stop() {
+	if p.cmd.Process != nil {
+		p.cmd.Process.Signal(syscall.SIGTERM)
+		done := make(chan struct{})
+		go func() { p.cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			p.cmd.Process.Kill()
+			<-done
+		}
+	}
+}
+
+func freePort() (string, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer ln.Close()
+	return ln.Addr().String(), nil
+}
+
+func startSluice(dir, srcAddr, echoAddr string) (*proxyProc, error) {
+	a, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	b, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	cfg := fmt.Sprintf(`log: {level: warn}
+listeners:
+  - {name: source, listen: "%s", upstream: "%s"}
+  - {name: echo, listen: "%s", upstream: "%s"}
+`, a, srcAddr, b, echoAddr)
+	path := filepath.Join(dir, "sluice.yaml")
+	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(*sluiceBin, "run", "--config", path)
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	p := &proxyProc{cmd: cmd, target: &target{name: "sluice", sourceAddr: a, echoAddr: b,
+		pids: func() []int { return []int{cmd.Process.Pid} }}}
+	if err := waitListening(a, b); err != nil {
+		p.stop()
+		return nil, err
+	}
+	return p, nil
+}
+
+func startNginx(dir, srcAddr, echoAddr string) (*proxyProc, error) {
+	a, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	b, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	conf := fmt.Sprintf(`load_module %s;
+daemon off;
+master_process on;
+worker_processes auto;
+worker_rlimit_nofile 20000;
+pid %s/nginx.pid;
+error_log %s/nginx-error.log warn;
+events { worker_connections 20000; }
+stream {
+  server { listen %s; proxy_pass %s; }
+  server { listen %s; proxy_pass %s; }
+}
+`, *nginxMod, dir, dir, a, srcAddr, b, echoAddr)
+	path := filepath.Join(dir, "nginx.conf")
+	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(*nginxBin, "-c", path, "-p", dir)
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	master := cmd.Process.Pid
+	p := &proxyProc{cmd: cmd, target: &target{name: "nginx", sourceAddr: a, echoAddr: b,
+		pids: func() []int { return append([]int{master}, children(master)...) }}}
+	if err := waitListening(a, b); err != nil {
+		p.stop()
+		return nil, err
+	}
+	return p, nil
+}
+
+func waitListening(addrs ...string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for _, a := range addrs {
+		for {
+			c, err := net.Dial("tcp", a)
+			if err == nil {
+				c.Close()
+				break
+			}
+			select {
+			case <-ctx.Done():
+				return fmt.Errorf("%s not listening after 10s", a)
+			case <-time.After(20 * time.Millisecond):
+			}
+		}
+	}
+	return nil
+}
+
+// --- /proc readers ----------------------------------------------------------
+
+func children(pid int) []int {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
+	if err != nil {
+		return nil
+	}
+	var out []int
+	for _, f := range strings.Fields(string(b)) {
+		if n, err := strconv.Atoi(f); err == nil {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// cpuSeconds sums user and system CPU time of pids.
+func cpuSeconds(pids []int) float64 {
+	const ticks = 100 // USER_HZ
+	var total float64
+	for _, pid := range pids {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			continue
+		}
+		s := string(b)
+		f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+		ut, _ := strconv.ParseFloat(f[11], 64)
+		st, _ := strconv.ParseFloat(f[12], 64)
+		total += (ut + st) / ticks
+	}
+	return total
+}
+
+func rssKiB(pids []int) int64 {
+	var total int64
+	for _, pid := range pids {
+		f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
+		if err != nil {
+			continue
+		}
+		sc := bufio.NewScanner(f)
+		for sc.Scan() {
+			if v, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
+				n, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+				total += n
+			}
+		}
+		f.Close()
+	}
+	return total
+}
+
+func fdCount(pids []int) int {
+	n := 0
+	for _, pid := range pids {
+		ents, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+		n += len(ents)
+	}
+	return n
+}
