@@ -33,7 +33,7 @@ type backend struct {
 	conns chan *net.TCPConn
 }
 
-func newBackend(t *testing.T) *backend {
+func newBackend(t testing.TB) *backend {
 	t.Helper()
 	ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
@@ -62,7 +62,7 @@ func newBackend(t *testing.T) *backend {
 func (b *backend) addr() string { return b.ln.Addr().String() }
 
 // accept returns the next connection the backend accepted.
-func (b *backend) accept(t *testing.T) *net.TCPConn {
+func (b *backend) accept(t testing.TB) *net.TCPConn {
 	t.Helper()
 	select {
 	case c := <-b.conns:
@@ -93,7 +93,7 @@ func (l *logBuffer) String() string {
 
 // startProxy serves one listener named "t" in front of upstream and returns
 // the server, its address and its log.
-func startProxy(t *testing.T, cfg ListenerConfig) (*Server, string, *logBuffer) {
+func startProxy(t testing.TB, cfg ListenerConfig) (*Server, string, *logBuffer) {
 	t.Helper()
 	logs := &logBuffer{}
 	cfg.Name = "t"
@@ -114,7 +114,7 @@ func startProxy(t *testing.T, cfg ListenerConfig) (*Server, string, *logBuffer) 
 	return srv, srv.Addr("t").String(), logs
 }
 
-func dial(t *testing.T, addr string) *net.TCPConn {
+func dial(t testing.TB, addr string) *net.TCPConn {
 	t.Helper()
 	c, err := net.Dial("tcp", addr)
 	if err != nil {
@@ -125,7 +125,7 @@ func dial(t *testing.T, addr string) *net.TCPConn {
 
 // connect opens a client through the proxy and returns it with the
 // backend's side of the same connection.
-func connect(t *testing.T, proxyAddr string, b *backend) (client, server *net.TCPConn) {
+func connect(t testing.TB, proxyAddr string, b *backend) (client, server *net.TCPConn) {
 	t.Helper()
 	client = dial(t, proxyAddr)
 	return client, b.accept(t)

@@ -90,34 +90,48 @@ func run() error {
 	}
 	defer echo.Close()
 
-	targets := []*target{{name: "direct", sourceAddr: src.Addr().String(), echoAddr: echo.Addr().String(), pids: func() []int { return nil }}}
-
-	sl, err := startSluice(dir, src.Addr().String(), echo.Addr().String())
-	if err != nil {
-		return fmt.Errorf("start sluice: %w", err)
+	direct := &target{name: "direct", sourceAddr: src.Addr().String(), echoAddr: echo.Addr().String(), pids: func() []int { return nil }}
+	// Each run starts fresh proxies, so the idle RSS figure is not flattered
+	// by memory an earlier run freed.
+	starters := []func() (*proxyProc, error){
+		func() (*proxyProc, error) { return startSluice(dir, src.Addr().String(), echo.Addr().String()) },
 	}
-	defer sl.stop()
-	targets = append(targets, sl.target)
-
 	if *nginxBin != "" {
-		ng, err := startNginx(dir, src.Addr().String(), echo.Addr().String())
-		if err != nil {
-			return fmt.Errorf("start nginx (install nginx and libnginx-mod-stream, or pass -nginx ''): %w", err)
-		}
-		defer ng.stop()
-		targets = append(targets, ng.target)
+		starters = append(starters, func() (*proxyProc, error) {
+			p, err := startNginx(dir, src.Addr().String(), echo.Addr().String())
+			if err != nil {
+				err = fmt.Errorf("%w (install nginx and libnginx-mod-stream, or pass -nginx '')", err)
+			}
+			return p, err
+		})
 	}
 
 	all := map[string][]result{}
+	var targets []*target
 	for r := 1; r <= *runs; r++ {
-		for _, t := range targets {
-			res, err := measure(t)
-			if err != nil {
-				return fmt.Errorf("run %d, %s: %w", r, t.name, err)
-			}
+		targets = []*target{direct}
+		record := func(t *target, res result) {
 			fmt.Fprintf(os.Stderr, "run %d %-7s 1x %7.0f MB/s  16x %7.0f MB/s  cpu %.3f/%.3f s/GB  p50 %5.1f us  p99 %5.1f us  idle %.2f KiB %.2f fds/conn\n",
 				r, t.name, res.Stream1MBps, res.Stream16MBs, res.CPUsPerGB1, res.CPUsPerGB16, res.P50us, res.P99us, res.IdleRSSKiB, res.IdleFDs)
 			all[t.name] = append(all[t.name], res)
+		}
+		res, err := measure(direct)
+		if err != nil {
+			return fmt.Errorf("run %d, direct: %w", r, err)
+		}
+		record(direct, res)
+		for _, start := range starters {
+			p, err := start()
+			if err != nil {
+				return err
+			}
+			res, err := measure(p.target)
+			p.stop()
+			if err != nil {
+				return fmt.Errorf("run %d, %s: %w", r, p.name, err)
+			}
+			targets = append(targets, p.target)
+			record(p.target, res)
 		}
 	}
 	if *jsonOut != "" {
@@ -166,9 +180,16 @@ func report(targets []*target, all map[string][]result) {
 	}
 }
 
+// measure takes every figure for one target. The idle measurement comes
+// first, while a proxy process is fresh.
 func measure(t *target) (result, error) {
 	res := result{Target: t.name}
 	var err error
+	if *idleConns > 0 {
+		if res.IdleRSSKiB, res.IdleFDs, err = idle(t, *idleConns); err != nil {
+			return res, err
+		}
+	}
 	if res.Stream1MBps, res.CPUsPerGB1, err = throughput(t, 1); err != nil {
 		return res, err
 	}
@@ -177,11 +198,6 @@ func measure(t *target) (result, error) {
 	}
 	if res.P50us, res.P99us, err = latency(t); err != nil {
 		return res, err
-	}
-	if *idleConns > 0 {
-		if res.IdleRSSKiB, res.IdleFDs, err = idle(t, *idleConns); err != nil {
-			return res, err
-		}
 	}
 	return res, nil
 }

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Measures sluice against direct loopback and nginx's stream proxy in one run.
+# Installs nginx (with its stream module) from apt when missing, builds sluice
+# and the load tool, and prints the median of 3 runs. Extra arguments go to
+# the load tool (see `go run ./bench/loadbench -h`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v nginx >/dev/null || [ ! -e /usr/lib/nginx/modules/ngx_stream_module.so ]; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx libnginx-mod-stream >/dev/null
+  else
+    echo "bench: nginx with libnginx-mod-stream is needed: sudo apt-get install nginx libnginx-mod-stream" >&2
+    exit 1
+  fi
+fi
+
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+go build -o "$out/sluice" ./cmd/sluice
+go build -o "$out/loadbench" ./bench/loadbench
+mkdir -p bench/results
+stamp=$(date -u +%Y%m%dT%H%M%SZ)
+"$out/loadbench" -sluice "$out/sluice" -nginx "$(command -v nginx)" -runs 3 \
+  -json "bench/results/core-$stamp.json" "$@"
