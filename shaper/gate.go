@@ -1,0 +1,293 @@
+// Package shaper holds sluice's token buckets: a [Gate] grants the bytes one
+// direction of one connection may move, at a [Limit] that can change at any
+// time, on a [Clock] that tests replace with a fake.
+//
+// # Model
+//
+// A Gate is a token bucket with one token per byte. It holds at most Burst
+// tokens and fills continuously at Rate tokens per second; a new Gate starts
+// full. [Gate.Take] waits until min(n, Burst) tokens are present, removes
+// them and returns that count: a grant. The caller moves at most that many
+// bytes and gives back what it did not move with [Gate.Refund]. Over any
+// interval of length t a Gate therefore grants at most Burst + Rate×t bytes,
+// and exactly that much to a caller that always asks.
+//
+// Burst is the largest grant and the most a quiet connection can save up.
+// sluice's default Burst is one chunk (8 KiB): after a pause a connection
+// gets one chunk at once, then the rate. No hidden extra second of credit.
+//
+// Arithmetic is in integers, exact to the byte and the nanosecond: the
+// bucket counts nano-bytes, so refill and wait times carry no rounding
+// drift at any rate from 1 B/s to many GiB/s.
+//
+// Typical usage, one Gate per direction of a connection:
+//
+//	g := shaper.NewGate(shaper.Limit{Rate: 1 << 20, Burst: 8192}, nil) // 1 MiB/s
+//	for {
+//		n, err := g.Take(ctx, 8192) // blocks until tokens are there
+//		if err != nil {
+//			return err // ctx ended
+//		}
+//		moved, err := move(n) // move at most n bytes
+//		g.Refund(n - moved)  // hand back what was not used
+//		...
+//	}
+//
+// and from anywhere, at any time: g.SetLimit(shaper.Limit{Rate: 2 << 20, Burst: 8192}).
+package shaper
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+)
+
+// Limit is a byte rate and a burst. The zero Limit means no limit.
+type Limit struct {
+	// Rate is in bytes per second. Zero means unlimited; negative is
+	// invalid.
+	Rate int64
+	// Burst is the bucket's size in bytes: the largest grant and the most
+	// that can be saved up. With a positive Rate it must be in
+	// [1, MaxBurst]; zero then means DefaultBurst.
+	Burst int64
+}
+
+// Bounds of a Limit.
+const (
+	DefaultBurst = 8192
+	MaxBurst     = 1 << 30
+	// MaxRate keeps nano-byte arithmetic within int64.
+	MaxRate = 1 << 50
+)
+
+// ErrBadLimit is wrapped by errors about an invalid [Limit].
+var ErrBadLimit = errors.New("shaper: invalid limit")
+
+// Unlimited reports whether l imposes no limit.
+func (l Limit) Unlimited() bool { return l.Rate == 0 }
+
+// Validate reports whether l is usable, wrapping [ErrBadLimit] if not.
+func (l Limit) Validate() error {
+	switch {
+	case l.Rate < 0 || l.Rate > MaxRate:
+		return fmt.Errorf("%w: rate %d B/s outside [0, %d]", ErrBadLimit, l.Rate, int64(MaxRate))
+	case l.Burst < 0 || l.Burst > MaxBurst:
+		return fmt.Errorf("%w: burst %d B outside [0, %d]", ErrBadLimit, l.Burst, int64(MaxBurst))
+	}
+	return nil
+}
+
+func (l Limit) normalize() Limit {
+	if l.Rate != 0 && l.Burst == 0 {
+		l.Burst = DefaultBurst
+	}
+	return l
+}
+
+const nano = int64(time.Second) // nano-bytes per byte
+
+// Gate grants bytes at a Limit. It is safe for concurrent use: Take calls
+// are served one at a time, while SetLimit, Refund and Stats may come from
+// any goroutine. A Gate holds no goroutine; its only timer exists while a
+// Take waits, and is reused.
+type Gate struct {
+	clock Clock
+
+	takeMu sync.Mutex // serializes Take: one waiter, one timer
+
+	mu      sync.Mutex
+	lim     Limit
+	nt      int64 // tokens in nano-bytes, 0..lim.Burst*nano; guarded by mu
+	last    time.Time
+	changed chan struct{} // closed and replaced by SetLimit; guarded by mu
+	granted int64         // bytes granted minus refunds
+	waited  time.Duration
+	waiting bool
+
+	timer Timer // guarded by takeMu
+	wake  chan struct{}
+}
+
+// NewGate returns a full Gate at l, on clock (nil means the real clock). It
+// panics if l is invalid; check it first with [Limit.Validate].
+func NewGate(l Limit, clock Clock) *Gate {
+	if err := l.Validate(); err != nil {
+		panic(err)
+	}
+	if clock == nil {
+		clock = realClock{}
+	}
+	l = l.normalize()
+	return &Gate{
+		clock:   clock,
+		lim:     l,
+		nt:      l.Burst * nano,
+		last:    clock.Now(),
+		changed: make(chan struct{}),
+		wake:    make(chan struct{}, 1),
+	}
+}
+
+// advance refills the bucket up to now. Requires g.mu held.
+func (g *Gate) advance(now time.Time) {
+	el := now.Sub(g.last)
+	if el <= 0 {
+		return
+	}
+	g.last = now
+	if g.lim.Rate == 0 {
+		return
+	}
+	limit := g.lim.Burst * nano
+	room := limit - g.nt
+	// Divide before multiplying, so a long pause cannot overflow.
+	if int64(el) >= room/g.lim.Rate+1 {
+		g.nt = limit
+		return
+	}
+	g.nt = min(g.nt+int64(el)*g.lim.Rate, limit)
+}
+
+// Take blocks until it can grant min(n, Burst) bytes and returns that count
+// (all n at once when the Gate is unlimited). It returns 0 and nil for
+// n <= 0. It returns 0 and ctx.Err() if ctx ends first; nothing is taken
+// then. A SetLimit while Take waits applies at once: the wait is recomputed
+// at the new rate.
+func (g *Gate) Take(ctx context.Context, n int) (int, error) {
+	if n <= 0 {
+		return 0, nil
+	}
+	g.takeMu.Lock()
+	defer g.takeMu.Unlock()
+	var waitStart time.Time
+	g.mu.Lock()
+	for {
+		now := g.clock.Now()
+		if !waitStart.IsZero() {
+			g.waited += now.Sub(waitStart)
+			waitStart = time.Time{}
+		}
+		if g.lim.Rate == 0 {
+			g.granted += int64(n)
+			g.waiting = false
+			g.mu.Unlock()
+			return n, nil
+		}
+		want := int64(min(int64(n), g.lim.Burst))
+		g.advance(now)
+		if g.nt >= want*nano {
+			g.nt -= want * nano
+			g.granted += want
+			g.waiting = false
+			g.mu.Unlock()
+			return int(want), nil
+		}
+		// Ceiling division: the first nanosecond at which want is there.
+		d := time.Duration((want*nano - g.nt + g.lim.Rate - 1) / g.lim.Rate)
+		changed := g.changed
+		g.waiting = true
+		waitStart = now
+		g.mu.Unlock()
+
+		if g.timer == nil {
+			g.timer = g.clock.AfterFunc(d, g.fire)
+		} else {
+			g.timer.Reset(d)
+		}
+		select {
+		case <-g.wake:
+		case <-changed:
+			g.timer.Stop()
+		case <-ctx.Done():
+			g.timer.Stop()
+			g.mu.Lock()
+			g.waited += g.clock.Now().Sub(waitStart)
+			g.waiting = false
+			g.mu.Unlock()
+			return 0, ctx.Err()
+		}
+		g.mu.Lock()
+	}
+}
+
+// fire is the timer's function: it wakes the waiting Take, if any. A stale
+// wake only makes the next Take look at the bucket once more.
+func (g *Gate) fire() {
+	select {
+	case g.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Refund gives back n granted bytes that were not moved. Tokens never exceed
+// Burst, so a refund after a long pause may be partly lost. n <= 0 is a
+// no-op.
+func (g *Gate) Refund(n int) {
+	if n <= 0 {
+		return
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.granted -= int64(n)
+	if g.lim.Rate == 0 {
+		return
+	}
+	g.advance(g.clock.Now())
+	g.nt = min(g.nt+int64(n)*nano, g.lim.Burst*nano)
+}
+
+// SetLimit changes the Limit from now on, also for a Take already waiting.
+// Tokens saved at the old rate are kept up to the new Burst, so a rate
+// change never releases a burst larger than Burst. Turning a limit on (from
+// unlimited) starts with a full bucket. It returns an error wrapping
+// [ErrBadLimit], and changes nothing, if l is invalid.
+func (g *Gate) SetLimit(l Limit) error {
+	if err := l.Validate(); err != nil {
+		return err
+	}
+	l = l.normalize()
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	now := g.clock.Now()
+	g.advance(now)
+	if g.lim.Rate == 0 {
+		g.nt = l.Burst * nano
+	}
+	g.lim = l
+	g.nt = min(g.nt, l.Burst*nano)
+	close(g.changed)
+	g.changed = make(chan struct{})
+	return nil
+}
+
+// Limit returns the current Limit.
+func (g *Gate) Limit() Limit {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.lim
+}
+
+// GateStats are a Gate's counters since it was made.
+type GateStats struct {
+	// Bytes is the bytes granted, net of refunds.
+	Bytes int64
+	// Waited is the total time Take spent waiting for tokens.
+	Waited time.Duration
+	// Waiting reports whether a Take is waiting now.
+	Waiting bool
+	// Limit is the current Limit.
+	Limit Limit
+}
+
+// Stats returns the Gate's counters.
+func (g *Gate) Stats() GateStats {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return GateStats{Bytes: g.granted, Waited: g.waited, Waiting: g.waiting, Limit: g.lim}
+}
+
+// Interface guard: the real clock is a Clock.
+var _ Clock = realClock{}

@@ -1,0 +1,173 @@
+// Package shapertest provides a fake [shaper.Clock] whose time moves only
+// when a test says so.
+//
+// Typical usage:
+//
+//	clk := shapertest.NewClock()
+//	g := shaper.NewGate(shaper.Limit{Rate: 1000, Burst: 100}, clk)
+//	go taker(g)         // loops on g.Take
+//	clk.BlockUntil(1)    // the taker is now waiting for tokens
+//	clk.Advance(time.Second) // fires the timers that are due, in order
+package shapertest
+
+import (
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/sluiceproxy/sluice/shaper"
+)
+
+// Clock is a fake clock starting at a fixed instant. It is safe for
+// concurrent use. Timer functions run synchronously inside Advance, in
+// order of their due time, with the clock set to that time.
+type Clock struct {
+	mu      sync.Mutex
+	now     time.Time
+	timers  []*timer // pending, unordered
+	changed chan struct{}
+}
+
+// Epoch is the time a new Clock starts at.
+var Epoch = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+
+// NewClock returns a Clock at Epoch.
+func NewClock() *Clock {
+	return &Clock{now: Epoch, changed: make(chan struct{})}
+}
+
+type timer struct {
+	c   *Clock
+	at  time.Time
+	f   func()
+	set bool
+}
+
+// Now returns the fake time.
+func (c *Clock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+// AfterFunc schedules f at Now()+d.
+func (c *Clock) AfterFunc(d time.Duration, f func()) shaper.Timer {
+	t := &timer{c: c, f: f}
+	t.Reset(d)
+	return t
+}
+
+func (t *timer) Reset(d time.Duration) bool {
+	c := t.c
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	was := t.set
+	t.at = c.now.Add(d)
+	if !t.set {
+		t.set = true
+		c.timers = append(c.timers, t)
+	}
+	c.notify()
+	return was
+}
+
+func (t *timer) Stop() bool {
+	c := t.c
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !t.set {
+		return false
+	}
+	t.set = false
+	c.timers = slices.DeleteFunc(c.timers, func(x *timer) bool { return x == t })
+	c.notify()
+	return true
+}
+
+// notify wakes BlockUntil. Requires c.mu held.
+func (c *Clock) notify() {
+	close(c.changed)
+	c.changed = make(chan struct{})
+}
+
+// Pending returns the number of armed timers.
+func (c *Clock) Pending() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.timers)
+}
+
+// BlockUntil returns once exactly n timers are armed: with one Gate, once its
+// Take is waiting for tokens.
+func (c *Clock) BlockUntil(n int) {
+	for {
+		c.mu.Lock()
+		ch, have := c.changed, len(c.timers)
+		c.mu.Unlock()
+		if have == n {
+			return
+		}
+		<-ch
+	}
+}
+
+// Advance moves the clock forward by d, running every timer that falls due
+// on the way, in order, each at its own due time.
+func (c *Clock) Advance(d time.Duration) {
+	c.mu.Lock()
+	end := c.now.Add(d)
+	for {
+		var next *timer
+		for _, t := range c.timers {
+			if !t.at.After(end) && (next == nil || t.at.Before(next.at)) {
+				next = t
+			}
+		}
+		if next == nil {
+			break
+		}
+		c.now = next.at
+		next.set = false
+		c.timers = slices.DeleteFunc(c.timers, func(x *timer) bool { return x == next })
+		c.notify()
+		c.mu.Unlock()
+		next.f()
+		c.mu.Lock()
+	}
+	c.now = end
+	c.notify()
+	c.mu.Unlock()
+}
+
+// AdvanceWith is Advance for tests with waiters goroutines that re-arm a
+// timer whenever they wait (each Take of a [shaper.Gate] does): after each
+// timer fires it waits until waiters timers are armed again, so every woken
+// goroutine has done all it can at that instant before time moves on.
+func (c *Clock) AdvanceWith(d time.Duration, waiters int) {
+	c.mu.Lock()
+	end := c.now.Add(d)
+	c.mu.Unlock()
+	for {
+		c.mu.Lock()
+		var next time.Time
+		for _, t := range c.timers {
+			if !t.at.After(end) && (next.IsZero() || t.at.Before(next)) {
+				next = t.at
+			}
+		}
+		step := next.Sub(c.now)
+		c.mu.Unlock()
+		if next.IsZero() {
+			break
+		}
+		c.Advance(step)
+		c.BlockUntil(waiters)
+	}
+	c.mu.Lock()
+	rest := end.Sub(c.now)
+	c.mu.Unlock()
+	c.Advance(rest)
+}
+
+// Interface guard.
+var _ shaper.Clock = (*Clock)(nil)
