@@ -54,6 +54,32 @@ type Listener struct {
 	Upstream string
 	// Timeouts bound dialing and idleness.
 	Timeouts Timeouts
+	// Chunk is the most a shaped connection moves per grant. Default
+	// DefaultChunk; from MinChunk to MaxChunk.
+	Chunk Size
+	// Conn limits each connection, per direction.
+	Conn ConnLimits
+}
+
+// ConnLimits are the per-connection limits of a listener.
+type ConnLimits struct {
+	// Up is client → upstream.
+	Up DirLimit
+	// Down is upstream → client.
+	Down DirLimit
+}
+
+// DirLimit limits one direction of a connection.
+type DirLimit struct {
+	// Rate is the sustained limit; zero means no limit.
+	Rate Rate
+	// Burst is the most a connection may send at once after a pause.
+	// Default: the listener's chunk.
+	Burst Size
+	// KernelPacing (down only) also asks the kernel to pace the client
+	// socket at Rate (SO_MAX_PACING_RATE), smoothing packets within a
+	// chunk. Default true.
+	KernelPacing bool
 }
 
 // Timeouts are a listener's connection time limits.
@@ -75,6 +101,10 @@ type Shutdown struct {
 
 // Defaults.
 const (
+	DefaultChunk          = 8 << 10
+	MinChunk              = 512
+	MaxChunk              = 4 << 20
+	MaxBurst              = 1 << 30
 	DefaultConnectTimeout = 5 * time.Second
 	DefaultIdleTimeout    = 5 * time.Minute
 	DefaultDrain          = 30 * time.Second
@@ -162,7 +192,7 @@ func (d *decoder) listeners(v any) []Listener {
 	addrs := map[string]string{}
 	for i, item := range list {
 		path := "listeners[" + strconv.Itoa(i) + "]"
-		m := d.object(path, item, "name", "listen", "upstream", "timeouts")
+		m := d.object(path, item, "name", "listen", "upstream", "timeouts", "chunk", "conn")
 		if m == nil {
 			continue
 		}
@@ -174,6 +204,10 @@ func (d *decoder) listeners(v any) []Listener {
 		to := d.object(path+".timeouts", m["timeouts"], "connect", "idle")
 		l.Timeouts.Connect = d.duration(path+".timeouts.connect", to["connect"], DefaultConnectTimeout, true)
 		l.Timeouts.Idle = d.duration(path+".timeouts.idle", to["idle"], DefaultIdleTimeout, false)
+		l.Chunk = d.size(path+".chunk", m["chunk"], DefaultChunk, MinChunk, MaxChunk)
+		cl := d.object(path+".conn", m["conn"], "up", "down")
+		l.Conn.Up = d.dirLimit(path+".conn.up", cl["up"], l.Chunk, false)
+		l.Conn.Down = d.dirLimit(path+".conn.down", cl["down"], l.Chunk, true)
 
 		if prev, dup := names[l.Name]; dup && l.Name != "" {
 			d.failf(path+".name", "%q is already the name of %s", l.Name, prev)
@@ -186,6 +220,96 @@ func (d *decoder) listeners(v any) []Listener {
 		out = append(out, l)
 	}
 	return out
+}
+
+// dirLimit reads {rate, burst, kernel_pacing}. kernel_pacing is only
+// allowed downstream, where sluice writes to the client.
+func (d *decoder) dirLimit(path string, v any, chunk Size, down bool) DirLimit {
+	keys := []string{"rate", "burst"}
+	if down {
+		keys = append(keys, "kernel_pacing")
+	}
+	m := d.object(path, v, keys...)
+	l := DirLimit{
+		Rate:         d.rate(path+".rate", m["rate"]),
+		KernelPacing: d.boolean(path+".kernel_pacing", m["kernel_pacing"], down),
+	}
+	l.Burst = d.size(path+".burst", m["burst"], chunk, 1, MaxBurst)
+	if m["burst"] != nil && l.Rate == 0 {
+		d.failf(path+".burst", "has no effect without a rate; set %s.rate too", path)
+	}
+	return l
+}
+
+func (d *decoder) rate(path string, v any) Rate {
+	const form = `want a rate like "10Mbit" or "1.5MB/s"`
+	switch x := v.(type) {
+	case nil:
+		return 0
+	case string:
+		r, err := ParseRate(x)
+		if err != nil {
+			d.failf(path, "%s, got %q: %s", form, x, unitReason(err))
+			return 0
+		}
+		return r
+	default:
+		d.failf(path, "%s (with a unit: bits or bytes?), got %s", form, describe(v))
+		return 0
+	}
+}
+
+func (d *decoder) size(path string, v any, def, lo, hi Size) Size {
+	const form = `want a size like "64KiB" or "8192"`
+	var s Size
+	switch x := v.(type) {
+	case nil:
+		return def
+	case int:
+		s = Size(x)
+	case int64:
+		s = Size(x)
+	case string:
+		var err error
+		if s, err = ParseSize(x); err != nil {
+			d.failf(path, "%s, got %q: %s", form, x, unitReason(err))
+			return def
+		}
+	default:
+		d.failf(path, "%s, got %s", form, describe(v))
+		return def
+	}
+	if s < lo || s > hi {
+		d.failf(path, "%s from %v to %v, got %v", form, lo, hi, s)
+		return def
+	}
+	return s
+}
+
+func unitReason(err error) string {
+	var ue *UnitError
+	if errors.As(err, &ue) {
+		return ue.Reason
+	}
+	return err.Error()
+}
+
+func (d *decoder) boolean(path string, v any, def bool) bool {
+	switch x := v.(type) {
+	case nil:
+		return def
+	case bool:
+		return x
+	case string:
+		switch strings.ToLower(x) {
+		case "true":
+			return true
+		case "false":
+			return false
+		}
+	}
+	d.failf(path, "want true or false, got %s", describe(v))
+	return def
 }
 
 // object returns v as a map with lower-cased keys, refusing keys not in

@@ -19,6 +19,11 @@ func TestLoadExample(t *testing.T) {
 		Listeners: []Listener{{
 			Name: "web", Listen: "127.0.0.1:8080", Upstream: "127.0.0.1:8081",
 			Timeouts: Timeouts{Connect: 5 * time.Second, Idle: 5 * time.Minute},
+			Chunk:    8192,
+			Conn: ConnLimits{
+				Up:   DirLimit{Burst: 8192},
+				Down: DirLimit{Rate: 12_500_000, Burst: 64 << 10, KernelPacing: true},
+			},
 		}},
 		Shutdown: Shutdown{Drain: 30 * time.Second},
 	}
@@ -63,7 +68,7 @@ func TestErrorsNameKeyAndForm(t *testing.T) {
 		`listeners[0].upstream: want "host:port", like "10.0.0.1:80", got "nohost"`,
 		`listeners[0].timeouts.connect: want a duration like "5m" or "30s" greater than zero, got "0s"`,
 		`listeners[0].timeouts.idle: want a duration like "5m" or "30s", got a negative "-5s"`,
-		`listeners[0].rate: unknown key (known keys here: name, listen, upstream, timeouts)`,
+		`listeners[0].rate: unknown key (known keys here: name, listen, upstream, timeouts, chunk, conn)`,
 		`shutdown.drain: want a duration like "5m" or "30s", got "forever"`,
 	} {
 		if !strings.Contains(err.Error(), want) {
@@ -88,6 +93,54 @@ func TestParseErrors(t *testing.T) {
 		{"duplicate names", "listeners: [{name: a, listen: ':1', upstream: 'a:1'}, {name: a, listen: ':2', upstream: 'a:1'}]", `listeners[1].name: "a" is already the name of listeners[0]`},
 		{"duplicate addresses", "listeners: [{listen: ':1', upstream: 'a:1'}, {name: b, listen: ':1', upstream: 'a:1'}]", `listeners[1].listen: ":1" is already the address of listeners[0]`},
 		{"bad yaml", "listeners: [", "read config"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Parse([]byte(tc.yaml))
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("Parse error = %v, want it to contain %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestConnLimits(t *testing.T) {
+	cfg, err := Parse([]byte(`
+listeners:
+  - listen: ":1"
+    upstream: "a:1"
+    chunk: 16KiB
+    conn:
+      up: {rate: 2Mbit}
+      down: {rate: 1.5MB/s, burst: 1MiB, kernel_pacing: false}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := cfg.Listeners[0]
+	want := ConnLimits{
+		Up:   DirLimit{Rate: 250_000, Burst: 16 << 10},
+		Down: DirLimit{Rate: 1_500_000, Burst: 1 << 20},
+	}
+	if l.Chunk != 16<<10 || l.Conn != want {
+		t.Errorf("chunk %v, conn %+v; want 16KiB, %+v", l.Chunk, l.Conn, want)
+	}
+}
+
+func TestConnLimitErrors(t *testing.T) {
+	const head = "listeners: [{listen: ':1', upstream: 'a:1', "
+	for _, tc := range []struct {
+		name, yaml, want string
+	}{
+		{"bare number rate", head + "conn: {down: {rate: 1000}}}]", `listeners[0].conn.down.rate: want a rate like "10Mbit" or "1.5MB/s" (with a unit: bits or bytes?), got 1000`},
+		{"word rate", head + "conn: {down: {rate: fast}}}]", `listeners[0].conn.down.rate: want a rate like "10Mbit" or "1.5MB/s", got "fast"`},
+		{"ambiguous unit", head + "conn: {up: {rate: 10Mb}}}]", `listeners[0].conn.up.rate: want a rate like "10Mbit" or "1.5MB/s", got "10Mb": has unknown unit "Mb"`},
+		{"zero rate", head + "conn: {up: {rate: 0Mbit}}}]", `got "0Mbit": is below 1 byte per second (write "unlimited" for no limit)`},
+		{"burst without rate", head + "conn: {down: {burst: 64KiB}}}]", "listeners[0].conn.down.burst: has no effect without a rate"},
+		{"pacing upstream", head + "conn: {up: {rate: 1Mbit, kernel_pacing: true}}}]", "listeners[0].conn.up.kernel_pacing: unknown key (known keys here: rate, burst)"},
+		{"pacing not bool", head + "conn: {down: {rate: 1Mbit, kernel_pacing: maybe}}}]", `listeners[0].conn.down.kernel_pacing: want true or false, got "maybe"`},
+		{"chunk too small", head + "chunk: 100}]", `listeners[0].chunk: want a size like "64KiB" or "8192" from 512B to 4MiB, got 100B`},
+		{"burst too big", head + "conn: {down: {rate: 1Mbit, burst: 2GiB}}}]", "listeners[0].conn.down.burst: want a size"},
+		{"unknown direction", head + "conn: {upload: {rate: 1Mbit}}}]", "listeners[0].conn.upload: unknown key (known keys here: up, down)"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := Parse([]byte(tc.yaml))
@@ -155,6 +208,7 @@ func FuzzParse(f *testing.F) {
 	}
 	f.Add([]byte("listeners: [{listen: ':1', upstream: 'a:1', timeouts: {idle: 0}}]"))
 	f.Add([]byte("listeners: {a: b}"))
+	f.Add([]byte("listeners: [{listen: ':1', upstream: 'a:1', chunk: 1KiB, conn: {up: {rate: 1Mbit, burst: 2KiB}, down: {rate: '5MB/s', kernel_pacing: false}}}]"))
 	f.Add([]byte("&a [*a]"))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		cfg, err := Parse(b)

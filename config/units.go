@@ -33,6 +33,24 @@ var (
 	ErrBadValue = errors.New("config: bad number")
 )
 
+// UnitError is the error of [ParseRate] and [ParseSize]. It unwraps to one
+// of the sentinels [ErrNoUnit], [ErrBadUnit], [ErrBadValue].
+type UnitError struct {
+	Input  string // the text given
+	Reason string // what is wrong with it, e.g. "is negative"
+	Kind   error  // the sentinel
+}
+
+func (e *UnitError) Error() string {
+	return fmt.Sprintf("%v: %q %s", e.Kind, e.Input, e.Reason)
+}
+
+func (e *UnitError) Unwrap() error { return e.Kind }
+
+func unitErr(kind error, input, reason string, args ...any) error {
+	return &UnitError{Input: input, Reason: fmt.Sprintf(reason, args...), Kind: kind}
+}
+
 // maxUnitValue bounds parsed values well below the int64 range so that later
 // arithmetic (bits, sums of budgets) cannot overflow: 2^53 bytes is 8 PiB.
 const maxUnitValue = 1 << 53
@@ -63,14 +81,14 @@ func ParseRate(s string) (Rate, error) {
 	}
 	num, unit := splitNumber(t)
 	if num == "" {
-		return 0, fmt.Errorf("%w: no number in %q", ErrBadValue, s)
+		return 0, unitErr(ErrBadValue, s, "has no number")
 	}
 	if unit == "" {
-		return 0, fmt.Errorf("%w in %q (bits or bytes?)", ErrNoUnit, s)
+		return 0, unitErr(ErrNoUnit, s, "has no unit (bits or bytes?)")
 	}
 	mul, ok := rateUnits[unit]
 	if !ok {
-		return 0, fmt.Errorf("%w %q in %q", ErrBadUnit, unit, s)
+		return 0, unitErr(ErrBadUnit, s, "has unknown unit %q", unit)
 	}
 	v, err := parseValue(num, mul, s)
 	if err != nil {
@@ -79,7 +97,7 @@ func ParseRate(s string) (Rate, error) {
 	if v == 0 {
 		// A zero rate would read as "no limit" although it looks like "block
 		// everything": make the operator say "unlimited" instead.
-		return 0, fmt.Errorf("%w: %q is below 1 byte per second (write \"unlimited\" for no limit)", ErrBadValue, s)
+		return 0, unitErr(ErrBadValue, s, "is below 1 byte per second (write \"unlimited\" for no limit)")
 	}
 	return Rate(v), nil
 }
@@ -92,7 +110,7 @@ func ParseSize(s string) (Size, error) {
 	num, unit := splitNumber(t)
 	mul, ok := sizeUnits[unit]
 	if !ok {
-		return 0, fmt.Errorf("%w %q in %q", ErrBadUnit, unit, s)
+		return 0, unitErr(ErrBadUnit, s, "has unknown unit %q", unit)
 	}
 	v, err := parseValue(num, mul, s)
 	if err != nil {
@@ -113,18 +131,18 @@ func splitNumber(s string) (num, unit string) {
 
 func parseValue(num string, mul float64, orig string) (int64, error) {
 	if num == "" {
-		return 0, fmt.Errorf("%w: no number in %q", ErrBadValue, orig)
+		return 0, unitErr(ErrBadValue, orig, "has no number")
 	}
 	f, err := strconv.ParseFloat(num, 64)
 	if err != nil || math.IsNaN(f) || math.IsInf(f, 0) {
-		return 0, fmt.Errorf("%w: %q", ErrBadValue, orig)
+		return 0, unitErr(ErrBadValue, orig, "is not a number")
 	}
 	if f < 0 {
-		return 0, fmt.Errorf("%w: %q is negative", ErrBadValue, orig)
+		return 0, unitErr(ErrBadValue, orig, "is negative")
 	}
 	v := math.Round(f * mul)
 	if v > maxUnitValue {
-		return 0, fmt.Errorf("%w: %q is too large", ErrBadValue, orig)
+		return 0, unitErr(ErrBadValue, orig, "is too large")
 	}
 	return int64(v), nil
 }

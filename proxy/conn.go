@@ -5,12 +5,15 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"os"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/sluiceproxy/sluice/shaper"
 )
 
 // Log keys (snake_case, shared by every log line of the package).
@@ -74,8 +77,10 @@ type conn struct {
 	start  time.Time
 
 	mu    sync.Mutex
-	up    net.Conn // set once dialed; guarded by mu until the pumps start
-	cause error    // first reason the conn was aborted; guarded by mu
+	up    net.Conn      // set once dialed; guarded by mu until the pumps start
+	cause error         // first reason the conn was aborted; guarded by mu
+	done  chan struct{} // made by the first Done, closed by abort; guarded by mu
+	paced bool          // SO_MAX_PACING_RATE is set on client; guarded by mu
 
 	// lastActive is when a byte last moved either way, in nanoseconds
 	// since monoEpoch.
@@ -96,9 +101,67 @@ func (c *conn) abort(cause error) {
 		return
 	}
 	c.cause = cause
+	if c.done != nil {
+		close(c.done)
+	}
 	c.client.SetDeadline(aLongTimeAgo)
 	if c.up != nil {
 		c.up.SetDeadline(aLongTimeAgo)
+	}
+}
+
+// A conn is the context of its own gate waits: it is done once aborted.
+// (A context.Context of its own would cost every idle connection its
+// allocations; the done channel is only made for a conn that waits.)
+var _ context.Context = (*conn)(nil)
+
+func (c *conn) Deadline() (time.Time, bool) { return time.Time{}, false }
+func (c *conn) Value(any) any               { return nil }
+
+func (c *conn) Done() <-chan struct{} {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.done == nil {
+		c.done = make(chan struct{})
+		if c.cause != nil {
+			close(c.done)
+		}
+	}
+	return c.done
+}
+
+func (c *conn) Err() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.cause != nil {
+		return context.Canceled
+	}
+	return nil
+}
+
+// applyLimits sets the conn's gates (making them on first need) and kernel
+// pacing to lim. Connections of an unlimited listener carry no gate at all.
+func (c *conn) applyLimits(lim *ConnLimits) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for d, l := range [2]shaper.Limit{Up: lim.Up, Down: lim.Down} {
+		p := &c.pumps[d]
+		if g := p.gate.Load(); g != nil {
+			g.SetLimit(l) // validated by the Server
+		} else if !l.Unlimited() {
+			p.gate.Store(shaper.NewGate(l, nil))
+		}
+	}
+	pace := lim.KernelPacing && !lim.Down.Unlimited()
+	if pace || c.paced {
+		rate := uint64(math.MaxUint64) // the kernel's "no limit"
+		if pace {
+			rate = uint64(lim.Down.Rate)
+		}
+		if err := setPacingRate(c.client, rate); err != nil {
+			c.srv.log.Debug("set pacing rate", slog.Uint64(keyConnID, c.id), slog.Any(keyErr, err))
+		}
+		c.paced = pace
 	}
 }
 
@@ -144,6 +207,7 @@ func (c *conn) serve() {
 	}
 	c.pumps[Up].init(c, Up, c.client, up)
 	c.pumps[Down].init(c, Down, up, c.client)
+	c.applyLimits(c.l.limits.Load())
 	c.running.Store(2)
 	go c.pumps[Up].pump()
 	go c.pumps[Down].pump()

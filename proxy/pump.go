@@ -6,6 +6,8 @@ import (
 	"net"
 	"sync/atomic"
 	"syscall"
+
+	"github.com/sluiceproxy/sluice/shaper"
 )
 
 // maxMove caps one unshaped move. Each move is bounded by what the kernel
@@ -29,6 +31,8 @@ type pump struct {
 	dir      Dir
 	src, dst net.Conn
 	bytes    atomic.Int64
+	chunk    int                         // grant size when shaped
+	gate     atomic.Pointer[shaper.Gate] // nil while the direction has never been limited
 
 	// The splice path; srcRaw is nil on the user-space path.
 	srcRaw syscall.RawConn
@@ -45,6 +49,7 @@ type pump struct {
 
 func (p *pump) init(c *conn, dir Dir, src, dst net.Conn) {
 	p.c, p.dir, p.src, p.dst = c, dir, src, dst
+	p.chunk = c.l.cfg.Chunk
 	st, ok1 := src.(*net.TCPConn)
 	dt, ok2 := dst.(*net.TCPConn)
 	if !ok1 || !ok2 || !spliceSupported {
@@ -99,11 +104,17 @@ func (p *pump) copySplice() error {
 			}
 			return err
 		}
-		want := min(avail, maxMove)
+		want, g, err := p.grant(min(avail, maxMove))
+		if err != nil {
+			return err
+		}
 		p.lr.N = int64(want)
 		n, err := p.dstTCP.ReadFrom(&p.lr) // splice(2) for TCP → TCP
 		if n > 0 {
 			p.moved(n)
+		}
+		if g != nil && n < int64(want) {
+			g.Refund(want - int(n))
 		}
 		if err != nil {
 			return err
@@ -124,11 +135,36 @@ func (p *pump) waitReadable() (int, error) {
 	return p.avail, p.rerr
 }
 
-// copyBuffer is the user-space path for ends that are not TCP sockets.
+// grant asks the gate, if the direction is limited, for up to one chunk of
+// the want bytes that are ready, and returns how many to move. The gate is
+// returned (nil if unlimited) so the caller can refund what it does not move.
+// Waits end when the conn is aborted.
+func (p *pump) grant(want int) (int, *shaper.Gate, error) {
+	g := p.gate.Load()
+	if g == nil || g.Unlimited() {
+		return want, nil, nil
+	}
+	n, err := g.Take(p.c, min(want, p.chunk))
+	if err != nil {
+		return 0, nil, err
+	}
+	return n, g, nil
+}
+
+// copyBuffer is the user-space path for ends that are not TCP sockets. It
+// takes the grant before reading, so a limited direction reads no more
+// than it may send.
 func (p *pump) copyBuffer() error {
 	buf := make([]byte, genericBufSize)
 	for {
-		n, err := p.src.Read(buf)
+		want, g, err := p.grant(len(buf))
+		if err != nil {
+			return err
+		}
+		n, err := p.src.Read(buf[:want])
+		if g != nil && n < want {
+			g.Refund(want - n)
+		}
 		if n > 0 {
 			if _, werr := p.dst.Write(buf[:n]); werr != nil {
 				return werr

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"io"
+	"net"
 	"os"
 
 	"golang.org/x/sys/unix"
@@ -37,4 +38,21 @@ func (p *pump) readable(fd uintptr) bool {
 		}
 		return true
 	}
+}
+
+// setPacingRate sets SO_MAX_PACING_RATE (bytes per second; MaxUint64 means
+// none) on c, so the kernel spaces its packets at that rate.
+func setPacingRate(c *net.TCPConn, rate uint64) error {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	err = raw.Control(func(fd uintptr) {
+		serr = unix.SetsockoptUint64(int(fd), unix.SOL_SOCKET, unix.SO_MAX_PACING_RATE, rate)
+	})
+	if err != nil {
+		return err
+	}
+	return os.NewSyscallError("setsockopt SO_MAX_PACING_RATE", serr)
 }

@@ -27,6 +27,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/sluiceproxy/sluice/shaper"
 )
 
 // ListenerConfig is one listening socket and where its connections go.
@@ -44,7 +46,35 @@ type ListenerConfig struct {
 	// IdleTimeout closes a connection once no byte has moved in either
 	// direction for this long. Zero or negative disables it.
 	IdleTimeout time.Duration
+	// Chunk is the most a shaped direction moves per grant, in bytes. Zero
+	// or negative means DefaultChunk.
+	Chunk int
+	// Limits hold each connection to a rate per direction; the zero value
+	// imposes none. [Server.SetLimits] changes them on live connections.
+	Limits ConnLimits
 }
+
+// ConnLimits are per-connection limits, per direction.
+type ConnLimits struct {
+	// Up is client → upstream; Down is upstream → client.
+	Up, Down shaper.Limit
+	// KernelPacing also sets SO_MAX_PACING_RATE to Down.Rate on the client
+	// socket (Linux), so the kernel spaces the packets of each grant.
+	KernelPacing bool
+}
+
+func (l ConnLimits) validate() error {
+	if err := l.Up.Validate(); err != nil {
+		return fmt.Errorf("up: %w", err)
+	}
+	if err := l.Down.Validate(); err != nil {
+		return fmt.Errorf("down: %w", err)
+	}
+	return nil
+}
+
+// DefaultChunk is the grant size of shaped connections.
+const DefaultChunk = 8192
 
 // DefaultConnectTimeout is the dial bound used when ListenerConfig has none.
 const DefaultConnectTimeout = 5 * time.Second
@@ -87,8 +117,9 @@ type Server struct {
 }
 
 type listener struct {
-	cfg ListenerConfig
-	ln  *net.TCPListener
+	cfg    ListenerConfig
+	ln     *net.TCPListener
+	limits atomic.Pointer[ConnLimits] // current; SetLimits replaces it
 }
 
 // Errors that end connections on purpose; they are the context cause seen by
@@ -120,6 +151,12 @@ func New(opts Options) (*Server, error) {
 		seen[l.Name] = true
 		if l.ConnectTimeout <= 0 {
 			l.ConnectTimeout = DefaultConnectTimeout
+		}
+		if l.Chunk <= 0 {
+			l.Chunk = DefaultChunk
+		}
+		if err := l.Limits.validate(); err != nil {
+			return nil, fmt.Errorf("listener %q: %w", l.Name, err)
 		}
 	}
 	s := &Server{opts: opts, log: opts.Logger, dial: opts.DialContext, conns: map[*conn]struct{}{}}
@@ -156,7 +193,10 @@ func (s *Server) Start(ctx context.Context) error {
 			s.listeners = nil
 			return fmt.Errorf("listener %q: %w", cfg.Name, err)
 		}
-		s.listeners = append(s.listeners, &listener{cfg: cfg, ln: ln.(*net.TCPListener)})
+		l := &listener{cfg: cfg, ln: ln.(*net.TCPListener)}
+		lim := cfg.Limits
+		l.limits.Store(&lim)
+		s.listeners = append(s.listeners, l)
 	}
 	for _, l := range s.listeners {
 		s.acceptWG.Add(1)
@@ -174,6 +214,39 @@ func (s *Server) Addr(name string) net.Addr {
 		if l.cfg.Name == name {
 			return l.ln.Addr()
 		}
+	}
+	return nil
+}
+
+// SetLimits changes the per-connection limits of the named listener, for new
+// connections and for every live one, within one chunk's time. It returns an
+// error, and changes nothing, if there is no such listener or a limit is
+// invalid.
+func (s *Server) SetLimits(name string, lim ConnLimits) error {
+	if err := lim.validate(); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	var l *listener
+	for _, x := range s.listeners {
+		if x.cfg.Name == name {
+			l = x
+		}
+	}
+	if l == nil {
+		s.mu.Unlock()
+		return fmt.Errorf("proxy: no listener %q", name)
+	}
+	l.limits.Store(&lim)
+	conns := make([]*conn, 0, len(s.conns))
+	for c := range s.conns {
+		if c.l == l {
+			conns = append(conns, c)
+		}
+	}
+	s.mu.Unlock()
+	for _, c := range conns {
+		c.applyLimits(&lim)
 	}
 	return nil
 }

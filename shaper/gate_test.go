@@ -311,3 +311,40 @@ func ExampleGate() {
 	// granted 100
 	// granted 100 after 100ms
 }
+
+// TestLateWakeKeepsTheRate: a Take woken late keeps the tokens that accrued
+// while it waited (up to MaxCatchUp's worth beyond Burst), so timer latency
+// does not lower the rate; an idle bucket still saves only Burst.
+func TestLateWakeKeepsTheRate(t *testing.T) {
+	clk := shapertest.NewClock()
+	g := shaper.NewGate(shaper.Limit{Rate: 1000, Burst: 100}, clk)
+	tk := startTaker(g, 100)
+	defer tk.stop(t)
+	clk.BlockUntil(1) // took the initial 100, waits for the next (due at 100ms)
+	// Wake 10ms late: 110 tokens, 100 granted, 10 kept.
+	clk.Advance(110 * time.Millisecond)
+	clk.BlockUntil(1)
+	if got := tk.got.Load(); got != 200 {
+		t.Fatalf("after a late wake: granted %d, want 200", got)
+	}
+	// So the next grant is due at 200ms, not 210ms.
+	clk.Advance(89 * time.Millisecond)
+	clk.BlockUntil(1)
+	if got := tk.got.Load(); got != 200 {
+		t.Fatalf("granted %d at 199ms, want still 200", got)
+	}
+	clk.AdvanceWith(time.Millisecond, 1)
+	if got := tk.got.Load(); got != 300 {
+		t.Fatalf("granted %d at 200ms, want 300", got)
+	}
+	// Far later than MaxCatchUp: only Burst + 20ms worth is kept.
+	clk.Advance(time.Second)
+	clk.BlockUntil(1)
+	if got := tk.got.Load(); got != 400 {
+		t.Fatalf("granted %d after a 1s-late wake, want 400 (100 + 20 kept)", got)
+	}
+	clk.AdvanceWith(80*time.Millisecond, 1) // 20 kept + 80 new
+	if got := tk.got.Load(); got != 500 {
+		t.Fatalf("granted %d, want 500", got)
+	}
+}

@@ -21,6 +21,7 @@ import (
 
 	"github.com/sluiceproxy/sluice/config"
 	"github.com/sluiceproxy/sluice/proxy"
+	"github.com/sluiceproxy/sluice/shaper"
 )
 
 // version is set at build time with -ldflags "-X main.version=v1.2.3".
@@ -198,6 +199,12 @@ func listenerConfigs(cfg *config.Config) []proxy.ListenerConfig {
 			Upstream:       l.Upstream,
 			ConnectTimeout: l.Timeouts.Connect,
 			IdleTimeout:    l.Timeouts.Idle,
+			Chunk:          int(l.Chunk),
+			Limits: proxy.ConnLimits{
+				Up:           shaper.Limit{Rate: int64(l.Conn.Up.Rate), Burst: int64(l.Conn.Up.Burst)},
+				Down:         shaper.Limit{Rate: int64(l.Conn.Down.Rate), Burst: int64(l.Conn.Down.Burst)},
+				KernelPacing: l.Conn.Down.KernelPacing,
+			},
 		})
 	}
 	return out
