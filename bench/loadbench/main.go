@@ -41,6 +41,7 @@ var (
 	pings     = flag.Int("pings", 20000, "ping-pong round trips per latency measurement")
 	idleConns = flag.Int("idle", 9000, "idle connections for the RSS measurement; 0 skips it")
 	jsonOut   = flag.String("json", "", "also write the raw results to this file")
+	shape     = flag.Bool("shape", false, "measure per-connection shaping instead of the proxy core")
 )
 
 // target is a way to reach the backends: directly or through a proxy.
@@ -73,6 +74,9 @@ func main() {
 }
 
 func run() error {
+	if *shape {
+		return runShape()
+	}
 	dir, err := os.MkdirTemp("", "loadbench")
 	if err != nil {
 		return err
@@ -94,11 +98,11 @@ func run() error {
 	// Each run starts fresh proxies, so the idle RSS figure is not flattered
 	// by memory an earlier run freed.
 	starters := []func() (*proxyProc, error){
-		func() (*proxyProc, error) { return startSluice(dir, src.Addr().String(), echo.Addr().String()) },
+		func() (*proxyProc, error) { return startSluice(dir, src.Addr().String(), echo.Addr().String(), "") },
 	}
 	if *nginxBin != "" {
 		starters = append(starters, func() (*proxyProc, error) {
-			p, err := startNginx(dir, src.Addr().String(), echo.Addr().String())
+			p, err := startNginx(dir, src.Addr().String(), echo.Addr().String(), "")
 			if err != nil {
 				err = fmt.Errorf("%w (install nginx and libnginx-mod-stream, or pass -nginx '')", err)
 			}
@@ -394,7 +398,10 @@ func freePort() (string, error) {
 	return ln.Addr().String(), nil
 }
 
-func startSluice(dir, srcAddr, echoAddr string) (*proxyProc, error) {
+// startSluice runs sluice with two listeners; srcOpts is extra YAML (a flow
+// mapping's inner keys, e.g. `conn: {down: {rate: "10MB/s"}}`) for the
+// source listener.
+func startSluice(dir, srcAddr, echoAddr, srcOpts string) (*proxyProc, error) {
 	a, err := freePort()
 	if err != nil {
 		return nil, err
@@ -405,9 +412,9 @@ func startSluice(dir, srcAddr, echoAddr string) (*proxyProc, error) {
 	}
 	cfg := fmt.Sprintf(`log: {level: warn}
 listeners:
-  - {name: source, listen: "%s", upstream: "%s"}
+  - {name: source, listen: "%s", upstream: "%s", %s}
   - {name: echo, listen: "%s", upstream: "%s"}
-`, a, srcAddr, b, echoAddr)
+`, a, srcAddr, srcOpts, b, echoAddr)
 	path := filepath.Join(dir, "sluice.yaml")
 	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
 		return nil, err
@@ -426,7 +433,9 @@ listeners:
 	return p, nil
 }
 
-func startNginx(dir, srcAddr, echoAddr string) (*proxyProc, error) {
+// startNginx runs nginx's stream proxy with two servers; srcDirectives go
+// into the source server block (e.g. "proxy_download_rate 10000000;").
+func startNginx(dir, srcAddr, echoAddr, srcDirectives string) (*proxyProc, error) {
 	a, err := freePort()
 	if err != nil {
 		return nil, err
@@ -444,10 +453,10 @@ pid %s/nginx.pid;
 error_log %s/nginx-error.log warn;
 events { worker_connections 20000; }
 stream {
-  server { listen %s; proxy_pass %s; }
+  server { listen %s; proxy_pass %s; %s }
   server { listen %s; proxy_pass %s; }
 }
-`, *nginxMod, dir, dir, a, srcAddr, b, echoAddr)
+`, *nginxMod, dir, dir, a, srcAddr, srcDirectives, b, echoAddr)
 	path := filepath.Join(dir, "nginx.conf")
 	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
 		return nil, err

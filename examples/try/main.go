@@ -24,7 +24,7 @@ import (
 func main() {
 	bin := flag.String("sluice", "./sluice", "sluice binary")
 	cfg := flag.String("config", "examples/sluice.yaml", "sluice config: listener 127.0.0.1:8080 → upstream 127.0.0.1:8081")
-	size := flag.Int("size", 256<<20, "bytes to download")
+	size := flag.Int("size", 64<<20, "bytes to download")
 	flag.Parse()
 	if err := run(*bin, *cfg, *size); err != nil {
 		fmt.Fprintln(os.Stderr, "try:", err)
@@ -76,8 +76,8 @@ func run(bin, cfg string, size int) error {
 	}
 	el := time.Since(start)
 	got := [32]byte(h.Sum(nil))
-	fmt.Printf("\nfetched %d bytes through sluice in %v (%.0f MB/s); SHA-256 matches: %v\n\n",
-		n, el.Round(time.Millisecond), float64(n)/el.Seconds()/1e6, got == want)
+	fmt.Printf("\nfetched %d bytes through sluice in %v: %.1f Mbit/s (the config's limit is 100Mbit); SHA-256 matches: %v\n\n",
+		n, el.Round(time.Millisecond), float64(n)*8/el.Seconds()/1e6, got == want)
 	if got != want {
 		return errors.New("bytes changed in transit")
 	}

@@ -1,0 +1,193 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"slices"
+	"sync"
+	"time"
+)
+
+// A shapeCase is one shaping scenario: conns connections, each limited to
+// rate bytes per second downstream.
+type shapeCase struct {
+	name  string
+	conns int
+	rate  int64
+}
+
+var shapeCases = []shapeCase{
+	{"1 conn @ 1 MB/s", 1, 1_000_000},
+	{"1 conn @ 10 MB/s", 1, 10_000_000},
+	{"1 conn @ 100 MB/s", 1, 100_000_000},
+	{"50 conns @ 1 MB/s", 50, 1_000_000},
+}
+
+// shapeResult holds one case's figures, over the aggregate of its conns.
+type shapeResult struct {
+	ErrPct   float64 // steady rate after the first second vs the limit, %
+	First    float64 // bytes in the first second ÷ rate
+	MinWin   float64 // lowest 100 ms window after the first second ÷ rate×0.1 s
+	MaxWin   float64 // highest
+	CPUPerGB float64
+}
+
+// shaper is a proxy set up for a rate.
+type shaperTarget struct {
+	name  string
+	start func(dir, src, echo string, rate int64) (*proxyProc, error)
+}
+
+const chunk = 8192
+
+var shaperTargets = []shaperTarget{
+	{"sluice pacing on", func(dir, src, echo string, rate int64) (*proxyProc, error) {
+		return startSluice(dir, src, echo, fmt.Sprintf(`chunk: %d, conn: {down: {rate: "%dB/s", burst: %d, kernel_pacing: true}}`, chunk, rate, chunk))
+	}},
+	{"sluice pacing off", func(dir, src, echo string, rate int64) (*proxyProc, error) {
+		return startSluice(dir, src, echo, fmt.Sprintf(`chunk: %d, conn: {down: {rate: "%dB/s", burst: %d, kernel_pacing: false}}`, chunk, rate, chunk))
+	}},
+	{"nginx", func(dir, src, echo string, rate int64) (*proxyProc, error) {
+		return startNginx(dir, src, echo, fmt.Sprintf("proxy_download_rate %d;", rate))
+	}},
+}
+
+func runShape() error {
+	dir, err := os.MkdirTemp("", "loadbench")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	src, err := listenBackend(serveSource)
+	if err != nil {
+		return err
+	}
+	defer src.Close()
+	echo, err := listenBackend(serveEcho)
+	if err != nil {
+		return err
+	}
+	defer echo.Close()
+
+	targets := shaperTargets
+	if *nginxBin == "" {
+		targets = targets[:2]
+	}
+	all := map[string][]shapeResult{}
+	key := func(t, c string) string { return t + "|" + c }
+	for r := 1; r <= *runs; r++ {
+		for _, c := range shapeCases {
+			for _, t := range targets {
+				p, err := t.start(dir, src.Addr().String(), echo.Addr().String(), c.rate)
+				if err != nil {
+					return fmt.Errorf("%s: %w", t.name, err)
+				}
+				res, err := measureShape(p.target, c)
+				p.stop()
+				if err != nil {
+					return fmt.Errorf("run %d, %s, %s: %w", r, c.name, t.name, err)
+				}
+				fmt.Fprintf(os.Stderr, "run %d %-18s %-18s err %+7.3f%%  first %.3f  win %.3f..%.3f  cpu %.3f s/GB\n",
+					r, c.name, t.name, res.ErrPct, res.First, res.MinWin, res.MaxWin, res.CPUPerGB)
+				all[key(t.name, c.name)] = append(all[key(t.name, c.name)], res)
+			}
+		}
+	}
+	fmt.Printf("\nmedian of %d runs, %v per case, chunk and burst %d B; windows after the first second\n", *runs, *duration+time.Second, chunk)
+	fmt.Printf("%-18s %-18s %9s %9s %8s %8s %9s\n", "case", "proxy", "err %", "first/r", "minwin", "maxwin", "cpu s/GB")
+	for _, c := range shapeCases {
+		for _, t := range targets {
+			rs := all[key(t.name, c.name)]
+			m := func(f func(shapeResult) float64) float64 {
+				v := make([]float64, len(rs))
+				for i, r := range rs {
+					v[i] = f(r)
+				}
+				slices.Sort(v)
+				return v[len(v)/2]
+			}
+			fmt.Printf("%-18s %-18s %+9.3f %9.3f %8.3f %8.3f %9.3f\n", c.name, t.name,
+				m(func(r shapeResult) float64 { return r.ErrPct }), m(func(r shapeResult) float64 { return r.First }),
+				m(func(r shapeResult) float64 { return r.MinWin }), m(func(r shapeResult) float64 { return r.MaxWin }),
+				m(func(r shapeResult) float64 { return r.CPUPerGB }))
+		}
+	}
+	return nil
+}
+
+// binWidth is the resolution of the arrival record.
+const binWidth = 10 * time.Millisecond
+
+// measureShape downloads through t on c.conns connections for 1 s plus
+// -duration, binning arrivals per 10 ms from each connection's start.
+func measureShape(t *target, c shapeCase) (shapeResult, error) {
+	total := time.Second + *duration
+	nbins := int(total/binWidth) + 1
+	bins := make([][]int64, c.conns)
+	conns := make([]net.Conn, c.conns)
+	for i := range conns {
+		var err error
+		if conns[i], err = net.Dial("tcp", t.sourceAddr); err != nil {
+			return shapeResult{}, err
+		}
+		bins[i] = make([]int64, nbins)
+	}
+	cpu0 := cpuSeconds(t.pids())
+	var wg sync.WaitGroup
+	for i, conn := range conns {
+		wg.Add(1)
+		go func(b []int64, conn net.Conn) {
+			defer wg.Done()
+			defer conn.Close()
+			buf := make([]byte, 256<<10)
+			start := time.Now()
+			conn.SetReadDeadline(start.Add(total))
+			for {
+				n, err := conn.Read(buf)
+				if k := int(time.Since(start) / binWidth); k < len(b) {
+					b[k] += int64(n)
+				}
+				if err != nil {
+					if err != io.EOF {
+						return
+					}
+					return
+				}
+			}
+		}(bins[i], conn)
+	}
+	wg.Wait()
+	cpu1 := cpuSeconds(t.pids())
+
+	agg := make([]int64, nbins)
+	var moved int64
+	for _, b := range bins {
+		for k, v := range b {
+			agg[k] += v
+			moved += v
+		}
+	}
+	rate := float64(c.rate) * float64(c.conns)
+	perSec := int(time.Second / binWidth)
+	sum := func(from, to int) (s int64) {
+		for _, v := range agg[from:min(to, len(agg))] {
+			s += v
+		}
+		return s
+	}
+	res := shapeResult{First: float64(sum(0, perSec)) / rate}
+	steadyBins := int(*duration / binWidth)
+	res.ErrPct = (float64(sum(perSec, perSec+steadyBins))/(rate*duration.Seconds()) - 1) * 100
+	per := int(100 * time.Millisecond / binWidth)
+	res.MinWin, res.MaxWin = 1e9, 0
+	for k := perSec; k+per <= perSec+steadyBins; k += per {
+		w := float64(sum(k, k+per)) / (rate * 0.1)
+		res.MinWin, res.MaxWin = min(res.MinWin, w), max(res.MaxWin, w)
+	}
+	if moved > 0 {
+		res.CPUPerGB = (cpu1 - cpu0) / (float64(moved) / 1e9)
+	}
+	return res, nil
+}
