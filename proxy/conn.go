@@ -139,20 +139,38 @@ func (c *conn) Err() error {
 	return nil
 }
 
-// applyLimits sets the conn's gates (making them on first need) and kernel
-// pacing to lim. Connections of an unlimited listener carry no gate at all.
+// pacedGrant is how much rate a grant covers when the kernel paces the
+// client socket: the kernel then spaces the bytes on the wire at the rate,
+// so the pump can take fewer, larger grants (fewer wake-ups and syscalls).
+// TCP paces per segment (up to 64 KB with GSO), so a grant must stay small
+// against a 100 ms window: 5 ms keeps the chunk below 1.6 MB/s and gives
+// 50 KB grants at 10 MB/s, 500 KB at 100 MB/s (measured in docs/shaping.md).
+const pacedGrant = 5 * time.Millisecond
+
+// maxPacedGrant caps a paced grant, in bytes.
+const maxPacedGrant = 1 << 20
+
+// applyLimits sets the conn's gates (making them on first need), grant
+// sizes and kernel pacing to lim. Connections of an unlimited listener
+// carry no gate at all.
 func (c *conn) applyLimits(lim *ConnLimits) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	pace := lim.KernelPacing && !lim.Down.Unlimited() && spliceSupported
 	for d, l := range [2]shaper.Limit{Up: lim.Up, Down: lim.Down} {
 		p := &c.pumps[d]
+		chunk := c.l.cfg.Chunk
+		if pace && Dir(d) == Down {
+			chunk = max(chunk, min(int(l.Rate*int64(pacedGrant)/int64(time.Second)), maxPacedGrant))
+			l.Burst = max(l.Burst, int64(chunk))
+		}
+		p.chunk.Store(int64(chunk))
 		if g := p.gate.Load(); g != nil {
 			g.SetLimit(l) // validated by the Server
 		} else if !l.Unlimited() {
 			p.gate.Store(shaper.NewGate(l, nil))
 		}
 	}
-	pace := lim.KernelPacing && !lim.Down.Unlimited()
 	if pace || c.paced {
 		rate := uint64(math.MaxUint64) // the kernel's "no limit"
 		if pace {

@@ -31,7 +31,7 @@ type pump struct {
 	dir      Dir
 	src, dst net.Conn
 	bytes    atomic.Int64
-	chunk    int                         // grant size when shaped
+	chunk    atomic.Int64                // grant size when shaped; set by applyLimits
 	gate     atomic.Pointer[shaper.Gate] // nil while the direction has never been limited
 
 	// The splice path; srcRaw is nil on the user-space path.
@@ -49,7 +49,6 @@ type pump struct {
 
 func (p *pump) init(c *conn, dir Dir, src, dst net.Conn) {
 	p.c, p.dir, p.src, p.dst = c, dir, src, dst
-	p.chunk = c.l.cfg.Chunk
 	st, ok1 := src.(*net.TCPConn)
 	dt, ok2 := dst.(*net.TCPConn)
 	if !ok1 || !ok2 || !spliceSupported {
@@ -144,7 +143,7 @@ func (p *pump) grant(want int) (int, *shaper.Gate, error) {
 	if g == nil || g.Unlimited() {
 		return want, nil, nil
 	}
-	n, err := g.Take(p.c, min(want, p.chunk))
+	n, err := g.Take(p.c, min(want, int(p.chunk.Load())))
 	if err != nil {
 		return 0, nil, err
 	}
