@@ -74,15 +74,11 @@ func main() {
 }
 
 func run() error {
-	if *shape {
-		return runShape()
-	}
 	dir, err := os.MkdirTemp("", "loadbench")
 	if err != nil {
 		return err
 	}
 	defer os.RemoveAll(dir)
-
 	src, err := listenBackend(serveSource)
 	if err != nil {
 		return err
@@ -93,16 +89,32 @@ func run() error {
 		return err
 	}
 	defer echo.Close()
+	if *shape {
+		return runShape(dir, src.Addr().String(), echo.Addr().String())
+	}
+	return runCore(dir, src.Addr().String(), echo.Addr().String())
+}
 
-	direct := &target{name: "direct", sourceAddr: src.Addr().String(), echoAddr: echo.Addr().String(), pids: func() []int { return nil }}
+// median returns the median of f over rs.
+func median[R any](rs []R, f func(R) float64) float64 {
+	v := make([]float64, len(rs))
+	for i, r := range rs {
+		v[i] = f(r)
+	}
+	slices.Sort(v)
+	return v[len(v)/2]
+}
+
+func runCore(dir, srcAddr, echoAddr string) error {
+	direct := &target{name: "direct", sourceAddr: srcAddr, echoAddr: echoAddr, pids: func() []int { return nil }}
 	// Each run starts fresh proxies, so the idle RSS figure is not flattered
 	// by memory an earlier run freed.
 	starters := []func() (*proxyProc, error){
-		func() (*proxyProc, error) { return startSluice(dir, src.Addr().String(), echo.Addr().String(), "") },
+		func() (*proxyProc, error) { return startSluice(dir, srcAddr, echoAddr, "") },
 	}
 	if *nginxBin != "" {
 		starters = append(starters, func() (*proxyProc, error) {
-			p, err := startNginx(dir, src.Addr().String(), echo.Addr().String(), "")
+			p, err := startNginx(dir, srcAddr, echoAddr, "")
 			if err != nil {
 				err = fmt.Errorf("%w (install nginx and libnginx-mod-stream, or pass -nginx '')", err)
 			}
@@ -152,14 +164,7 @@ func report(targets []*target, all map[string][]result) {
 	med := map[string]result{}
 	for _, t := range targets {
 		rs := all[t.name]
-		m := func(f func(result) float64) float64 {
-			v := make([]float64, len(rs))
-			for i, r := range rs {
-				v[i] = f(r)
-			}
-			slices.Sort(v)
-			return v[len(v)/2]
-		}
+		m := func(f func(result) float64) float64 { return median(rs, f) }
 		med[t.name] = result{
 			Target:      t.name,
 			Stream1MBps: m(func(r result) float64 { return r.Stream1MBps }),

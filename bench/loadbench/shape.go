@@ -2,10 +2,8 @@ package main
 
 import (
 	"fmt"
-	"io"
 	"net"
 	"os"
-	"slices"
 	"sync"
 	"time"
 )
@@ -54,23 +52,7 @@ var shaperTargets = []shaperTarget{
 	}},
 }
 
-func runShape() error {
-	dir, err := os.MkdirTemp("", "loadbench")
-	if err != nil {
-		return err
-	}
-	defer os.RemoveAll(dir)
-	src, err := listenBackend(serveSource)
-	if err != nil {
-		return err
-	}
-	defer src.Close()
-	echo, err := listenBackend(serveEcho)
-	if err != nil {
-		return err
-	}
-	defer echo.Close()
-
+func runShape(dir, srcAddr, echoAddr string) error {
 	targets := shaperTargets
 	if *nginxBin == "" {
 		targets = targets[:2]
@@ -80,7 +62,7 @@ func runShape() error {
 	for r := 1; r <= *runs; r++ {
 		for _, c := range shapeCases {
 			for _, t := range targets {
-				p, err := t.start(dir, src.Addr().String(), echo.Addr().String(), c.rate)
+				p, err := t.start(dir, srcAddr, echoAddr, c.rate)
 				if err != nil {
 					return fmt.Errorf("%s: %w", t.name, err)
 				}
@@ -100,14 +82,7 @@ func runShape() error {
 	for _, c := range shapeCases {
 		for _, t := range targets {
 			rs := all[key(t.name, c.name)]
-			m := func(f func(shapeResult) float64) float64 {
-				v := make([]float64, len(rs))
-				for i, r := range rs {
-					v[i] = f(r)
-				}
-				slices.Sort(v)
-				return v[len(v)/2]
-			}
+			m := func(f func(shapeResult) float64) float64 { return median(rs, f) }
 			fmt.Printf("%-18s %-18s %+9.3f %9.3f %8.3f %8.3f %9.3f\n", c.name, t.name,
 				m(func(r shapeResult) float64 { return r.ErrPct }), m(func(r shapeResult) float64 { return r.First }),
 				m(func(r shapeResult) float64 { return r.MinWin }), m(func(r shapeResult) float64 { return r.MaxWin }),
@@ -150,10 +125,7 @@ func measureShape(t *target, c shapeCase) (shapeResult, error) {
 					b[k] += int64(n)
 				}
 				if err != nil {
-					if err != io.EOF {
-						return
-					}
-					return
+					return // the read deadline ends the case
 				}
 			}
 		}(bins[i], conn)

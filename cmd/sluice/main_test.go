@@ -218,6 +218,25 @@ func listenBackend(t *testing.T) net.Listener {
 	return ln
 }
 
+// connectThrough waits for sluice's listener, connects a client through it
+// and returns the listener's address, the client and the backend's side.
+// Both connections close at the end of the test.
+func connectThrough(t *testing.T, p *proc, ln net.Listener) (string, net.Conn, net.Conn) {
+	t.Helper()
+	addr := p.waitLine(t, "listening", map[string]any{"listener": "t"})["addr"].(string)
+	client, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { client.Close() })
+	server, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { server.Close() })
+	return addr, client, server
+}
+
 const runConfig = `
 log: {format: json, level: info}
 listeners:
@@ -233,18 +252,7 @@ func TestRunSIGTERMDrains(t *testing.T) {
 	defer test.TimeOut(60 * time.Second).Stop()
 	ln := listenBackend(t)
 	p := startSluice(t, fmt.Sprintf(runConfig, ln.Addr(), "30s"))
-	addr := p.waitLine(t, "listening", map[string]any{"listener": "t"})["addr"].(string)
-
-	client, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer client.Close()
-	server, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer server.Close()
+	addr, client, server := connectThrough(t, p, ln)
 	// Probes below may slip in before the listener closes: end them.
 	go func() {
 		for {
@@ -300,17 +308,7 @@ func TestRunDrainTimeout(t *testing.T) {
 	defer test.TimeOut(60 * time.Second).Stop()
 	ln := listenBackend(t)
 	p := startSluice(t, fmt.Sprintf(runConfig, ln.Addr(), "300ms"))
-	addr := p.waitLine(t, "listening", nil)["addr"].(string)
-	client, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer client.Close()
-	server, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer server.Close()
+	_, client, _ := connectThrough(t, p, ln)
 
 	start := time.Now()
 	p.cmd.Process.Signal(syscall.SIGTERM)
@@ -333,17 +331,7 @@ func TestRunSecondSignal(t *testing.T) {
 	defer test.TimeOut(60 * time.Second).Stop()
 	ln := listenBackend(t)
 	p := startSluice(t, fmt.Sprintf(runConfig, ln.Addr(), "1h"))
-	addr := p.waitLine(t, "listening", nil)["addr"].(string)
-	client, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer client.Close()
-	server, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer server.Close()
+	connectThrough(t, p, ln) // a live connection to close
 	p.cmd.Process.Signal(syscall.SIGINT)
 	p.waitLine(t, "shutting down", nil)
 	p.cmd.Process.Signal(syscall.SIGINT)
