@@ -82,10 +82,10 @@ type conn struct {
 	done  chan struct{} // made by the first Done, closed by abort; guarded by mu
 	paced bool          // SO_MAX_PACING_RATE is set on client; guarded by mu
 
-	// lastActive is when a byte last moved either way, in nanoseconds
-	// since monoEpoch.
+	// lastActive is when a byte last moved either way (or the conn was
+	// accepted), in nanoseconds since monoEpoch; the server's idle reaper
+	// reads it.
 	lastActive atomic.Int64
-	idleTimer  *time.Timer
 	running    atomic.Int32 // pumps still running
 
 	pumps [2]pump
@@ -220,9 +220,6 @@ func (c *conn) serve() {
 		return
 	}
 	c.touch()
-	if idle := c.l.cfg.IdleTimeout; idle > 0 {
-		c.idleTimer = time.AfterFunc(idle, c.checkIdle)
-	}
 	c.pumps[Up].init(c, Up, c.client, up)
 	c.pumps[Down].init(c, Down, up, c.client)
 	c.applyLimits(c.l.limits.Load())
@@ -234,9 +231,6 @@ func (c *conn) serve() {
 // finish closes both sockets and logs the connection's summary line. It
 // runs once, on the goroutine of the pump that ended last.
 func (c *conn) finish() {
-	if c.idleTimer != nil {
-		c.idleTimer.Stop()
-	}
 	result, err := c.result(c.pumps[Up].err, c.pumps[Down].err)
 	if result != resultOK && result != resultIdle && result != resultShutdown {
 		// Forward a reset as a reset: both sides learn the stream broke.
@@ -287,17 +281,10 @@ func (c *conn) touch() {
 	c.lastActive.Store(int64(time.Since(monoEpoch)))
 }
 
-// checkIdle runs on the idle timer: it closes the connection if nothing
-// moved for the idle timeout, else re-arms for the time left. The timer is
-// reset at most once per timeout, never per chunk.
-func (c *conn) checkIdle() {
-	idle := c.l.cfg.IdleTimeout
-	quiet := time.Since(monoEpoch) - time.Duration(c.lastActive.Load())
-	if quiet >= idle {
-		c.abort(errIdleTimeout)
-		return
-	}
-	c.idleTimer.Reset(idle - quiet)
+// idleFor returns how long no byte has moved, as of now (nanoseconds since
+// monoEpoch).
+func (c *conn) idleFor(now time.Duration) time.Duration {
+	return now - time.Duration(c.lastActive.Load())
 }
 
 func (c *conn) logDone(result string, err error) {

@@ -108,6 +108,8 @@ type Server struct {
 
 	nextID atomic.Uint64
 
+	reaperDone chan struct{} // closed to stop the idle reaper; nil if none runs; guarded by mu
+
 	mu        sync.Mutex
 	listeners []*listener
 	conns     map[*conn]struct{}
@@ -202,7 +204,56 @@ func (s *Server) Start(ctx context.Context) error {
 		s.acceptWG.Add(1)
 		go s.accept(l)
 	}
+	if period := reapPeriod(s.opts.Listeners); period > 0 {
+		s.reaperDone = make(chan struct{})
+		go s.reapIdle(period, s.reaperDone)
+	}
 	return nil
+}
+
+// reapPeriod is how often the idle reaper scans: an eighth of the shortest
+// idle timeout, within [5ms, 5s], so a connection closes between 1× and
+// 1.125× its timeout. Zero means no listener has an idle timeout.
+func reapPeriod(ls []ListenerConfig) time.Duration {
+	var shortest time.Duration
+	for _, l := range ls {
+		if l.IdleTimeout > 0 && (shortest == 0 || l.IdleTimeout < shortest) {
+			shortest = l.IdleTimeout
+		}
+	}
+	if shortest == 0 {
+		return 0
+	}
+	return min(max(shortest/8, 5*time.Millisecond), 5*time.Second)
+}
+
+// reapIdle aborts connections idle for longer than their listener's idle
+// timeout. One goroutine and one ticker serve every connection: a timer per
+// connection would cost each idle one about a quarter KiB. It runs until
+// the server has closed and every connection is gone.
+func (s *Server) reapIdle(period time.Duration, stop <-chan struct{}) {
+	t := time.NewTicker(period)
+	defer t.Stop()
+	var idle []*conn
+	for {
+		select {
+		case <-t.C:
+		case <-stop:
+			return
+		}
+		now := time.Since(monoEpoch)
+		idle = idle[:0]
+		s.mu.Lock()
+		for c := range s.conns {
+			if to := c.l.cfg.IdleTimeout; to > 0 && c.idleFor(now) >= to {
+				idle = append(idle, c)
+			}
+		}
+		s.mu.Unlock()
+		for _, c := range idle {
+			c.abort(errIdleTimeout)
+		}
+	}
 }
 
 // Addr returns the bound address of the named listener, or nil if there is
@@ -301,6 +352,7 @@ func (s *Server) newConn(l *listener, c *net.TCPConn) *conn {
 		return nil
 	}
 	cn := &conn{srv: s, l: l, id: s.nextID.Add(1), client: c, start: time.Now()}
+	cn.touch()
 	s.conns[cn] = struct{}{}
 	return cn
 }
@@ -322,6 +374,7 @@ func (s *Server) forget(c *conn) {
 // timeout) if some had to be closed.
 func (s *Server) Shutdown(ctx context.Context) error {
 	done := s.stopAccepting()
+	defer s.stopReaper()
 	select {
 	case <-done:
 		return nil
@@ -338,7 +391,18 @@ func (s *Server) Close() error {
 	done := s.stopAccepting()
 	s.abortAll()
 	<-done
+	s.stopReaper()
 	return nil
+}
+
+// stopReaper ends the idle reaper, once.
+func (s *Server) stopReaper() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.reaperDone != nil {
+		close(s.reaperDone)
+		s.reaperDone = nil
+	}
 }
 
 // abortAll cancels dials in flight and aborts every live connection.
