@@ -439,8 +439,6 @@ func describe(v any) string {
 		return "a list"
 	case map[string]any, map[any]any:
 		return "a mapping"
-	case bool:
-		return fmt.Sprintf("%v", x)
 	default:
 		return fmt.Sprintf("%v", x)
 	}

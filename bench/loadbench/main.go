@@ -394,24 +394,25 @@ func (p *proxyProc) stop() {
 	}
 }
 
-func freePort() (string, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
+// freePorts returns two free loopback addresses for a proxy's listeners.
+func freePorts() (a, b string, err error) {
+	var addrs [2]string
+	for i := range addrs {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return "", "", err
+		}
+		addrs[i] = ln.Addr().String()
+		ln.Close()
 	}
-	defer ln.Close()
-	return ln.Addr().String(), nil
+	return addrs[0], addrs[1], nil
 }
 
 // startSluice runs sluice with two listeners; srcOpts is extra YAML (a flow
 // mapping's inner keys, e.g. `conn: {down: {rate: "10MB/s"}}`) for the
 // source listener.
 func startSluice(dir, srcAddr, echoAddr, srcOpts string) (*proxyProc, error) {
-	a, err := freePort()
-	if err != nil {
-		return nil, err
-	}
-	b, err := freePort()
+	a, b, err := freePorts()
 	if err != nil {
 		return nil, err
 	}
@@ -441,11 +442,7 @@ listeners:
 // startNginx runs nginx's stream proxy with two servers; srcDirectives go
 // into the source server block (e.g. "proxy_download_rate 10000000;").
 func startNginx(dir, srcAddr, echoAddr, srcDirectives string) (*proxyProc, error) {
-	a, err := freePort()
-	if err != nil {
-		return nil, err
-	}
-	b, err := freePort()
+	a, b, err := freePorts()
 	if err != nil {
 		return nil, err
 	}
