@@ -104,9 +104,10 @@ func (c *conn) abort(cause error) {
 	if c.done != nil {
 		close(c.done)
 	}
-	c.client.SetDeadline(aLongTimeAgo)
+	// Best effort: a socket that is already closed has nothing to unblock.
+	_ = c.client.SetDeadline(aLongTimeAgo)
 	if c.up != nil {
-		c.up.SetDeadline(aLongTimeAgo)
+		_ = c.up.SetDeadline(aLongTimeAgo)
 	}
 }
 
@@ -166,7 +167,7 @@ func (c *conn) applyLimits(lim *ConnLimits) {
 		}
 		p.chunk.Store(int64(chunk))
 		if g := p.gate.Load(); g != nil {
-			g.SetLimit(l) // validated by the Server
+			_ = g.SetLimit(l) // cannot fail: the Server validated l
 		} else if !l.Unlimited() {
 			p.gate.Store(shaper.NewGate(l, nil))
 		}
@@ -205,8 +206,9 @@ func (c *conn) serve() {
 	}
 	if err != nil {
 		// Refused, unreachable or timed out: tell the client at once with
-		// a reset rather than leaving it connected to nothing.
-		c.client.SetLinger(0)
+		// a reset rather than leaving it connected to nothing. (SetLinger
+		// fails only on a socket already gone, which needs no reset.)
+		_ = c.client.SetLinger(0)
 		c.client.Close()
 		if up != nil {
 			up.Close()
@@ -234,9 +236,9 @@ func (c *conn) finish() {
 	result, err := c.result(c.pumps[Up].err, c.pumps[Down].err)
 	if result != resultOK && result != resultIdle && result != resultShutdown {
 		// Forward a reset as a reset: both sides learn the stream broke.
-		c.client.SetLinger(0)
+		_ = c.client.SetLinger(0)
 		if tc, ok := c.up.(*net.TCPConn); ok {
-			tc.SetLinger(0)
+			_ = tc.SetLinger(0)
 		}
 	}
 	c.client.Close()

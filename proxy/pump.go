@@ -98,7 +98,7 @@ func (p *pump) copySplice() error {
 	for {
 		avail, err := p.waitReadable()
 		if err != nil {
-			if err == io.EOF {
+			if errors.Is(err, io.EOF) {
 				return nil
 			}
 			return err

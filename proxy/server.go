@@ -336,7 +336,7 @@ func (s *Server) accept(l *listener) {
 		backoff = 0
 		cn := s.newConn(l, c)
 		if cn == nil {
-			c.SetLinger(0)
+			_ = c.SetLinger(0) // refuse with a reset: sluice is closing
 			c.Close()
 			continue
 		}

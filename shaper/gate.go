@@ -197,8 +197,7 @@ func (g *Gate) Take(ctx context.Context, n int) (int, error) {
 	for {
 		now := g.clock.Now()
 		if !waitStart.IsZero() {
-			g.waited += now.Sub(waitStart)
-			waitStart = time.Time{}
+			g.waited += now.Sub(waitStart) // waitStart is set again before any further wait
 		}
 		if g.lim.Rate == 0 {
 			g.granted += int64(n)
