@@ -22,5 +22,7 @@ go build -o "$out/sluice" ./cmd/sluice
 go build -o "$out/loadbench" ./bench/loadbench
 mkdir -p bench/results
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
+mode=core
+for a in "$@"; do [ "$a" = -shape ] && mode=shape; done
 "$out/loadbench" -sluice "$out/sluice" -nginx "$(command -v nginx)" -runs 3 \
-  -json "bench/results/core-$stamp.json" "$@"
+  -json "bench/results/$mode-$stamp.json" "$@"

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
 	"net"
 	"os"
@@ -77,6 +78,12 @@ func runShape(dir, srcAddr, echoAddr string) error {
 			}
 		}
 	}
+	if *jsonOut != "" {
+		b, _ := json.MarshalIndent(all, "", "  ")
+		if err := os.WriteFile(*jsonOut, b, 0o644); err != nil {
+			return err
+		}
+	}
 	fmt.Printf("\nmedian of %d runs, %v per case, chunk and burst %d B; windows after the first second\n", *runs, *duration+time.Second, chunk)
 	fmt.Printf("%-18s %-18s %9s %9s %8s %8s %9s\n", "case", "proxy", "err %", "first/r", "minwin", "maxwin", "cpu s/GB")
 	for _, c := range shapeCases {
@@ -96,28 +103,31 @@ func runShape(dir, srcAddr, echoAddr string) error {
 const binWidth = 10 * time.Millisecond
 
 // measureShape downloads through t on c.conns connections for 1 s plus
-// -duration, binning arrivals per 10 ms from each connection's start.
+// -duration, binning arrivals per 10 ms from each connection's own dial:
+// bytes that arrive while later connections are still being dialed count
+// in their connection's first second.
 func measureShape(t *target, c shapeCase) (shapeResult, error) {
 	total := time.Second + *duration
 	nbins := int(total/binWidth) + 1
 	bins := make([][]int64, c.conns)
 	conns := make([]net.Conn, c.conns)
+	starts := make([]time.Time, c.conns) // each conn's clock starts at its own dial
 	for i := range conns {
 		var err error
 		if conns[i], err = net.Dial("tcp", t.sourceAddr); err != nil {
 			return shapeResult{}, err
 		}
+		starts[i] = time.Now()
 		bins[i] = make([]int64, nbins)
 	}
 	cpu0 := cpuSeconds(t.pids())
 	var wg sync.WaitGroup
 	for i, conn := range conns {
 		wg.Add(1)
-		go func(b []int64, conn net.Conn) {
+		go func(b []int64, conn net.Conn, start time.Time) {
 			defer wg.Done()
 			defer conn.Close()
 			buf := make([]byte, 256<<10)
-			start := time.Now()
 			conn.SetReadDeadline(start.Add(total))
 			for {
 				n, err := conn.Read(buf)
@@ -128,7 +138,7 @@ func measureShape(t *target, c shapeCase) (shapeResult, error) {
 					return // the read deadline ends the case
 				}
 			}
-		}(bins[i], conn)
+		}(bins[i], conn, starts[i])
 	}
 	wg.Wait()
 	cpu1 := cpuSeconds(t.pids())
