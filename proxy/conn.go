@@ -296,6 +296,18 @@ func (c *conn) idleFor(now time.Duration) time.Duration {
 	return now - time.Duration(c.lastActive.Load())
 }
 
+// waitingForTokens reports whether a pump is held back by the conn's own
+// limit: such a conn has bytes to move and is not idle, however long a
+// grant takes at a low rate.
+func (c *conn) waitingForTokens() bool {
+	for i := range c.pumps {
+		if g := c.pumps[i].gate.Load(); g != nil && g.Stats().Waiting {
+			return true
+		}
+	}
+	return false
+}
+
 func (c *conn) logDone(result string, err error) {
 	level := slog.LevelInfo
 	if err != nil && !isBenignClose(err) {

@@ -228,7 +228,7 @@ func reapPeriod(ls []ListenerConfig) time.Duration {
 }
 
 // reapIdle aborts connections idle for longer than their listener's idle
-// timeout. One goroutine and one ticker serve every connection: a timer per
+// timeout; a connection waiting for its own tokens is not idle. One goroutine and one ticker serve every connection: a timer per
 // connection would cost each idle one about a quarter KiB. It runs until
 // the server has closed and every connection is gone.
 func (s *Server) reapIdle(period time.Duration, stop <-chan struct{}) {
@@ -245,7 +245,7 @@ func (s *Server) reapIdle(period time.Duration, stop <-chan struct{}) {
 		idle = idle[:0]
 		s.mu.Lock()
 		for c := range s.conns {
-			if to := c.l.cfg.IdleTimeout; to > 0 && c.idleFor(now) >= to {
+			if to := c.l.cfg.IdleTimeout; to > 0 && c.idleFor(now) >= to && !c.waitingForTokens() {
 				idle = append(idle, c)
 			}
 		}

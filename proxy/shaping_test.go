@@ -6,6 +6,7 @@ import (
 	"io"
 	"math"
 	"net"
+	"os"
 	"sync"
 	"testing"
 	"time"
@@ -227,6 +228,40 @@ func TestShapedWaitEndsOnShutdown(t *testing.T) {
 		t.Errorf("Shutdown took %v with a connection waiting for tokens", d)
 	}
 	waitLog(t, logs, "result=shutdown", "bytes_down=8192")
+}
+
+// TestWaitingForTokensIsNotIdle: a connection held back by its own limit
+// (8 KiB at 100 B/s is 80 s per grant) outlives a 300 ms idle timeout; a
+// really idle one does not.
+func TestWaitingForTokensIsNotIdle(t *testing.T) {
+	defer test.TimeOut(20 * time.Second).Stop()
+	checkRoutines(t)
+
+	b := newBackend(t)
+	_, addr, _ := startProxy(t, ListenerConfig{Upstream: b.addr(), IdleTimeout: 300 * time.Millisecond,
+		Limits: ConnLimits{Down: shaper.Limit{Rate: 100, Burst: 8192}}})
+	client, server := connect(t, addr, b)
+	defer client.Close()
+	defer server.Close()
+	go server.Write(make([]byte, 64<<10))
+	if _, err := io.ReadFull(client, make([]byte, 8192)); err != nil {
+		t.Fatal(err) // the first burst; the rest waits for tokens
+	}
+	// Four idle timeouts later it is still open: the read times out
+	// rather than seeing the connection closed.
+	client.SetReadDeadline(time.Now().Add(1200 * time.Millisecond))
+	if _, err := client.Read(make([]byte, 1)); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("shaped connection: read err = %v, want a timeout (still open)", err)
+	}
+
+	// A connection with nothing to move is closed as idle.
+	quiet, quietServer := connect(t, addr, b)
+	defer quiet.Close()
+	defer quietServer.Close()
+	quiet.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := quiet.Read(make([]byte, 1)); !errors.Is(err, io.EOF) {
+		t.Fatalf("idle connection: read err = %v, want EOF from the idle timeout", err)
+	}
 }
 
 func pacingRate(t *testing.T, c *net.TCPConn) uint64 {
