@@ -174,9 +174,6 @@ func (r Rate) String() string {
 	return strconv.FormatInt(bits, 10) + "bit"
 }
 
-// BitsPerSecond returns r in bits per second.
-func (r Rate) BitsPerSecond() int64 { return int64(r) * 8 }
-
 // String formats s so that [ParseSize] gives s back, with the largest unit
 // that divides it evenly (binary units first).
 func (s Size) String() string {

@@ -270,6 +270,16 @@ func TestStressDuplex(t *testing.T) {
 	}
 }
 
+// bothEnds runs a test once with the client as the acting end and once with
+// the upstream.
+var bothEnds = []struct {
+	name string
+	pick func(client, server *net.TCPConn) (actor, other *net.TCPConn)
+}{
+	{"client", func(c, s *net.TCPConn) (*net.TCPConn, *net.TCPConn) { return c, s }},
+	{"upstream", func(c, s *net.TCPConn) (*net.TCPConn, *net.TCPConn) { return s, c }},
+}
+
 func TestHalfClose(t *testing.T) {
 	defer test.TimeOut(20 * time.Second).Stop()
 	checkRoutines(t)
@@ -277,18 +287,12 @@ func TestHalfClose(t *testing.T) {
 	b := newBackend(t)
 	_, addr, logs := startProxy(t, ListenerConfig{Upstream: b.addr()})
 
-	for _, tc := range []struct {
-		name  string
-		first func(client, server *net.TCPConn) (closer, other *net.TCPConn)
-	}{
-		{"client closes first", func(c, s *net.TCPConn) (*net.TCPConn, *net.TCPConn) { return c, s }},
-		{"upstream closes first", func(c, s *net.TCPConn) (*net.TCPConn, *net.TCPConn) { return s, c }},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
+	for _, end := range bothEnds {
+		t.Run(end.name+" closes first", func(t *testing.T) {
 			client, server := connect(t, addr, b)
 			defer client.Close()
 			defer server.Close()
-			closer, other := tc.first(client, server)
+			closer, other := end.pick(client, server)
 
 			// The closer sends a request and half-closes; the other side
 			// reads it all, sees EOF, and can still answer.
@@ -321,18 +325,12 @@ func TestResetPropagation(t *testing.T) {
 
 	b := newBackend(t)
 	_, addr, logs := startProxy(t, ListenerConfig{Upstream: b.addr()})
-	for _, tc := range []struct {
-		name  string
-		reset func(client, server *net.TCPConn) (resetter, other *net.TCPConn)
-	}{
-		{"client resets", func(c, s *net.TCPConn) (*net.TCPConn, *net.TCPConn) { return c, s }},
-		{"upstream resets", func(c, s *net.TCPConn) (*net.TCPConn, *net.TCPConn) { return s, c }},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
+	for _, end := range bothEnds {
+		t.Run(end.name+" resets", func(t *testing.T) {
 			client, server := connect(t, addr, b)
 			defer client.Close()
 			defer server.Close()
-			resetter, other := tc.reset(client, server)
+			resetter, other := end.pick(client, server)
 			// Prove the path works, then reset one end.
 			if _, err := resetter.Write([]byte("x")); err != nil {
 				t.Fatal(err)

@@ -314,3 +314,75 @@ func TestKernelPacing(t *testing.T) {
 		t.Errorf("pacing off: SO_MAX_PACING_RATE = %d, want unlimited", got)
 	}
 }
+
+// opaqueConn hides *net.TCPConn from the pumps, as a TLS or PROXY-protocol
+// wrapper would, so both directions copy through a buffer instead of
+// splicing. It forwards CloseWrite explicitly (embedding would hide it).
+type opaqueConn struct{ net.Conn }
+
+func (c opaqueConn) CloseWrite() error { return c.Conn.(*net.TCPConn).CloseWrite() }
+
+// TestUserSpacePath: with an upstream that is not a *net.TCPConn, bytes are
+// still exact both ways, half-closes still pass, and limits still hold.
+func TestUserSpacePath(t *testing.T) {
+	defer test.TimeOut(30 * time.Second).Stop()
+	checkRoutines(t)
+
+	b := newBackend(t)
+	var d net.Dialer
+	srv, err := New(Options{
+		Listeners: []ListenerConfig{{Name: "t", Addr: "127.0.0.1:0", Upstream: b.addr()}},
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			c, err := d.DialContext(ctx, network, addr)
+			if err != nil {
+				return nil, err
+			}
+			return opaqueConn{c}, nil
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	addr := srv.Addr("t").String()
+
+	client, server := connect(t, addr, b)
+	defer client.Close()
+	defer server.Close()
+	if err := test.StressDuplex(fullReader{client}, fullReader{server}, test.Options{MsgSize: 32 << 10, MsgCount: 64}); err != nil {
+		t.Fatal(err)
+	}
+	client.CloseWrite()
+	if n, err := io.Copy(io.Discard, server); n != 0 || err != nil {
+		t.Fatalf("upstream read after the client's half-close = %d, %v; want EOF", n, err)
+	}
+	server.CloseWrite()
+	if n, err := io.Copy(io.Discard, client); n != 0 || err != nil {
+		t.Fatalf("client read after the upstream's half-close = %d, %v; want EOF", n, err)
+	}
+
+	// A limit on the user-space path: 1 MB at 2 MB/s takes about 0.5 s.
+	const rate, size = 2_000_000, 1_000_000
+	if err := srv.SetLimits("t", ConnLimits{Down: shaper.Limit{Rate: rate}}); err != nil {
+		t.Fatal(err)
+	}
+	client2, server2 := connect(t, addr, b)
+	defer client2.Close()
+	defer server2.Close()
+	go func() {
+		server2.Write(make([]byte, size))
+		server2.CloseWrite()
+	}()
+	start := time.Now()
+	n, err := io.Copy(io.Discard, client2)
+	el := time.Since(start)
+	if n != size || err != nil {
+		t.Fatalf("shaped read = %d, %v; want %d bytes", n, err, size)
+	}
+	if want := time.Duration(float64(size-shaper.DefaultBurst) / rate * float64(time.Second)); el < want*9/10 {
+		t.Errorf("1 MB at 2 MB/s arrived in %v, want at least %v: the limit is not applied", el, want*9/10)
+	}
+}

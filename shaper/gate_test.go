@@ -266,7 +266,7 @@ func TestCancelReturnsNothingTaken(t *testing.T) {
 	}
 }
 
-func TestConcurrentTakersShareFairlyInTotal(t *testing.T) {
+func TestConcurrentTakersGetTheRateInTotal(t *testing.T) {
 	clk := shapertest.NewClock()
 	g := shaper.NewGate(shaper.Limit{Rate: 1000, Burst: 10}, clk)
 	var wg sync.WaitGroup

@@ -90,13 +90,6 @@ func (c *Clock) notify() {
 	c.changed = make(chan struct{})
 }
 
-// Pending returns the number of armed timers.
-func (c *Clock) Pending() int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return len(c.timers)
-}
-
 // BlockUntil returns once exactly n timers are armed: with one Gate, once its
 // Take is waiting for tokens.
 func (c *Clock) BlockUntil(n int) {
