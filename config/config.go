@@ -17,7 +17,9 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"net"
+	"os"
 	"slices"
 	"sort"
 	"strconv"
@@ -30,6 +32,7 @@ import (
 // Config is a whole, validated sluice configuration with defaults filled in.
 type Config struct {
 	Log       Log
+	Admin     Admin
 	Listeners []Listener
 	Shutdown  Shutdown
 }
@@ -41,6 +44,24 @@ type Log struct {
 	// Format is "text" (logfmt-like) or "json". Default "text".
 	Format string
 }
+
+// Admin configures the admin HTTP API (/metrics, /healthz, /readyz, /v1/...).
+type Admin struct {
+	// Listen is the admin address, "host:port". Default DefaultAdminListen
+	// (loopback); "off" disables the admin API.
+	Listen string
+	// TokenFile holds the bearer token that state-changing calls need (its
+	// content, surrounding white space trimmed). The SLUICE_ADMIN_TOKEN
+	// environment variable, when set, is used instead. A non-loopback
+	// Listen requires a token.
+	TokenFile string
+	// Token is the token read from TokenFile or SLUICE_ADMIN_TOKEN; empty
+	// when none is set. It is never printed.
+	Token string
+}
+
+// Enabled reports whether the admin API listens at all.
+func (a Admin) Enabled() bool { return a.Listen != "" }
 
 // Listener is one listening socket and where its connections go.
 type Listener struct {
@@ -108,7 +129,13 @@ const (
 	DefaultConnectTimeout = 5 * time.Second
 	DefaultIdleTimeout    = 5 * time.Minute
 	DefaultDrain          = 30 * time.Second
+	DefaultAdminListen    = "127.0.0.1:9901"
+	// MaxTokenLen bounds the admin token file.
+	MaxTokenLen = 4096
 )
+
+// AdminTokenEnv names the environment variable that carries the admin token.
+const AdminTokenEnv = EnvPrefix + "_ADMIN_TOKEN"
 
 // EnvPrefix prefixes environment overrides: SLUICE_LOG_LEVEL=debug overrides
 // log.level. Dots and dashes in key paths become underscores.
@@ -146,6 +173,7 @@ func newViper() *viper.Viper {
 	v.SetDefault("log.level", "info")
 	v.SetDefault("log.format", "text")
 	v.SetDefault("shutdown.drain", DefaultDrain.String())
+	v.SetDefault("admin.listen", DefaultAdminListen)
 	return v
 }
 
@@ -161,7 +189,7 @@ func (d *decoder) failf(path, format string, args ...any) {
 func decode(settings map[string]any) (*Config, error) {
 	d := &decoder{}
 	c := &Config{}
-	top := d.object("", settings, "log", "listeners", "shutdown")
+	top := d.object("", settings, "log", "admin", "listeners", "shutdown")
 
 	lg := d.object("log", top["log"], "level", "format")
 	c.Log.Level = d.oneOf("log.level", lg["level"], "info", "debug", "info", "warn", "error")
@@ -170,11 +198,83 @@ func decode(settings map[string]any) (*Config, error) {
 	sd := d.object("shutdown", top["shutdown"], "drain")
 	c.Shutdown.Drain = d.duration("shutdown.drain", sd["drain"], DefaultDrain, false)
 
+	c.Admin = d.admin(top["admin"])
 	c.Listeners = d.listeners(top["listeners"])
 	if len(d.errs) > 0 {
 		return nil, errors.Join(d.errs...)
 	}
 	return c, nil
+}
+
+// admin reads {listen, token_file} and the token itself.
+func (d *decoder) admin(v any) Admin {
+	m := d.object("admin", v, "listen", "token_file")
+	var a Admin
+	if s, ok := m["listen"].(string); ok && s == "off" {
+		a.Listen = ""
+	} else {
+		a.Listen = d.hostPort("admin.listen", orDefault(m["listen"], DefaultAdminListen), true)
+	}
+	a.TokenFile = d.str("admin.token_file", m["token_file"], "")
+	if a.TokenFile != "" {
+		tok, err := readToken(a.TokenFile)
+		if err != nil {
+			d.failf("admin.token_file", "%v", err)
+		}
+		a.Token = tok
+	}
+	if env, ok := os.LookupEnv(AdminTokenEnv); ok {
+		if a.Token = strings.TrimSpace(env); a.Token == "" {
+			d.failf(AdminTokenEnv, "set but empty: want the admin token, or unset it")
+		}
+	}
+	if a.Listen != "" && a.Token == "" && !isLoopback(a.Listen) {
+		d.failf("admin.listen", "%q is not a loopback address: set admin.token_file (or %s) so only holders of the token can use it, or listen on 127.0.0.1", a.Listen, AdminTokenEnv)
+	}
+	return a
+}
+
+// readToken reads a token file: at most MaxTokenLen bytes, white space
+// trimmed, not empty.
+func readToken(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, MaxTokenLen+1))
+	if err != nil {
+		return "", err
+	}
+	if len(b) > MaxTokenLen {
+		return "", fmt.Errorf("%s: longer than %d bytes: want a token file, like 32 random hex characters", path, MaxTokenLen)
+	}
+	tok := strings.TrimSpace(string(b))
+	if tok == "" {
+		return "", fmt.Errorf("%s is empty: want the admin token", path)
+	}
+	return tok, nil
+}
+
+// isLoopback reports whether a listen address only accepts local peers:
+// a loopback IP or "localhost". An empty host means every address.
+func isLoopback(hostPort string) bool {
+	host, _, err := net.SplitHostPort(hostPort)
+	if err != nil || host == "" {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+func orDefault(v any, def string) any {
+	if v == nil {
+		return def
+	}
+	return v
 }
 
 func (d *decoder) listeners(v any) []Listener {

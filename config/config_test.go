@@ -15,7 +15,8 @@ func TestLoadExample(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := &Config{
-		Log: Log{Level: "info", Format: "text"},
+		Log:   Log{Level: "info", Format: "text"},
+		Admin: Admin{Listen: DefaultAdminListen},
 		Listeners: []Listener{{
 			Name: "web", Listen: "127.0.0.1:8080", Upstream: "127.0.0.1:8081",
 			Timeouts: Timeouts{Connect: 5 * time.Second, Idle: 5 * time.Minute},

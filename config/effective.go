@@ -43,6 +43,10 @@ func (c *Config) YAML() ([]byte, error) {
 			Level  string `yaml:"level"`
 			Format string `yaml:"format"`
 		} `yaml:"log"`
+		Admin struct {
+			Listen    string `yaml:"listen"`
+			TokenFile string `yaml:"token_file,omitempty"`
+		} `yaml:"admin"`
 		Listeners []listener `yaml:"listeners"`
 		Shutdown  struct {
 			Drain string `yaml:"drain"`
@@ -51,6 +55,10 @@ func (c *Config) YAML() ([]byte, error) {
 	var o out
 	o.Log.Level, o.Log.Format = c.Log.Level, c.Log.Format
 	o.Shutdown.Drain = c.Shutdown.Drain.String()
+	o.Admin.Listen, o.Admin.TokenFile = c.Admin.Listen, c.Admin.TokenFile
+	if o.Admin.Listen == "" {
+		o.Admin.Listen = "off"
+	}
 	for _, l := range c.Listeners {
 		ol := listener{
 			Name: l.Name, Listen: l.Listen, Upstream: l.Upstream,

@@ -23,6 +23,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -52,6 +54,10 @@ type ListenerConfig struct {
 	// Limits hold each connection to a rate per direction; the zero value
 	// imposes none. [Server.SetLimits] changes them on live connections.
 	Limits ConnLimits
+	// Listener, when set, is an already-open socket to serve instead of
+	// binding Addr (systemd socket activation); Addr then only names it.
+	// The Server owns it from New or Reconfigure on.
+	Listener *net.TCPListener
 }
 
 // ConnLimits are per-connection limits, per direction.
@@ -108,27 +114,38 @@ type Server struct {
 
 	nextID atomic.Uint64
 
-	reaperDone chan struct{} // closed to stop the idle reaper; nil if none runs; guarded by mu
+	reaperDone chan struct{}  // closed to stop the idle reaper; nil if none runs; guarded by mu
+	reapEvery  atomic.Int64   // the reaper's period in ns; Reconfigure updates it
+	reconfMu   sync.Mutex     // serializes Reconfigure
+	draining   sync.WaitGroup // drain timers of removed listeners, pending or running
 
-	mu        sync.Mutex
-	listeners []*listener
-	conns     map[*conn]struct{}
-	connsDone chan struct{} // closed when conns drops to zero after closing
-	closing   bool
-	acceptWG  sync.WaitGroup
+	mu          sync.Mutex
+	listeners   []*listener
+	conns       map[*conn]struct{}
+	stats       map[string]*listenerStats // by listener name; kept across reconfigures
+	drainTimers []*time.Timer             // of removed listeners
+	connsDone   chan struct{}             // closed when conns drops to zero after closing
+	closing     bool
+	acceptWG    sync.WaitGroup
 }
 
+// A listener is one listening socket and its accept loop. Reconfigure may
+// change its config, even its name, but never its address: a new address
+// is a new listener.
 type listener struct {
-	cfg    ListenerConfig
 	ln     *net.TCPListener
-	limits atomic.Pointer[ConnLimits] // current; SetLimits replaces it
+	cfg    atomic.Pointer[ListenerConfig] // for new connections; Reconfigure replaces it
+	limits atomic.Pointer[ConnLimits]     // current; SetLimits and Reconfigure replace it
 }
+
+func (l *listener) name() string { return l.cfg.Load().Name }
 
 // Errors that end connections on purpose; they are the context cause seen by
 // the pumps and name the result in the connection's log line.
 var (
 	errShutdown    = errors.New("proxy: server shutting down")
 	errIdleTimeout = errors.New("proxy: idle timeout")
+	errClosed      = errors.New("proxy: closed by the admin API")
 )
 
 // ErrServerClosed is returned by Start after Shutdown or Close.
@@ -138,9 +155,29 @@ var ErrServerClosed = errors.New("proxy: server closed")
 // It returns an error when a listener has no address or no upstream, or two
 // listeners share a name.
 func New(opts Options) (*Server, error) {
+	var err error
+	if opts.Listeners, err = normalize(opts.Listeners); err != nil {
+		return nil, err
+	}
+	s := &Server{opts: opts, log: opts.Logger, dial: opts.DialContext,
+		conns: map[*conn]struct{}{}, stats: map[string]*listenerStats{}}
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	if s.dial == nil {
+		d := &net.Dialer{}
+		s.dial = d.DialContext
+	}
+	s.ctx, s.cancel = context.WithCancelCause(context.Background())
+	return s, nil
+}
+
+// normalize checks listener configs and fills in their defaults, in a copy.
+func normalize(ls []ListenerConfig) ([]ListenerConfig, error) {
+	ls = slices.Clone(ls)
 	seen := map[string]bool{}
-	for i := range opts.Listeners {
-		l := &opts.Listeners[i]
+	for i := range ls {
+		l := &ls[i]
 		if l.Addr == "" || l.Upstream == "" {
 			return nil, fmt.Errorf("listener %d (%q): address and upstream are required", i, l.Name)
 		}
@@ -161,16 +198,30 @@ func New(opts Options) (*Server, error) {
 			return nil, fmt.Errorf("listener %q: %w", l.Name, err)
 		}
 	}
-	s := &Server{opts: opts, log: opts.Logger, dial: opts.DialContext, conns: map[*conn]struct{}{}}
-	if s.log == nil {
-		s.log = slog.New(slog.DiscardHandler)
+	return ls, nil
+}
+
+// bind opens cfg's socket, or takes the one it was handed.
+func bind(ctx context.Context, cfg ListenerConfig) (*net.TCPListener, error) {
+	if cfg.Listener != nil {
+		return cfg.Listener, nil
 	}
-	if s.dial == nil {
-		d := &net.Dialer{}
-		s.dial = d.DialContext
+	var lc net.ListenConfig
+	ln, err := lc.Listen(ctx, "tcp", cfg.Addr)
+	if err != nil {
+		return nil, fmt.Errorf("listener %q: %w", cfg.Name, err)
 	}
-	s.ctx, s.cancel = context.WithCancelCause(context.Background())
-	return s, nil
+	return ln.(*net.TCPListener), nil
+}
+
+// newListener makes a listener for cfg on ln and its stats; s.mu is held.
+func (s *Server) newListener(cfg ListenerConfig, ln *net.TCPListener) *listener {
+	l := &listener{ln: ln}
+	l.cfg.Store(&cfg)
+	lim := cfg.Limits
+	l.limits.Store(&lim)
+	s.statsFor(cfg.Name)
+	return l
 }
 
 // Start binds every listener, then serves them in the background. If any
@@ -185,35 +236,202 @@ func (s *Server) Start(ctx context.Context) error {
 	if len(s.listeners) > 0 {
 		return errors.New("proxy: server already started")
 	}
-	var lc net.ListenConfig
 	for _, cfg := range s.opts.Listeners {
-		ln, err := lc.Listen(ctx, "tcp", cfg.Addr)
+		ln, err := bind(ctx, cfg)
 		if err != nil {
 			for _, l := range s.listeners {
 				l.ln.Close()
 			}
 			s.listeners = nil
-			return fmt.Errorf("listener %q: %w", cfg.Name, err)
+			return err
 		}
-		l := &listener{cfg: cfg, ln: ln.(*net.TCPListener)}
-		lim := cfg.Limits
-		l.limits.Store(&lim)
-		s.listeners = append(s.listeners, l)
+		s.listeners = append(s.listeners, s.newListener(cfg, ln))
 	}
 	for _, l := range s.listeners {
 		s.acceptWG.Add(1)
 		go s.accept(l)
 	}
-	if period := reapPeriod(s.opts.Listeners); period > 0 {
-		s.reaperDone = make(chan struct{})
-		go s.reapIdle(period, s.reaperDone)
+	s.reapEvery.Store(int64(reapPeriod(s.opts.Listeners)))
+	s.reaperDone = make(chan struct{})
+	go s.reapIdle(s.reaperDone)
+	return nil
+}
+
+// Reconfigure replaces the listener set with ls, without dropping a live
+// connection:
+//
+//   - a listener whose name is new (and whose address no removed listener
+//     holds) is bound and served;
+//   - a listener whose name is gone stops accepting; its connections run on
+//     and are closed after drain if still open (drain <= 0 waits for them
+//     without limit, until Shutdown);
+//   - a listener that keeps its name (or, renamed, its address) keeps its
+//     socket and its connections: changed limits apply to them within one
+//     chunk's time; a changed upstream, timeouts or chunk apply to new
+//     connections; a changed address is a new socket, and the old one
+//     drains as if removed.
+//
+// It binds every new socket before changing anything: if one fails, it
+// closes those it bound and returns the error, and the running set stays.
+func (s *Server) Reconfigure(ls []ListenerConfig, drain time.Duration) error {
+	ls, err := normalize(ls)
+	if err != nil {
+		return err
+	}
+	s.reconfMu.Lock()
+	defer s.reconfMu.Unlock()
+
+	s.mu.Lock()
+	if s.closing || s.reaperDone == nil {
+		s.mu.Unlock()
+		return ErrServerClosed
+	}
+	old := slices.Clone(s.listeners)
+	s.mu.Unlock()
+
+	// Match each new config to the listener it continues: by name with
+	// the same address, else (a rename) by the same fixed address.
+	keep := make([]*listener, len(ls))
+	taken := map[*listener]bool{}
+	for i, cfg := range ls {
+		for _, o := range old {
+			if oc := o.cfg.Load(); !taken[o] && oc.Name == cfg.Name && sameSocket(o, oc, cfg) {
+				keep[i], taken[o] = o, true
+			}
+		}
+	}
+	for i, cfg := range ls {
+		if keep[i] != nil || cfg.Listener != nil || strings.HasSuffix(cfg.Addr, ":0") {
+			continue
+		}
+		for _, o := range old {
+			if oc := o.cfg.Load(); !taken[o] && oc.Addr == cfg.Addr && !slices.ContainsFunc(ls, func(c ListenerConfig) bool { return c.Name == oc.Name }) {
+				keep[i], taken[o] = o, true
+			}
+		}
+	}
+	// Bind the new sockets.
+	fresh := make([]*net.TCPListener, len(ls))
+	for i, cfg := range ls {
+		if keep[i] != nil {
+			continue
+		}
+		ln, err := bind(context.Background(), cfg)
+		if err != nil {
+			for _, f := range fresh {
+				if f != nil {
+					f.Close()
+				}
+			}
+			return err
+		}
+		fresh[i] = ln
+	}
+
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		for _, f := range fresh {
+			if f != nil {
+				f.Close()
+			}
+		}
+		return ErrServerClosed
+	}
+	type change struct {
+		l     *listener
+		lim   ConnLimits
+		conns []*conn
+	}
+	var changes []change
+	next := make([]*listener, len(ls))
+	for i, cfg := range ls {
+		if fresh[i] != nil {
+			next[i] = s.newListener(cfg, fresh[i])
+			continue
+		}
+		l := keep[i]
+		l.cfg.Store(&cfg)
+		s.statsFor(cfg.Name)
+		if *l.limits.Load() != cfg.Limits {
+			lim := cfg.Limits
+			l.limits.Store(&lim)
+			changes = append(changes, change{l: l, lim: lim})
+		}
+		next[i] = l
+	}
+	var removed []*listener
+	for _, o := range old {
+		if !taken[o] {
+			removed = append(removed, o)
+		}
+	}
+	for i := range changes {
+		for c := range s.conns {
+			if c.l == changes[i].l {
+				changes[i].conns = append(changes[i].conns, c)
+			}
+		}
+	}
+	s.listeners = next
+	for i, l := range next {
+		if fresh[i] != nil {
+			s.acceptWG.Add(1)
+			go s.accept(l)
+		}
+	}
+	s.reapEvery.Store(int64(reapPeriod(ls)))
+	s.mu.Unlock()
+
+	for _, o := range removed {
+		o.ln.Close() // its accept loop ends; its connections run on
+		if drain > 0 {
+			s.draining.Add(1)
+			t := time.AfterFunc(drain, func() {
+				defer s.draining.Done()
+				s.abortWhere(func(c *conn) bool { return c.l == o }, errShutdown)
+			})
+			s.mu.Lock()
+			s.drainTimers = append(s.drainTimers, t)
+			s.mu.Unlock()
+		}
+	}
+	for _, ch := range changes {
+		for _, c := range ch.conns {
+			c.applyLimits(&ch.lim)
+		}
 	}
 	return nil
 }
 
+// sameSocket reports whether cfg continues on o's socket: the same handed
+// socket, or the same address when neither was handed one.
+func sameSocket(o *listener, oc *ListenerConfig, cfg ListenerConfig) bool {
+	if cfg.Listener != nil || oc.Listener != nil {
+		return cfg.Listener == o.ln
+	}
+	return oc.Addr == cfg.Addr
+}
+
+// abortWhere aborts the live connections for which match is true.
+func (s *Server) abortWhere(match func(*conn) bool, cause error) {
+	s.mu.Lock()
+	var hit []*conn
+	for c := range s.conns {
+		if match(c) {
+			hit = append(hit, c)
+		}
+	}
+	s.mu.Unlock()
+	for _, c := range hit {
+		c.abort(cause)
+	}
+}
+
 // reapPeriod is how often the idle reaper scans: an eighth of the shortest
 // idle timeout, within [5ms, 5s], so a connection closes between 1× and
-// 1.125× its timeout. Zero means no listener has an idle timeout.
+// 1.125× its timeout; 5s when no listener has one (a reload may add one,
+// and connections keep the timeout they were accepted with).
 func reapPeriod(ls []ListenerConfig) time.Duration {
 	var shortest time.Duration
 	for _, l := range ls {
@@ -222,7 +440,7 @@ func reapPeriod(ls []ListenerConfig) time.Duration {
 		}
 	}
 	if shortest == 0 {
-		return 0
+		return 5 * time.Second
 	}
 	return min(max(shortest/8, 5*time.Millisecond), 5*time.Second)
 }
@@ -231,7 +449,8 @@ func reapPeriod(ls []ListenerConfig) time.Duration {
 // timeout; a connection waiting for its own tokens is not idle. One goroutine and one ticker serve every connection: a timer per
 // connection would cost each idle one about a quarter KiB. It runs until
 // the server has closed and every connection is gone.
-func (s *Server) reapIdle(period time.Duration, stop <-chan struct{}) {
+func (s *Server) reapIdle(stop <-chan struct{}) {
+	period := time.Duration(s.reapEvery.Load())
 	t := time.NewTicker(period)
 	defer t.Stop()
 	var idle []*conn
@@ -241,11 +460,15 @@ func (s *Server) reapIdle(period time.Duration, stop <-chan struct{}) {
 		case <-stop:
 			return
 		}
+		if p := time.Duration(s.reapEvery.Load()); p != period {
+			period = p
+			t.Reset(p)
+		}
 		now := time.Since(monoEpoch)
 		idle = idle[:0]
 		s.mu.Lock()
 		for c := range s.conns {
-			if to := c.l.cfg.IdleTimeout; to > 0 && c.idleFor(now) >= to && !c.waitingForTokens() {
+			if to := c.cfg.IdleTimeout; to > 0 && c.idleFor(now) >= to && !c.waitingForTokens() {
 				idle = append(idle, c)
 			}
 		}
@@ -262,7 +485,7 @@ func (s *Server) Addr(name string) net.Addr {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, l := range s.listeners {
-		if l.cfg.Name == name {
+		if l.name() == name {
 			return l.ln.Addr()
 		}
 	}
@@ -280,7 +503,7 @@ func (s *Server) SetLimits(name string, lim ConnLimits) error {
 	s.mu.Lock()
 	var l *listener
 	for _, x := range s.listeners {
-		if x.cfg.Name == name {
+		if x.name() == name {
 			l = x
 		}
 	}
@@ -322,7 +545,7 @@ func (s *Server) accept(l *listener) {
 			// Out of descriptors or memory, or an aborted handshake: back
 			// off like net/http, without spinning, and keep serving.
 			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-			s.log.Warn("accept", slog.String(keyListener, l.cfg.Name), slog.Any(keyErr, err),
+			s.log.Warn("accept", slog.String(keyListener, l.name()), slog.Any(keyErr, err),
 				slog.Duration("retry_in", backoff), slog.Bool("fd_exhausted", isFDExhausted(err)))
 			t := time.NewTimer(backoff)
 			select {
@@ -351,15 +574,22 @@ func (s *Server) newConn(l *listener, c *net.TCPConn) *conn {
 	if s.ctx.Err() != nil {
 		return nil
 	}
-	cn := &conn{srv: s, l: l, id: s.nextID.Add(1), client: c, start: time.Now()}
+	cfg := l.cfg.Load()
+	st := s.statsFor(cfg.Name)
+	st.accepted.Add(1)
+	cn := &conn{srv: s, l: l, cfg: cfg, stats: st, id: s.nextID.Add(1), client: c, start: time.Now()}
 	cn.touch()
 	s.conns[cn] = struct{}{}
 	return cn
 }
 
-func (s *Server) forget(c *conn) {
+// forget unregisters an ended connection and adds it to its listener's
+// counters, in one step under s.mu, so a scrape never counts it twice or
+// not at all.
+func (s *Server) forget(c *conn, result string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	c.stats.ended(c, result)
 	delete(s.conns, c)
 	if len(s.conns) == 0 && s.connsDone != nil {
 		close(s.connsDone)
@@ -398,11 +628,20 @@ func (s *Server) Close() error {
 // stopReaper ends the idle reaper, once.
 func (s *Server) stopReaper() {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	if s.reaperDone != nil {
 		close(s.reaperDone)
 		s.reaperDone = nil
 	}
+	timers := s.drainTimers
+	s.drainTimers = nil
+	s.mu.Unlock()
+	// Removed listeners' drain timers: their conns are gone by now.
+	for _, t := range timers {
+		if t.Stop() {
+			s.draining.Done()
+		}
+	}
+	s.draining.Wait() // for a timer that fired concurrently
 }
 
 // abortAll cancels dials in flight and aborts every live connection.

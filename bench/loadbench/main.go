@@ -42,6 +42,8 @@ var (
 	idleConns = flag.Int("idle", 9000, "idle connections for the RSS measurement; 0 skips it")
 	jsonOut   = flag.String("json", "", "also write the raw results to this file")
 	shape     = flag.Bool("shape", false, "measure per-connection shaping instead of the proxy core")
+	only      = flag.String("only", "", "-shape: run only the cases and proxies whose names contain this")
+	clientMSS = flag.Int("client-mss", 1448, "-shape: MSS the clients advertise (TCP_MAXSEG), as on an Ethernet path; 0 keeps loopback's 64 KB")
 )
 
 // target is a way to reach the backends: directly or through a proxy.

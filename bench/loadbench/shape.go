@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"strings"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -63,6 +65,9 @@ func runShape(dir, srcAddr, echoAddr string) error {
 	for r := 1; r <= *runs; r++ {
 		for _, c := range shapeCases {
 			for _, t := range targets {
+				if *only != "" && !strings.Contains(c.name+" "+t.name, *only) {
+					continue
+				}
 				p, err := t.start(dir, srcAddr, echoAddr, c.rate)
 				if err != nil {
 					return fmt.Errorf("%s: %w", t.name, err)
@@ -89,6 +94,9 @@ func runShape(dir, srcAddr, echoAddr string) error {
 	for _, c := range shapeCases {
 		for _, t := range targets {
 			rs := all[key(t.name, c.name)]
+			if len(rs) == 0 {
+				continue
+			}
 			m := func(f func(shapeResult) float64) float64 { return median(rs, f) }
 			fmt.Printf("%-18s %-18s %+9.3f %9.3f %8.3f %8.3f %9.3f\n", c.name, t.name,
 				m(func(r shapeResult) float64 { return r.ErrPct }), m(func(r shapeResult) float64 { return r.First }),
@@ -114,7 +122,7 @@ func measureShape(t *target, c shapeCase) (shapeResult, error) {
 	starts := make([]time.Time, c.conns) // each conn's clock starts at its own dial
 	for i := range conns {
 		var err error
-		if conns[i], err = net.Dial("tcp", t.sourceAddr); err != nil {
+		if conns[i], err = dialClient(t.sourceAddr); err != nil {
 			return shapeResult{}, err
 		}
 		starts[i] = time.Now()
@@ -172,4 +180,24 @@ func measureShape(t *target, c shapeCase) (shapeResult, error) {
 		res.CPUPerGB = (cpu1 - cpu0) / (float64(moved) / 1e9)
 	}
 	return res, nil
+}
+
+// dialClient connects like a client on an Ethernet path: it advertises
+// -client-mss, so the proxy sends it segments of at most that size. On
+// loopback the MSS is otherwise about 64 KB, and a paced sender then sends
+// each write as one segment, which no real client sees.
+func dialClient(addr string) (net.Conn, error) {
+	d := net.Dialer{}
+	if mss := *clientMSS; mss > 0 {
+		d.Control = func(_, _ string, rc syscall.RawConn) error {
+			var serr error
+			if err := rc.Control(func(fd uintptr) {
+				serr = syscall.SetsockoptInt(int(fd), syscall.IPPROTO_TCP, syscall.TCP_MAXSEG, mss)
+			}); err != nil {
+				return err
+			}
+			return serr
+		}
+	}
+	return d.Dial("tcp", addr)
 }

@@ -2,26 +2,24 @@
 //
 //	sluice run --config FILE     serve the listeners of FILE until SIGTERM/SIGINT
 //	sluice check --config FILE   validate FILE and print the effective config
+//	sluice reload                ask a running sluice to re-read its config
+//	sluice top                   live view of listeners and connections
+//	sluice demo                  show shaping live, with nothing else needed
 //	sluice version               print version and build information
 package main
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
-	"os/signal"
 	"runtime/debug"
 	"syscall"
-	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/sluiceproxy/sluice/config"
-	"github.com/sluiceproxy/sluice/proxy"
-	"github.com/sluiceproxy/sluice/shaper"
 )
 
 // version is set at build time with -ldflags "-X main.version=v1.2.3".
@@ -110,113 +108,39 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 			fmt.Fprintln(stdout, versionString())
 		},
 	}
-	root.AddCommand(run, check, ver)
+	root.AddCommand(run, check, ver, newReloadCmd(stdout), newTopCmd(stdout), newDemoCmd(stdout))
 	return root
 }
 
 func versionString() string {
-	s := "sluice " + version
-	if bi, ok := debug.ReadBuildInfo(); ok {
-		s += " " + bi.GoVersion
-		for _, kv := range bi.Settings {
-			if kv.Key == "vcs.revision" {
-				s += " " + kv.Value
-			}
-		}
+	s := "sluice " + version + " " + goVersion()
+	if r := revision(); r != "" {
+		s += " " + r
 	}
 	return s
 }
 
-// runServer serves cfg until a stop signal, then drains. A second stop
-// signal during the drain closes everything at once.
-func runServer(ctx context.Context, path string, stderr io.Writer) error {
-	cfg, err := config.Load(path)
-	if err != nil {
-		return configError{fmt.Errorf("config %s is invalid:\n%w", path, err)}
+func goVersion() string {
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		return bi.GoVersion
 	}
-	log := newLogger(cfg.Log, stderr)
-	raiseFileLimit(log)
+	return ""
+}
 
-	srv, err := proxy.New(proxy.Options{Listeners: listenerConfigs(cfg), Logger: log})
-	if err != nil {
-		return configError{err}
-	}
-	if ctx == nil {
-		ctx = context.Background()
-	}
-	// Catch signals before binding, so none is lost in between.
-	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
-	defer signal.Stop(sigs)
-
-	if err := srv.Start(ctx); err != nil {
-		return err
-	}
-	for _, l := range cfg.Listeners {
-		log.Info("listening", slog.String("listener", l.Name), slog.String("addr", srv.Addr(l.Name).String()),
-			slog.String("upstream", l.Upstream))
-	}
-	log.Info("started", slog.String("version", version), slog.Int("listeners", len(cfg.Listeners)))
-
-	for {
-		sig := <-sigs
-		if sig == syscall.SIGHUP {
-			log.Warn("sighup ignored: this version does not reload; restart to apply a new config")
-			continue
-		}
-		log.Info("shutting down", slog.String("signal", sig.String()), slog.Duration("drain", cfg.Shutdown.Drain),
-			slog.Int("conns", srv.ActiveConns()))
-		break
-	}
-
-	start := time.Now()
-	dctx, cancel := context.WithTimeout(context.Background(), cfg.Shutdown.Drain)
-	defer cancel()
-	go func() {
-		for sig := range sigs {
-			if sig != syscall.SIGHUP {
-				log.Warn("second stop signal: closing every connection now", slog.String("signal", sig.String()))
-				cancel()
-				return
+func revision() string {
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		for _, kv := range bi.Settings {
+			if kv.Key == "vcs.revision" {
+				return kv.Value
 			}
 		}
-	}()
-	left := srv.ActiveConns()
-	if err := srv.Shutdown(dctx); err != nil {
-		log.Warn("drain timed out: closed connections still open",
-			slog.Duration("dur", time.Since(start)), slog.Int("conns", left))
 	}
-	log.Info("stopped", slog.Duration("dur", time.Since(start)))
-	return nil
+	return ""
 }
 
-func listenerConfigs(cfg *config.Config) []proxy.ListenerConfig {
-	out := make([]proxy.ListenerConfig, 0, len(cfg.Listeners))
-	for _, l := range cfg.Listeners {
-		out = append(out, proxy.ListenerConfig{
-			Name:           l.Name,
-			Addr:           l.Listen,
-			Upstream:       l.Upstream,
-			ConnectTimeout: l.Timeouts.Connect,
-			IdleTimeout:    l.Timeouts.Idle,
-			Chunk:          int(l.Chunk),
-			Limits: proxy.ConnLimits{
-				Up:           shaper.Limit{Rate: int64(l.Conn.Up.Rate), Burst: int64(l.Conn.Up.Burst)},
-				Down:         shaper.Limit{Rate: int64(l.Conn.Down.Rate), Burst: int64(l.Conn.Down.Burst)},
-				KernelPacing: l.Conn.Down.KernelPacing,
-			},
-		})
-	}
-	return out
-}
-
-func newLogger(c config.Log, w io.Writer) *slog.Logger {
-	var level slog.Level
-	if err := level.UnmarshalText([]byte(c.Level)); err != nil {
-		level = slog.LevelInfo
-	}
+func newLogger(format string, level slog.Leveler, w io.Writer) *slog.Logger {
 	opts := &slog.HandlerOptions{Level: level}
-	if c.Format == "json" {
+	if format == "json" {
 		return slog.New(slog.NewJSONHandler(w, opts))
 	}
 	return slog.New(slog.NewTextHandler(w, opts))

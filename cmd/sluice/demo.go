@@ -1,0 +1,229 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/sluiceproxy/sluice/config"
+	"github.com/sluiceproxy/sluice/proxy"
+	"github.com/sluiceproxy/sluice/shaper"
+)
+
+// The demo's shape: two listeners in front of one origin, with per-
+// connection limits, and clients that download through them.
+const (
+	demoVideoRate = 2_000_000 // bytes/s per connection on "video" (16 Mbit/s)
+	demoBulkRate  = 500_000   // bytes/s per connection on "bulk" (4 Mbit/s), up and down
+	demoVideo     = 3         // clients on "video"
+	demoBulk      = 2         // clients on "bulk"
+)
+
+// runDemo starts an origin, a sluice in front of it and a few clients, all
+// on loopback in this process, and shows live what the shaping does. Half
+// way it doubles the video rate through the admin API, on the live
+// connections; at three quarters it closes one connection. Every byte the
+// clients receive is checked against what the origin sent.
+func runDemo(ctx context.Context, w io.Writer, d time.Duration) error {
+	origin, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	var wg sync.WaitGroup
+	defer func() {
+		origin.Close()
+		wg.Wait() // the origin's goroutines end once sluice has closed its upstream side
+	}()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		serveOrigin(origin, &wg)
+	}()
+
+	lim := func(down, up int64) proxy.ConnLimits {
+		return proxy.ConnLimits{Down: shaper.Limit{Rate: down, Burst: 64 << 10}, Up: shaper.Limit{Rate: up}, KernelPacing: true}
+	}
+	srv, err := proxy.New(proxy.Options{Listeners: []proxy.ListenerConfig{
+		{Name: "video", Addr: "127.0.0.1:0", Upstream: origin.Addr().String(), Limits: lim(demoVideoRate, 0)},
+		{Name: "bulk", Addr: "127.0.0.1:0", Upstream: origin.Addr().String(), Limits: lim(demoBulkRate, demoBulkRate)},
+	}})
+	if err != nil {
+		return err
+	}
+	if err := srv.Start(ctx); err != nil {
+		return err
+	}
+	defer srv.Close()
+
+	tok := make([]byte, 16)
+	_, _ = rand.Read(tok)
+	token := hex.EncodeToString(tok)
+	adminLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	hs := &http.Server{Handler: proxy.NewAdmin(srv, proxy.AdminOptions{
+		Token:     token,
+		ParseRate: func(s string) (int64, error) { r, err := config.ParseRate(s); return int64(r), err },
+		ParseSize: func(s string) (int64, error) { z, err := config.ParseSize(s); return int64(z), err },
+	}), ReadHeaderTimeout: 5 * time.Second, ErrorLog: slog.NewLogLogger(slog.DiscardHandler, slog.LevelError)}
+	go func() { _ = hs.Serve(adminLn) }()
+	defer hs.Close()
+	admin := &adminClient{base: "http://" + adminLn.Addr().String(), token: token, http: &http.Client{Timeout: 5 * time.Second}}
+
+	fmt.Fprintf(w, "sluice demo: an origin, a sluice with two listeners, %d clients, all on loopback, for %v.\n", demoVideo+demoBulk, d)
+	fmt.Fprintf(w, "  video %s: %s per connection down\n", srv.Addr("video"), fmtBits(demoVideoRate))
+	fmt.Fprintf(w, "  bulk  %s: %s per connection, each way\n", srv.Addr("bulk"), fmtBits(demoBulkRate))
+	fmt.Fprintf(w, "  admin API %s (token %s): try `sluice top --admin %s` in another terminal\n\n", admin.base, token, admin.base)
+
+	cctx, stop := context.WithCancel(ctx)
+	defer stop()
+	var bad atomic.Int64
+	var clients sync.WaitGroup
+	for i := range demoVideo + demoBulk {
+		name := "video"
+		if i >= demoVideo {
+			name = "bulk"
+		}
+		clients.Add(1)
+		go func() {
+			defer clients.Done()
+			if err := demoClient(cctx, srv.Addr(name).String(), name == "bulk"); err != nil {
+				bad.Add(1)
+				fmt.Fprintf(w, "client on %s: %v\n", name, err)
+			}
+		}()
+	}
+
+	view := &topView{c: admin, conns: 10}
+	if _, err := view.frame(ctx); err != nil {
+		return err
+	}
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	start := time.Now()
+	doubled, closed := false, false
+	for time.Since(start) < d {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		}
+		f, err := view.frame(ctx)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(w, "── %v ──\n%s\n", time.Since(start).Round(time.Second), f)
+		switch el := time.Since(start); {
+		case !doubled && el >= d/2:
+			doubled = true
+			body := fmt.Sprintf(`{"down": {"rate": %d, "burst": "64KiB"}}`, 2*demoVideoRate)
+			if err := admin.do(ctx, "PUT", "/v1/listeners/video/limits", strings.NewReader(body), nil); err != nil {
+				return err
+			}
+			fmt.Fprintf(w, ">>> PUT /v1/listeners/video/limits %s: the live video connections speed up to %s within one chunk\n\n",
+				body, fmtBits(2*demoVideoRate))
+		case !closed && el >= 3*d/4:
+			closed = true
+			var cs struct{ Conns []proxy.ConnJSON }
+			if err := admin.do(ctx, "GET", "/v1/conns?listener=bulk&limit=1", nil, &cs); err != nil {
+				return err
+			}
+			if len(cs.Conns) > 0 {
+				id := cs.Conns[0].ID
+				if err := admin.do(ctx, "DELETE", fmt.Sprintf("/v1/conns/%d", id), nil, nil); err != nil {
+					return err
+				}
+				fmt.Fprintf(w, ">>> DELETE /v1/conns/%d: that bulk connection is closed; the others run on\n\n", id)
+			}
+		}
+	}
+	stop()
+	clients.Wait()
+	if n := bad.Load(); n > 0 {
+		return fmt.Errorf("%d clients saw corrupt bytes", n)
+	}
+	fmt.Fprintln(w, "demo done: every byte the clients received matched what the origin sent.")
+	return nil
+}
+
+// serveOrigin sends each connection an endless, checkable byte stream
+// (byte i is i mod 251) and discards what it receives.
+func serveOrigin(ln net.Listener, wg *sync.WaitGroup) {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		wg.Add(2)
+		go func() {
+			defer wg.Done()
+			_, _ = io.Copy(io.Discard, c)
+		}()
+		go func() {
+			defer wg.Done()
+			defer c.Close()
+			buf := make([]byte, 251*64)
+			for i := range buf {
+				buf[i] = byte(i % 251)
+			}
+			for {
+				if _, err := c.Write(buf); err != nil {
+					return
+				}
+			}
+		}()
+	}
+}
+
+// demoClient downloads (and, with upload, also sends) until ctx ends,
+// checking every byte. A connection closed by the demo is not an error.
+func demoClient(ctx context.Context, addr string, upload bool) error {
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	stop := context.AfterFunc(ctx, func() { c.Close() })
+	defer stop()
+	if upload {
+		go func() {
+			buf := make([]byte, 32<<10)
+			for {
+				if _, err := c.Write(buf); err != nil {
+					return
+				}
+			}
+		}()
+	}
+	r := bufio.NewReaderSize(c, 64<<10)
+	for i := 0; ; i++ {
+		b, err := r.ReadByte()
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, io.EOF) || isConnReset(err) {
+				return nil
+			}
+			return err
+		}
+		if b != byte(i%251) {
+			return fmt.Errorf("byte %d is %d, want %d", i, b, i%251)
+		}
+	}
+}
+
+func isConnReset(err error) bool {
+	var op *net.OpError
+	return errors.As(err, &op)
+}

@@ -1,0 +1,199 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/sluiceproxy/sluice/proxy"
+)
+
+// topView polls the admin API and renders listeners and the busiest
+// connections, with rates measured between two polls.
+type topView struct {
+	c     *adminClient
+	conns int // how many connections to show
+
+	last     time.Time
+	lastLis  map[string][2]int64
+	lastConn map[uint64][2]int64
+}
+
+// frame polls once and renders a frame. Rates need two polls: the first
+// frame shows them as "-".
+func (v *topView) frame(ctx context.Context) (string, error) {
+	var ls []proxy.ListenerJSON
+	if err := v.c.do(ctx, "GET", "/v1/listeners", nil, &ls); err != nil {
+		return "", err
+	}
+	var cs struct {
+		Total int              `json:"total"`
+		Conns []proxy.ConnJSON `json:"conns"`
+	}
+	if err := v.c.do(ctx, "GET", "/v1/conns?limit=0", nil, &cs); err != nil {
+		return "", err
+	}
+	now := time.Now()
+	dt := now.Sub(v.last).Seconds()
+	first := v.last.IsZero()
+	rate := func(prev map[string][2]int64, key string, cur [2]int64, d int) string {
+		p, ok := prev[key]
+		if first || !ok || dt <= 0 {
+			return "-"
+		}
+		return fmtBits(float64(cur[d]-p[d]) / dt)
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "sluice top  %s  %s  %d connections\n\n", v.c.base, now.Format("15:04:05"), cs.Total)
+	tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "LISTENER\tADDR\tCONNS\tDOWN\tLIMIT/CONN\tUP\tLIMIT/CONN\tWAITING ↓/↑\tENDED")
+	lis := map[string][2]int64{}
+	for _, l := range ls {
+		cur := [2]int64{l.BytesUp, l.BytesDown}
+		lis[l.Name] = cur
+		addr := l.Addr
+		if l.Removed {
+			addr = "(removed)"
+		}
+		var ended uint64
+		for _, n := range l.Ended {
+			ended += n
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%s\t%d/%d\t%d\n", l.Name, addr, l.Active,
+			rate(v.lastLis, l.Name, cur, 1), fmtLimit(l.Limits.Down), rate(v.lastLis, l.Name, cur, 0), fmtLimit(l.Limits.Up),
+			l.WaitingDown, l.WaitingUp, ended)
+	}
+	_ = tw.Flush()
+
+	// The busiest connections by current down rate, then up rate.
+	type row struct {
+		c      proxy.ConnJSON
+		dn, up float64
+	}
+	rows := make([]row, 0, len(cs.Conns))
+	conns := map[uint64][2]int64{}
+	for _, c := range cs.Conns {
+		cur := [2]int64{c.BytesUp, c.BytesDown}
+		conns[c.ID] = cur
+		r := row{c: c}
+		if p, ok := v.lastConn[c.ID]; ok && dt > 0 {
+			r.up, r.dn = float64(cur[0]-p[0])/dt, float64(cur[1]-p[1])/dt
+		}
+		rows = append(rows, r)
+	}
+	slices.SortFunc(rows, func(a, b row) int {
+		if a.dn+a.up != b.dn+b.up {
+			if a.dn+a.up > b.dn+b.up {
+				return -1
+			}
+			return 1
+		}
+		return int(b.c.ID) - int(a.c.ID)
+	})
+	if len(rows) > v.conns {
+		rows = rows[:v.conns]
+	}
+	fmt.Fprintf(&b, "\n")
+	tw = tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "CONN\tLISTENER\tCLIENT\tDOWN\tLIMIT\tUP\tLIMIT\tAGE\tBYTES ↓/↑")
+	for _, r := range rows {
+		c := r.c
+		dn, up := "-", "-"
+		if _, ok := v.lastConn[c.ID]; ok {
+			dn, up = fmtBits(r.dn), fmtBits(r.up)
+		}
+		wait := func(w bool) string {
+			if w {
+				return "*"
+			}
+			return ""
+		}
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s%s\t%s\t%s%s\t%s\t%s\t%s/%s\n", c.ID, c.Listener, c.Client,
+			dn, wait(c.WaitingDown), fmtLimit(c.Limits.Down), up, wait(c.WaitingUp), fmtLimit(c.Limits.Up),
+			now.Sub(c.Start).Truncate(time.Second), fmtBytes(c.BytesDown), fmtBytes(c.BytesUp))
+	}
+	_ = tw.Flush()
+	fmt.Fprintf(&b, "\n* waiting for tokens: held at its limit. Rates in bits per second.\n")
+	v.last, v.lastLis, v.lastConn = now, lis, conns
+	return b.String(), nil
+}
+
+// runTop refreshes the view every interval until ctx ends or count frames
+// are shown (0: no end). On a terminal each frame replaces the last.
+func runTop(ctx context.Context, c *adminClient, w io.Writer, interval time.Duration, count, conns int) error {
+	v := &topView{c: c, conns: conns}
+	tty := isTerminal(w)
+	if _, err := v.frame(ctx); err != nil { // the baseline for rates
+		return err
+	}
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for n := 0; count == 0 || n < count; n++ {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		f, err := v.frame(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		if tty {
+			fmt.Fprint(w, "\x1b[H\x1b[2J"+f)
+		} else {
+			fmt.Fprintln(w, f)
+		}
+	}
+	return nil
+}
+
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	st, err := f.Stat()
+	return err == nil && st.Mode()&os.ModeCharDevice != 0
+}
+
+// fmtBits formats bytes per second as bits per second.
+func fmtBits(bytesPerSec float64) string {
+	bits := bytesPerSec * 8
+	switch {
+	case bits >= 1e9:
+		return strconv.FormatFloat(bits/1e9, 'f', 2, 64) + " Gbit/s"
+	case bits >= 1e6:
+		return strconv.FormatFloat(bits/1e6, 'f', 2, 64) + " Mbit/s"
+	case bits >= 1e3:
+		return strconv.FormatFloat(bits/1e3, 'f', 1, 64) + " Kbit/s"
+	}
+	return strconv.FormatFloat(bits, 'f', 0, 64) + " bit/s"
+}
+
+func fmtLimit(l proxy.LimitJSON) string {
+	if l.Rate == 0 {
+		return "none"
+	}
+	return fmtBits(float64(l.Rate))
+}
+
+func fmtBytes(n int64) string {
+	switch {
+	case n >= 1<<30:
+		return strconv.FormatFloat(float64(n)/(1<<30), 'f', 1, 64) + "GiB"
+	case n >= 1<<20:
+		return strconv.FormatFloat(float64(n)/(1<<20), 'f', 1, 64) + "MiB"
+	case n >= 1<<10:
+		return strconv.FormatFloat(float64(n)/(1<<10), 'f', 1, 64) + "KiB"
+	}
+	return strconv.FormatInt(n, 10) + "B"
+}

@@ -1,0 +1,63 @@
+package config
+
+import (
+	"fmt"
+	"slices"
+)
+
+// Diff describes what changes from old to next, one line per change, for
+// the log line of a reload: "listener web added", "listener web:
+// conn.down.rate 10Mbit → 20Mbit", "log.level info → debug". It is empty
+// when nothing changes.
+func Diff(old, next *Config) []string {
+	var out []string
+	field := func(path, a, b string) {
+		if a != b {
+			out = append(out, fmt.Sprintf("%s %s → %s", path, a, b))
+		}
+	}
+	field("log.level", old.Log.Level, next.Log.Level)
+	field("log.format", old.Log.Format, next.Log.Format)
+	field("admin.listen", old.Admin.Listen, next.Admin.Listen)
+	field("admin.token_file", old.Admin.TokenFile, next.Admin.TokenFile)
+	if old.Admin.Token != next.Admin.Token && old.Admin.TokenFile == next.Admin.TokenFile {
+		out = append(out, "admin token changed")
+	}
+	field("shutdown.drain", old.Shutdown.Drain.String(), next.Shutdown.Drain.String())
+	byName := func(ls []Listener, name string) *Listener {
+		i := slices.IndexFunc(ls, func(l Listener) bool { return l.Name == name })
+		if i < 0 {
+			return nil
+		}
+		return &ls[i]
+	}
+	for _, o := range old.Listeners {
+		if byName(next.Listeners, o.Name) == nil {
+			out = append(out, fmt.Sprintf("listener %s removed", o.Name))
+		}
+	}
+	for _, n := range next.Listeners {
+		o := byName(old.Listeners, n.Name)
+		if o == nil {
+			out = append(out, fmt.Sprintf("listener %s added", n.Name))
+			continue
+		}
+		p := "listener " + n.Name + ": "
+		field(p+"listen", o.Listen, n.Listen)
+		field(p+"upstream", o.Upstream, n.Upstream)
+		field(p+"timeouts.connect", o.Timeouts.Connect.String(), n.Timeouts.Connect.String())
+		field(p+"timeouts.idle", o.Timeouts.Idle.String(), n.Timeouts.Idle.String())
+		field(p+"chunk", o.Chunk.String(), n.Chunk.String())
+		for _, d := range []struct {
+			name string
+			a, b DirLimit
+		}{{"up", o.Conn.Up, n.Conn.Up}, {"down", o.Conn.Down, n.Conn.Down}} {
+			field(p+"conn."+d.name+".rate", d.a.Rate.String(), d.b.Rate.String())
+			field(p+"conn."+d.name+".burst", d.a.Burst.String(), d.b.Burst.String())
+			if d.name == "down" {
+				field(p+"conn.down.kernel_pacing", fmt.Sprint(d.a.KernelPacing), fmt.Sprint(d.b.KernelPacing))
+			}
+		}
+	}
+	return out
+}

@@ -1,0 +1,62 @@
+package proxy
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Collector exports a Server's counters as Prometheus metrics, read at
+// scrape time (the pumps keep plain atomics; nothing is pushed per byte).
+// Labels are bounded: listener names from the config, directions and
+// results; never a client address.
+type Collector struct {
+	srv *Server
+
+	bytes, accepted, ended, active, waited, waiting, rate, burst *prometheus.Desc
+}
+
+// NewCollector returns a Collector for srv; register it on a registry.
+func NewCollector(srv *Server) *Collector {
+	d := func(name, help string, labels ...string) *prometheus.Desc {
+		return prometheus.NewDesc("sluice_"+name, help, labels, nil)
+	}
+	return &Collector{
+		srv:      srv,
+		bytes:    d("listener_bytes_total", "Bytes forwarded by a listener's connections, per direction (up: client to upstream).", "listener", "direction"),
+		accepted: d("listener_connections_accepted_total", "Connections accepted by a listener.", "listener"),
+		ended:    d("listener_connections_ended_total", "Connections ended, by result (ok, reset, idle_timeout, shutdown, upstream_error, error, closed).", "listener", "result"),
+		active:   d("listener_connections_active", "Live connections of a listener.", "listener"),
+		waited:   d("listener_token_wait_seconds_total", "Time connections spent waiting for tokens of their own limits, per direction.", "listener", "direction"),
+		waiting:  d("listener_connections_waiting", "Connection directions waiting for tokens now.", "listener", "direction"),
+		rate:     d("listener_conn_rate_limit_bytes_per_second", "Per-connection rate limit of a listener, per direction; absent when unlimited.", "listener", "direction"),
+		burst:    d("listener_conn_burst_bytes", "Per-connection burst of a listener, per direction; absent when unlimited.", "listener", "direction"),
+	}
+}
+
+// Describe implements prometheus.Collector.
+func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{c.bytes, c.accepted, c.ended, c.active, c.waited, c.waiting, c.rate, c.burst} {
+		ch <- d
+	}
+}
+
+// Collect implements prometheus.Collector.
+func (c *Collector) Collect(ch chan<- prometheus.Metric) {
+	for _, ls := range c.srv.Stats() {
+		ch <- prometheus.MustNewConstMetric(c.accepted, prometheus.CounterValue, float64(ls.Accepted), ls.Name)
+		ch <- prometheus.MustNewConstMetric(c.active, prometheus.GaugeValue, float64(ls.Active), ls.Name)
+		for _, r := range results {
+			ch <- prometheus.MustNewConstMetric(c.ended, prometheus.CounterValue, float64(ls.Ended[r]), ls.Name, r)
+		}
+		lims := [2]struct{ rate, burst int64 }{{ls.Limits.Up.Rate, ls.Limits.Up.Burst}, {ls.Limits.Down.Rate, ls.Limits.Down.Burst}}
+		for d := range ls.Bytes {
+			dir := Dir(d).String()
+			ch <- prometheus.MustNewConstMetric(c.bytes, prometheus.CounterValue, float64(ls.Bytes[d]), ls.Name, dir)
+			ch <- prometheus.MustNewConstMetric(c.waited, prometheus.CounterValue, ls.Waited[d].Seconds(), ls.Name, dir)
+			ch <- prometheus.MustNewConstMetric(c.waiting, prometheus.GaugeValue, float64(ls.Waiting[d]), ls.Name, dir)
+			if ls.Addr != "" && lims[d].rate > 0 {
+				ch <- prometheus.MustNewConstMetric(c.rate, prometheus.GaugeValue, float64(lims[d].rate), ls.Name, dir)
+				ch <- prometheus.MustNewConstMetric(c.burst, prometheus.GaugeValue, float64(lims[d].burst), ls.Name, dir)
+			}
+		}
+	}
+}
