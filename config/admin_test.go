@@ -36,6 +36,11 @@ func TestAdmin(t *testing.T) {
 	if strings.Contains(string(out), "s3cret") {
 		t.Errorf("check prints the token:\n%s", out)
 	}
+	t.Setenv("CREDENTIALS_DIRECTORY", dir)
+	cfg, err = Parse([]byte("admin: {token_file: '${CREDENTIALS_DIRECTORY}/token'}\n" + oneListener))
+	if err != nil || cfg.Admin.Token != "s3cret" {
+		t.Errorf("token file in $CREDENTIALS_DIRECTORY: %+v, %v", cfg.Admin, err)
+	}
 	t.Setenv(AdminTokenEnv, "fromenv")
 	cfg, err = Parse([]byte("admin: {listen: '0.0.0.0:9901'}\n" + oneListener))
 	if err != nil || cfg.Admin.Token != "fromenv" {

@@ -51,7 +51,8 @@ type Admin struct {
 	// (loopback); "off" disables the admin API.
 	Listen string
 	// TokenFile holds the bearer token that state-changing calls need (its
-	// content, surrounding white space trimmed). The SLUICE_ADMIN_TOKEN
+	// content, surrounding white space trimmed). "${CREDENTIALS_DIRECTORY}"
+	// in it is expanded, for systemd's LoadCredential=. The SLUICE_ADMIN_TOKEN
 	// environment variable, when set, is used instead. A non-loopback
 	// Listen requires a token.
 	TokenFile string
@@ -217,7 +218,7 @@ func (d *decoder) admin(v any) Admin {
 	}
 	a.TokenFile = d.str("admin.token_file", m["token_file"], "")
 	if a.TokenFile != "" {
-		tok, err := readToken(a.TokenFile)
+		tok, err := readToken(expandCredentials(a.TokenFile))
 		if err != nil {
 			d.failf("admin.token_file", "%v", err)
 		}
@@ -232,6 +233,18 @@ func (d *decoder) admin(v any) Admin {
 		d.failf("admin.listen", "%q is not a loopback address: set admin.token_file (or %s) so only holders of the token can use it, or listen on 127.0.0.1", a.Listen, AdminTokenEnv)
 	}
 	return a
+}
+
+// expandCredentials replaces ${CREDENTIALS_DIRECTORY} in a path with the
+// directory systemd's LoadCredential= puts secrets in; nothing else is
+// expanded.
+func expandCredentials(path string) string {
+	return os.Expand(path, func(name string) string {
+		if name == "CREDENTIALS_DIRECTORY" {
+			return os.Getenv(name)
+		}
+		return "$" + name
+	})
 }
 
 // readToken reads a token file: at most MaxTokenLen bytes, white space

@@ -123,6 +123,17 @@ func TestAdminAuth(t *testing.T) {
 	if rec.Code != 403 || !strings.Contains(rec.Body.String(), "none is configured") {
 		t.Errorf("write with no token configured: %d %s, want 403 naming the missing token", rec.Code, rec.Body)
 	}
+	// A new token (a reload) applies at once; the old one stops working.
+	h.SetToken("new")
+	for tok, want := range map[string]int{"new": 400, adminToken: 401} {
+		rec = httptest.NewRecorder()
+		req := httptest.NewRequest("PUT", "/v1/listeners/t/limits", strings.NewReader("{}"))
+		req.Header.Set("Authorization", "Bearer "+tok)
+		h.ServeHTTP(rec, req)
+		if rec.Code != want {
+			t.Errorf("after SetToken(new), token %q: %d, want %d", tok, rec.Code, want)
+		}
+	}
 	reads := NewAdmin(f.srv, AdminOptions{Token: "x", AuthReads: true})
 	rec = httptest.NewRecorder()
 	reads.ServeHTTP(rec, httptest.NewRequest("GET", "/v1/conns", nil))
@@ -325,4 +336,45 @@ func gaugeOf(t *testing.T, g prometheus.Gatherer, name, result string) prometheu
 	}
 	t.Fatalf("no %s{result=%q}", name, result)
 	return nil
+}
+
+// FuzzAdminLimits: any body to PUT .../limits gets an answer, never a
+// panic; an accepted body sets valid limits; a rejected one changes none.
+func FuzzAdminLimits(f *testing.F) {
+	for _, seed := range []string{
+		`{"down": {"rate": "1000KB/s", "burst": "16KiB"}}`, `{"up": {"rate": 5}, "kernel_pacing": false}`,
+		`{"down": {"rate": "none"}}`, `{}`, `[]`, `{"down": null}`, `{"down": {"rate": 1e30}}`, `{"down": {"rate": -1}}`,
+	} {
+		f.Add(seed)
+	}
+	b := newBackend(f)
+	srv, err := New(Options{Listeners: []ListenerConfig{{Name: "t", Addr: "127.0.0.1:0", Upstream: b.addr()}}})
+	if err != nil {
+		f.Fatal(err)
+	}
+	if err := srv.Start(context.Background()); err != nil {
+		f.Fatal(err)
+	}
+	f.Cleanup(func() { srv.Close() })
+	h := NewAdmin(srv, AdminOptions{Token: adminToken, ParseRate: parseUnit, ParseSize: parseUnit})
+	f.Fuzz(func(t *testing.T, body string) {
+		before := srv.Stats()[0].Limits
+		rec := httptest.NewRecorder()
+		req := httptest.NewRequest("PUT", "/v1/listeners/t/limits", strings.NewReader(body))
+		req.Header.Set("Authorization", "Bearer "+adminToken)
+		h.ServeHTTP(rec, req)
+		after := srv.Stats()[0].Limits
+		switch rec.Code {
+		case 200:
+			if after.Up.Validate() != nil || after.Down.Validate() != nil {
+				t.Fatalf("accepted %q and set invalid limits %+v", body, after)
+			}
+		case 400:
+			if after != before {
+				t.Fatalf("rejected %q but changed the limits: %+v → %+v", body, before, after)
+			}
+		default:
+			t.Fatalf("%q: status %d %s", body, rec.Code, rec.Body)
+		}
+	})
 }

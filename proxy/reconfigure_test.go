@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"errors"
 	"io"
 	"net"
 	"strings"
@@ -158,7 +159,7 @@ func TestReconfigureAfterClose(t *testing.T) {
 	srv, _, _ := startProxy(t, ListenerConfig{Upstream: b.addr()})
 	srv.Close()
 	err := srv.Reconfigure([]ListenerConfig{{Name: "t", Addr: "127.0.0.1:0", Upstream: b.addr()}}, 0)
-	if err != ErrServerClosed {
+	if !errors.Is(err, ErrServerClosed) {
 		t.Fatalf("Reconfigure after Close = %v, want ErrServerClosed", err)
 	}
 }

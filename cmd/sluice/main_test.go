@@ -127,7 +127,12 @@ func startSluice(t *testing.T, config string) *proc {
 	if !strings.Contains(config, "admin:") {
 		config = "admin: {listen: '127.0.0.1:0'}\n" + config
 	}
-	cmd := exec.Command(sluiceBin, "run", "--config", writeConfig(t, config))
+	return startCmd(t, exec.Command(sluiceBin, "run", "--config", writeConfig(t, config)))
+}
+
+// startCmd starts a sluice command and collects its JSON log lines.
+func startCmd(t *testing.T, cmd *exec.Cmd) *proc {
+	t.Helper()
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)

@@ -1,0 +1,538 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/pion/transport/v2/test"
+
+	"github.com/sluiceproxy/sluice/proxy"
+)
+
+// waitCount waits until sluice has logged at least n lines with msg.
+func (p *proc) waitCount(t *testing.T, msg string, n int) {
+	t.Helper()
+	timeout := time.After(20 * time.Second)
+	for {
+		p.mu.Lock()
+		got := 0
+		for _, l := range p.lines {
+			if l["msg"] == msg {
+				got++
+			}
+		}
+		p.mu.Unlock()
+		if got >= n {
+			return
+		}
+		select {
+		case _, open := <-p.added:
+			if !open {
+				t.Fatalf("sluice exited with %d %q lines, want %d", got, msg, n)
+			}
+		case <-timeout:
+			t.Fatalf("%d %q lines within 20s, want %d", got, msg, n)
+		}
+	}
+}
+
+// adminURL is the admin API's address, from sluice's log.
+func (p *proc) adminURL(t *testing.T) string {
+	t.Helper()
+	return "http://" + p.waitLine(t, "admin api listening", nil)["addr"].(string)
+}
+
+// TestSdNotify: under systemd (NOTIFY_SOCKET), sluice reports READY=1 when
+// serving, RELOADING=1 (with MONOTONIC_USEC) then READY=1 around each
+// reload, valid or not, STOPPING=1 on SIGTERM, and pings the watchdog.
+func TestSdNotify(t *testing.T) {
+	defer test.TimeOut(60 * time.Second).Stop()
+	sock := filepath.Join(t.TempDir(), "notify.sock")
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	msgs := make(chan string, 256)
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			n, _, err := conn.ReadFromUnix(buf)
+			if err != nil {
+				close(msgs)
+				return
+			}
+			msgs <- string(buf[:n])
+		}
+	}()
+	watchdogs := 0
+	next := func(want string) string {
+		t.Helper()
+		for {
+			select {
+			case m := <-msgs:
+				if m == "WATCHDOG=1" {
+					watchdogs++
+					continue
+				}
+				if !strings.HasPrefix(m, want) {
+					t.Fatalf("sd_notify %q, want %q next", m, want)
+				}
+				return m
+			case <-time.After(10 * time.Second):
+				t.Fatalf("no sd_notify %q within 10s", want)
+			}
+		}
+	}
+
+	ln := listenBackend(t)
+	path := writeConfig(t, "admin: {listen: '127.0.0.1:0'}\n"+fmt.Sprintf(runConfig, ln.Addr(), "5s"))
+	cmd := exec.Command(sluiceBin, "run", "--config", path)
+	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+sock, "WATCHDOG_USEC=100000")
+	p := startCmd(t, cmd)
+	next("READY=1")
+
+	p.cmd.Process.Signal(syscall.SIGHUP)
+	if m := next("RELOADING=1"); !strings.Contains(m, "\nMONOTONIC_USEC=") {
+		t.Errorf("RELOADING without MONOTONIC_USEC: %q", m)
+	}
+	next("READY=1")
+	p.waitLine(t, "reloaded", nil)
+
+	if err := os.WriteFile(path, []byte("listeners: [{listen: nope}]"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p.cmd.Process.Signal(syscall.SIGHUP)
+	next("RELOADING=1")
+	next("READY=1") // rejected, but serving on
+	p.waitLine(t, "reload rejected: the running config stays", nil)
+
+	time.Sleep(300 * time.Millisecond) // letting watchdog pings (every 50 ms) accumulate
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	next("STOPPING=1")
+	if err := p.wait(t, 10*time.Second); err != nil {
+		t.Fatalf("exit: %v", err)
+	}
+	if watchdogs < 2 {
+		t.Errorf("%d watchdog pings in over 300 ms at WATCHDOG_USEC=100ms, want several", watchdogs)
+	}
+}
+
+// TestSocketActivation: sluice serves a socket passed as systemd does
+// (LISTEN_PID, LISTEN_FDS, LISTEN_FDNAMES), and a restart drops nothing: a
+// client that connects while no sluice runs waits in the socket's backlog
+// and is served by the next one.
+func TestSocketActivation(t *testing.T) {
+	defer test.TimeOut(60 * time.Second).Stop()
+	backend := listenBackend(t)
+	held, err := net.Listen("tcp", "127.0.0.1:0") // what systemd holds
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	f, err := held.(*net.TCPListener).File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	path := writeConfig(t, fmt.Sprintf(`log: {format: json}
+admin: {listen: off}
+listeners: [{name: web, listen: '%s', upstream: '%s'}]
+shutdown: {drain: 2s}`, held.Addr(), backend.Addr()))
+	start := func(fdName string) *proc {
+		cmd := exec.Command("/bin/sh", "-c", `LISTEN_PID=$$ exec "$0" "$@"`, sluiceBin, "run", "--config", path)
+		cmd.Env = append(os.Environ(), "LISTEN_FDS=1", "LISTEN_FDNAMES="+fdName)
+		cmd.ExtraFiles = []*os.File{f} // fd 3
+		return startCmd(t, cmd)
+	}
+	ping := func(c net.Conn, msg string) {
+		t.Helper()
+		if _, err := c.Write([]byte(msg)); err != nil {
+			t.Fatal(err)
+		}
+		backend.(*net.TCPListener).SetDeadline(time.Now().Add(10 * time.Second))
+		s, err := backend.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		buf := make([]byte, len(msg))
+		if _, err := io.ReadFull(s, buf); err != nil || string(buf) != msg {
+			t.Fatalf("backend read %q, %v; want %q", buf, err, msg)
+		}
+	}
+
+	p := start("web")
+	p.waitLine(t, "listening", map[string]any{"listener": "web", "addr": held.Addr().String()})
+	c, err := net.Dial("tcp", held.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ping(c, "first")
+	c.Close()
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	if err := p.wait(t, 10*time.Second); err != nil {
+		t.Fatalf("first sluice: %v", err)
+	}
+
+	// No sluice runs now; the socket stays open and queues this client.
+	c, err = net.Dial("tcp", held.Addr().String())
+	if err != nil {
+		t.Fatalf("connect between restarts: %v", err)
+	}
+	defer c.Close()
+	// The second sluice matches the socket by address (no name given).
+	p = start("LISTEN_FD_3")
+	ping(c, "queued")
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	c.Close()
+	if err := p.wait(t, 10*time.Second); err != nil {
+		t.Fatalf("second sluice: %v", err)
+	}
+
+	// A socket that matches no listener is a config error.
+	other, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	of, _ := other.(*net.TCPListener).File()
+	defer of.Close()
+	cmd := exec.Command("/bin/sh", "-c", `LISTEN_PID=$$ exec "$0" "$@"`, sluiceBin, "run", "--config", path)
+	cmd.Env = append(os.Environ(), "LISTEN_FDS=1", "LISTEN_FDNAMES=api")
+	cmd.ExtraFiles = []*os.File{of}
+	out, err := cmd.CombinedOutput()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != exitConfig || !bytes.Contains(out, []byte("matches no listener")) {
+		t.Fatalf("unmatched socket: %v\n%s\nwant exit %d naming the socket", err, out, exitConfig)
+	}
+}
+
+// stream writes size bytes of a pseudo-random stream chosen by seed.
+func stream(w io.Writer, seed uint64, size int) error {
+	r := rand.New(rand.NewChaCha8([32]byte{byte(seed), byte(seed >> 8)}))
+	buf := make([]byte, 64<<10)
+	for size > 0 {
+		for i := 0; i < len(buf); i += 8 {
+			binary.LittleEndian.PutUint64(buf[i:], r.Uint64())
+		}
+		n := min(size, len(buf))
+		if _, err := w.Write(buf[:n]); err != nil {
+			return err
+		}
+		size -= n
+	}
+	return nil
+}
+
+// TestReloadUnderLoad: 100 reloads (by SIGHUP and by the admin API, some
+// changing rates and listeners, some invalid) during 200 live shaped
+// transfers: every transfer completes byte-exact, none is dropped, and the
+// live connections carry the rate of the config last applied.
+func TestReloadUnderLoad(t *testing.T) {
+	defer test.TimeOut(240 * time.Second).Stop()
+	const (
+		transfers = 200
+		reloads   = 100
+		size      = 2 << 20
+	)
+	origin := listenBackend(t)
+	go func() {
+		for {
+			c, err := origin.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				var seed [8]byte
+				if _, err := io.ReadFull(c, seed[:]); err != nil {
+					return
+				}
+				_ = stream(c, binary.LittleEndian.Uint64(seed[:]), size)
+			}()
+		}
+	}()
+	rates := []struct {
+		text  string
+		bytes int64
+	}{{"2Mbit", 250_000}, {"4Mbit", 500_000}}
+	configText := func(i int) string {
+		extra := ""
+		if i%3 == 1 {
+			extra = fmt.Sprintf("\n  - {name: extra, listen: '127.0.0.1:0', upstream: '%s'}", origin.Addr())
+		}
+		return fmt.Sprintf(`log: {format: json, level: info}
+admin: {listen: '127.0.0.1:0'}
+listeners:
+  - name: t
+    listen: 127.0.0.1:0
+    upstream: %s
+    conn: {down: {rate: %s}}%s
+shutdown: {drain: 30s}
+`, origin.Addr(), rates[i%2].text, extra)
+	}
+	path := writeConfig(t, configText(0))
+	cmd := exec.Command(sluiceBin, "run", "--config", path)
+	cmd.Env = append(os.Environ(), "SLUICE_ADMIN_TOKEN=tok")
+	p := startCmd(t, cmd)
+	addr := p.waitLine(t, "listening", map[string]any{"listener": "t"})["addr"].(string)
+	admin := &adminClient{base: p.adminURL(t), token: "tok", http: &http.Client{Timeout: 10 * time.Second}}
+
+	var wg sync.WaitGroup
+	errs := make(chan error, transfers)
+	for i := range transfers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c, err := net.Dial("tcp", addr)
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer c.Close()
+			var seed [8]byte
+			binary.LittleEndian.PutUint64(seed[:], uint64(i))
+			if _, err := c.Write(seed[:]); err != nil {
+				errs <- err
+				return
+			}
+			h := sha256.New()
+			n, err := io.Copy(h, c)
+			if err != nil || n != size {
+				errs <- fmt.Errorf("transfer %d: %d bytes, want %d: %w", i, n, size, err)
+				return
+			}
+			want := sha256.New()
+			_ = stream(want, uint64(i), size)
+			if !bytes.Equal(h.Sum(nil), want.Sum(nil)) {
+				errs <- fmt.Errorf("transfer %d: bytes differ", i)
+			}
+		}()
+	}
+	var ls []proxy.ListenerJSON
+	for deadline := time.Now().Add(20 * time.Second); ; {
+		if err := admin.do(context.Background(), "GET", "/v1/listeners", nil, &ls); err != nil {
+			t.Fatal(err)
+		}
+		if ls[0].Active == transfers {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d transfers running after 20s", ls[0].Active, transfers)
+		}
+		time.Sleep(20 * time.Millisecond) // polling the admin API
+	}
+
+	valid, invalid, signals := 0, 0, 0
+	for i := 1; i <= reloads; i++ {
+		text := configText(i)
+		bad := i%7 == 0
+		if bad {
+			text = strings.Replace(text, rates[i%2].text, "fast", 1)
+		}
+		if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if i%5 == 0 { // through the admin API, which answers with the result
+			err := admin.do(context.Background(), "POST", "/v1/reload", nil, nil)
+			if bad != (err != nil) {
+				t.Fatalf("reload %d (invalid %v) through the API: %v", i, bad, err)
+			}
+		} else {
+			signals++
+			p.cmd.Process.Signal(syscall.SIGHUP)
+			p.waitCount(t, "sighup: reloading", signals)
+		}
+		if bad {
+			invalid++
+			p.waitCount(t, "reload rejected: the running config stays", invalid)
+			continue
+		}
+		valid++
+		p.waitCount(t, "reloaded", valid)
+		if i%10 == 1 || i%10 == 2 { // the live conns carry the new rate
+			var cs struct{ Conns []proxy.ConnJSON }
+			if err := admin.do(context.Background(), "GET", "/v1/conns?limit=0&listener=t", nil, &cs); err != nil {
+				t.Fatal(err)
+			}
+			for _, c := range cs.Conns {
+				if c.Limits.Down.Rate != rates[i%2].bytes {
+					t.Fatalf("after reload %d: conn %d has down rate %d, want %d", i, c.ID, c.Limits.Down.Rate, rates[i%2].bytes)
+				}
+			}
+		}
+	}
+	if err := admin.do(context.Background(), "GET", "/v1/listeners", nil, &ls); err != nil {
+		t.Fatal(err)
+	}
+	if ls[0].Active == 0 {
+		t.Fatal("every transfer ended before the reloads did: the test proved nothing; make transfers longer")
+	}
+	t.Logf("%d reloads (%d invalid) done with %d transfers still running", reloads, invalid, ls[0].Active)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if err := admin.do(context.Background(), "GET", "/v1/listeners", nil, &ls); err != nil {
+		t.Fatal(err)
+	}
+	if ls[0].Name != "t" || ls[0].Ended["ok"] != transfers || ls[0].Accepted != transfers {
+		t.Errorf("listener t: accepted %d, ended %v; want %d, all ok", ls[0].Accepted, ls[0].Ended, transfers)
+	}
+	resp, err := http.Get(admin.base + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{
+		fmt.Sprintf(`sluice_config_reloads_total{result="ok"} %d`, valid),
+		fmt.Sprintf(`sluice_config_reloads_total{result="invalid"} %d`, invalid),
+		"sluice_config_last_reload_successful 1",
+		`sluice_build_info{goversion="go`,
+	} {
+		if !bytes.Contains(metrics, []byte(want)) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	if err := p.wait(t, 30*time.Second); err != nil {
+		t.Fatalf("exit: %v", err)
+	}
+}
+
+// TestReloadAndTopCommands drives a running sluice with `sluice reload`
+// and `sluice top`, as an operator would.
+func TestReloadAndTopCommands(t *testing.T) {
+	defer test.TimeOut(60 * time.Second).Stop()
+	ln := listenBackend(t)
+	tokenFile := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(tokenFile, []byte("s3cret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	path := writeConfig(t, fmt.Sprintf("admin: {listen: '127.0.0.1:0', token_file: '%s'}\n", tokenFile)+
+		fmt.Sprintf(runConfig, ln.Addr(), "5s"))
+	p := startCmd(t, exec.Command(sluiceBin, "run", "--config", path))
+	base := p.adminURL(t)
+	_, client, server := connectThrough(t, p, ln)
+	go io.Copy(io.Discard, client)
+	go func() {
+		buf := make([]byte, 32<<10)
+		for {
+			if _, err := server.Write(buf); err != nil {
+				return
+			}
+		}
+	}()
+
+	var stdout, stderr bytes.Buffer
+	if code := execute([]string{"reload", "--admin", base, "--config", path}, &stdout, &stderr); code != exitOK || stdout.String() != "reloaded\n" {
+		t.Errorf("sluice reload: exit %d, %q %q", code, stdout.String(), stderr.String())
+	}
+	p.waitLine(t, "reloaded", nil)
+	wrong := filepath.Join(t.TempDir(), "wrong")
+	os.WriteFile(wrong, []byte("nope"), 0o600)
+	stderr.Reset()
+	if code := execute([]string{"reload", "--admin", base, "--token-file", wrong}, &stdout, &stderr); code != exitFail || !strings.Contains(stderr.String(), "401") {
+		t.Errorf("sluice reload, wrong token: exit %d, %q; want %d and a 401", code, stderr.String(), exitFail)
+	}
+	// A rejected config: the command says why, and fails.
+	os.WriteFile(path, []byte("listeners: 5"), 0o600)
+	stderr.Reset()
+	if code := execute([]string{"reload", "--admin", base, "--token-file", tokenFile}, &stdout, &stderr); code != exitFail ||
+		!strings.Contains(stderr.String(), "want a list of listeners") {
+		t.Errorf("sluice reload, bad config: exit %d, %q", code, stderr.String())
+	}
+
+	stdout.Reset()
+	stderr.Reset()
+	if code := execute([]string{"top", "--admin", base, "--count", "1", "--interval", "200ms"}, &stdout, &stderr); code != exitOK {
+		t.Fatalf("sluice top: exit %d: %s", code, stderr.String())
+	}
+	out := stdout.String()
+	for _, want := range []string{"LISTENER", "\nt ", "CONN", "bit/s"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("sluice top output lacks %q:\n%s", want, out)
+		}
+	}
+	if code := execute([]string{"top", "--admin", "127.0.0.1:1", "--count", "1"}, &stdout, &stderr); code != exitFail {
+		t.Errorf("sluice top with nothing listening: exit %d, want %d", code, exitFail)
+	}
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	client.Close()
+	server.Close()
+	p.wait(t, 10*time.Second)
+}
+
+func TestDemo(t *testing.T) {
+	defer test.TimeOut(60 * time.Second).Stop()
+	var stdout, stderr bytes.Buffer
+	if code := execute([]string{"demo", "--duration", "4s"}, &stdout, &stderr); code != exitOK {
+		t.Fatalf("demo: exit %d: %s\n%s", code, stderr.String(), stdout.String())
+	}
+	out := stdout.String()
+	for _, want := range []string{"PUT /v1/listeners/video/limits", "DELETE /v1/conns/", "demo done: every byte"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("demo output lacks %q:\n%s", want, out)
+		}
+	}
+	if code := execute([]string{"demo", "--duration", "1s"}, &stdout, &stderr); code != exitConfig {
+		t.Errorf("demo --duration 1s: exit %d, want %d", code, exitConfig)
+	}
+}
+
+// TestSystemdUnit verifies deploy/sluice.service and sluice.socket with
+// systemd-analyze, where systemd is installed.
+func TestSystemdUnit(t *testing.T) {
+	sa, err := exec.LookPath("systemd-analyze")
+	if err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("systemd-analyze missing under CI: .ci/run installs systemd")
+		}
+		t.Skip("no systemd-analyze")
+	}
+	dir := t.TempDir()
+	unit, err := os.ReadFile("../../deploy/sluice.service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	unit = bytes.ReplaceAll(unit, []byte("/usr/local/bin/sluice"), []byte(sluiceBin))
+	if err := os.WriteFile(filepath.Join(dir, "sluice.service"), unit, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	sock, err := os.ReadFile("../../deploy/sluice.socket")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "sluice.socket"), sock, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(sa, "verify", filepath.Join(dir, "sluice.service"), filepath.Join(dir, "sluice.socket")).CombinedOutput()
+	if err != nil || len(bytes.TrimSpace(out)) > 0 {
+		t.Fatalf("systemd-analyze verify: %v\n%s", err, out)
+	}
+	for _, want := range []string{"Type=notify", "ExecReload=", "WatchdogSec=", "LimitNOFILE=", "NoNewPrivileges=yes",
+		"ProtectSystem=strict", "CapabilityBoundingSet=CAP_NET_BIND_SERVICE", "DynamicUser=yes"} {
+		if !bytes.Contains(unit, []byte(want)) {
+			t.Errorf("sluice.service lacks %s", want)
+		}
+	}
+}
