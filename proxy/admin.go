@@ -268,6 +268,7 @@ func (a *Admin) conns(r *http.Request) (any, error) {
 		return nil, errorf(http.StatusBadRequest, "sort: want bytes_down, bytes_up, id or start, got %q", sortBy)
 	}
 	all := a.srv.Conns()
+	total := len(all)
 	if l := q.Get("listener"); l != "" {
 		all = slices.DeleteFunc(all, func(c ConnInfo) bool { return c.Listener != l })
 	}
@@ -279,7 +280,7 @@ func (a *Admin) conns(r *http.Request) (any, error) {
 	for _, c := range all {
 		out = append(out, connJSON(c))
 	}
-	return map[string]any{"total": len(a.srv.Conns()), "conns": out}, nil
+	return map[string]any{"total": total, "conns": out}, nil
 }
 
 func cmpDesc[T int64 | uint64](a, b T) int {

@@ -419,6 +419,7 @@ func startSluice(dir, srcAddr, echoAddr, srcOpts string) (*proxyProc, error) {
 		return nil, err
 	}
 	cfg := fmt.Sprintf(`log: {level: warn}
+admin: {listen: "127.0.0.1:0"}
 listeners:
   - {name: source, listen: "%s", upstream: "%s", %s}
   - {name: echo, listen: "%s", upstream: "%s"}
@@ -429,6 +430,7 @@ listeners:
 	}
 	cmd := exec.Command(*sluiceBin, "run", "--config", path)
 	cmd.Stderr = os.Stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL} // no orphan if loadbench dies
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
@@ -467,6 +469,7 @@ stream {
 	}
 	cmd := exec.Command(*nginxBin, "-c", path, "-p", dir)
 	cmd.Stderr = os.Stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL} // nginx's workers follow their master
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}

@@ -1,0 +1,797 @@
+package shaper
+
+import (
+	"container/heap"
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+)
+
+// A Link is a budget that many connections share: one direction of a
+// costly line. Connections join it as [Member]s under a key (a tenant: a
+// source address, a listener, ...) and take bytes from it in grants, as
+// from a [Gate]; the Link decides who goes next.
+//
+// The model, after HTB:
+//
+//   - The Link is a token bucket at Limit.Rate with Limit.Burst.
+//   - Each key has an assured Rate and a Ceil ([KeyLimit]), each a token
+//     bucket of its own. While the link has tokens, a waiting key whose
+//     assured bucket has tokens goes first ("green"); among green keys,
+//     the one that has been served least, relative to its weight, goes
+//     first. A key beyond its assured rate may borrow spare tokens up to its
+//     Ceil; borrowers share the spare by weight, least-served first.
+//   - So under contention every active key gets at least its Rate (when the
+//     Rates fit in the link), the rest is split by Weight, no key exceeds its
+//     Ceil, and the link never exceeds its own Rate.
+//   - Inside a key, waiting connections are served in turn (one grant each,
+//     in arrival order), so a key with fifty connections gets no more than
+//     a key with one, and its connections share its part equally.
+//   - A key or connection that does not ask leaves its share to the others
+//     at once; an idle key saves nothing (its place in the fair order is
+//     brought up to the present when it returns).
+//
+// Cost: one mutex and one timer per Link, whatever the number of members;
+// a grant costs O(log k) for k waiting keys. A Member holds one small
+// channel. Time comes from the Link's [Clock].
+type Link struct {
+	clock Clock
+
+	mu      sync.Mutex
+	lim     LinkLimit
+	bucket  bucket
+	keys    map[string]*linkKey
+	assured keyHeap // waiting keys that may be served from their assured rate, by vt
+	borrow  keyHeap // waiting keys beyond their assured rate, by vtb
+	timed   timeHeap
+	vt, vtb int64 // virtual time of the last green and borrowed grant
+	waiting int   // members waiting
+	timer   Timer
+	timerAt time.Time
+	last    time.Time // last grant, for the busy catch-up
+
+	granted, borrowed int64
+
+	onGrant func(*Member) // test hook: called for each queued member granted
+}
+
+// KeyLimit is a key's share of a Link.
+type KeyLimit struct {
+	// Rate is the assured rate in bytes per second; 0 means none (the key
+	// only borrows).
+	Rate int64
+	// Ceil is the most the key may take, in bytes per second, borrowing
+	// included; 0 means the link's rate.
+	Ceil int64
+	// Weight is the key's share of spare capacity relative to other
+	// borrowing keys; 0 means 1.
+	Weight int
+}
+
+// LinkLimit is a Link's budget and its key policy.
+type LinkLimit struct {
+	// Limit is the link's own rate and burst. Rate must be positive; Burst
+	// 0 means [DefaultLinkBurst] worth of rate, at least DefaultBurst.
+	Limit
+	// Key applies to every key without an override.
+	Key KeyLimit
+	// Overrides give some keys their own KeyLimit.
+	Overrides map[string]KeyLimit
+}
+
+// DefaultLinkBurst is the default link burst, as time at the link's rate.
+const DefaultLinkBurst = 5 * time.Millisecond
+
+// MaxWeight bounds KeyLimit.Weight.
+const MaxWeight = 1000
+
+// Validate reports whether l is usable, wrapping [ErrBadLimit] if not.
+func (l LinkLimit) Validate() error {
+	if l.Rate <= 0 {
+		return fmt.Errorf("%w: a link needs a positive rate", ErrBadLimit)
+	}
+	if err := l.Limit.Validate(); err != nil {
+		return err
+	}
+	check := func(name string, k KeyLimit) error {
+		if k.Rate < 0 || k.Rate > MaxRate || k.Ceil < 0 || k.Ceil > MaxRate {
+			return fmt.Errorf("%w: key %s: rate and ceil must be in [0, %d]", ErrBadLimit, name, int64(MaxRate))
+		}
+		if k.Ceil > 0 && k.Rate > k.Ceil {
+			return fmt.Errorf("%w: key %s: rate %d above ceil %d", ErrBadLimit, name, k.Rate, k.Ceil)
+		}
+		if k.Weight < 0 || k.Weight > MaxWeight {
+			return fmt.Errorf("%w: key %s: weight %d outside [0, %d]", ErrBadLimit, name, k.Weight, MaxWeight)
+		}
+		return nil
+	}
+	if err := check("default", l.Key); err != nil {
+		return err
+	}
+	for name, k := range l.Overrides {
+		if err := check(fmt.Sprintf("%q", name), k); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (l LinkLimit) normalize() LinkLimit {
+	if l.Burst == 0 {
+		l.Burst = max(DefaultBurst, min(l.Rate*int64(DefaultLinkBurst)/int64(time.Second), MaxBurst))
+	}
+	return l
+}
+
+// keyLimit returns the effective limit of a key.
+func (l *LinkLimit) keyLimit(name string) KeyLimit {
+	k, ok := l.Overrides[name]
+	if !ok {
+		k = l.Key
+	}
+	if k.Ceil == 0 || k.Ceil > l.Rate {
+		k.Ceil = l.Rate
+	}
+	k.Rate = min(k.Rate, k.Ceil)
+	if k.Weight == 0 {
+		k.Weight = 1
+	}
+	return k
+}
+
+// keyBurst is the burst of a key's assured and ceil buckets: enough for a
+// few grants, so a key's own rate is smooth at the grant size.
+func keyBurst(rate int64) int64 {
+	return max(4*DefaultBurst, min(rate*int64(DefaultLinkBurst)/int64(time.Second), MaxBurst))
+}
+
+// NewLink returns a Link at l, on clock (nil means the real clock). It
+// panics if l is invalid; check it first with [LinkLimit.Validate].
+func NewLink(l LinkLimit, clock Clock) *Link {
+	if err := l.Validate(); err != nil {
+		panic(err)
+	}
+	if clock == nil {
+		clock = realClock{}
+	}
+	l = l.normalize()
+	now := clock.Now()
+	return &Link{
+		clock:  clock,
+		lim:    l,
+		bucket: bucket{rate: l.Rate, burst: l.Burst, nt: l.Burst * nano, last: now},
+		keys:   map[string]*linkKey{},
+	}
+}
+
+// SetLimit changes the link's rate, burst and key policy, for members
+// already waiting too. Tokens saved are kept up to the new bursts. It
+// returns an error wrapping [ErrBadLimit], and changes nothing, if l is
+// invalid.
+func (l *Link) SetLimit(ll LinkLimit) error {
+	if err := ll.Validate(); err != nil {
+		return err
+	}
+	ll = ll.normalize()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	now := l.clock.Now()
+	l.bucket.advance(now, l.catchUp(now))
+	l.lim = ll
+	l.bucket.set(ll.Rate, ll.Burst)
+	for _, k := range l.keys {
+		k.setLimit(ll.keyLimit(k.name), now)
+	}
+	// Waiting keys were placed by their old rates: place them again.
+	for _, k := range l.keys {
+		if k.state != idle {
+			l.park(k)
+			l.pushAssured(k)
+		}
+	}
+	l.dispatch(now)
+	return nil
+}
+
+// Limit returns the link's current limit.
+func (l *Link) Limit() LinkLimit {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.lim
+}
+
+// LinkStats are a Link's counters.
+type LinkStats struct {
+	// Bytes granted since the Link was made, net of refunds.
+	Bytes int64
+	// Borrowed is the part of Bytes keys took beyond their assured rate.
+	Borrowed int64
+	// Tokens is the link bucket's fill now, in bytes.
+	Tokens int64
+	// Waiting is the number of members waiting for a grant now.
+	Waiting int
+	// Keys is the number of keys with members; Members the members.
+	Keys, Members int
+}
+
+// Stats returns the Link's counters.
+func (l *Link) Stats() LinkStats {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	now := l.clock.Now()
+	l.bucket.advance(now, l.catchUp(now))
+	s := LinkStats{Bytes: l.granted, Borrowed: l.borrowed, Tokens: l.bucket.nt / nano, Waiting: l.waiting, Keys: len(l.keys)}
+	for _, k := range l.keys {
+		s.Members += k.members
+	}
+	return s
+}
+
+// KeyStats are one key's counters.
+type KeyStats struct {
+	Key      string
+	Limit    KeyLimit
+	Members  int
+	Waiting  int
+	Bytes    int64
+	Borrowed int64
+}
+
+// Keys returns the counters of the keys that have members.
+func (l *Link) Keys() []KeyStats {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	out := make([]KeyStats, 0, len(l.keys))
+	for _, k := range l.keys {
+		out = append(out, KeyStats{Key: k.name, Limit: k.lim, Members: k.members, Waiting: k.q.n, Bytes: k.granted, Borrowed: k.borrowed})
+	}
+	return out
+}
+
+// Join adds a member under key. The member must Leave when done.
+func (l *Link) Join(key string) *Member {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	k := l.keys[key]
+	if k == nil {
+		now := l.clock.Now()
+		k = &linkKey{name: key, mainIdx: -1, timeIdx: -1}
+		k.setLimit(l.lim.keyLimit(key), now)
+		k.assured.nt, k.ceil.nt = k.assured.burst*nano, k.ceil.burst*nano
+		l.keys[key] = k
+	}
+	k.members++
+	return &Member{l: l, k: k, ch: make(chan int, 1)}
+}
+
+// A Member is one connection's seat on a Link. Its methods are not safe
+// for concurrent use with each other (one pump per member), but Leave may
+// come from another goroutine after Take returned.
+type Member struct {
+	l          *Link
+	k          *linkKey
+	ch         chan int // receives the grant
+	want       int
+	queued     bool
+	prev, next *Member
+	left       bool
+}
+
+// ErrLeft is returned by Take on a member that has left.
+var ErrLeft = errors.New("shaper: member has left the link")
+
+// Take blocks until the Link grants min(n, burst) bytes to this member in
+// its fair turn, and returns that count. It returns 0 and nil for n <= 0,
+// and 0 and ctx.Err() if ctx ends first (nothing is taken then).
+func (m *Member) Take(ctx context.Context, n int) (int, error) {
+	if n <= 0 {
+		return 0, nil
+	}
+	if got, err := m.begin(n); got > 0 || err != nil {
+		return got, err
+	}
+	l := m.l
+	select {
+	case got := <-m.ch:
+		return got, nil
+	case <-ctx.Done():
+		l.mu.Lock()
+		if m.queued {
+			l.dequeue(m)
+			l.mu.Unlock()
+			return 0, ctx.Err()
+		}
+		l.mu.Unlock()
+		// Granted as ctx ended: give it back.
+		m.Refund(<-m.ch)
+		return 0, ctx.Err()
+	}
+}
+
+// begin grants n at once if it can (nobody waits and the buckets have the
+// tokens), else queues m; the grant then arrives on m.ch.
+func (m *Member) begin(n int) (int, error) {
+	l := m.l
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if m.left {
+		return 0, ErrLeft
+	}
+	now := l.clock.Now()
+	m.want = int(min(int64(n), l.lim.Burst, m.k.ceil.burst))
+	if l.waiting == 0 && l.serveNow(m.k, int64(m.want), now) {
+		return m.want, nil
+	}
+	l.enqueue(m)
+	l.dispatch(now)
+	return 0, nil
+}
+
+// Refund gives back n granted bytes that were not moved, to the link and
+// the member's key.
+func (m *Member) Refund(n int) {
+	if n <= 0 {
+		return
+	}
+	l := m.l
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	now := l.clock.Now()
+	l.bucket.advance(now, l.catchUp(now))
+	l.bucket.refund(int64(n))
+	m.k.ceil.advance(now, 0)
+	m.k.ceil.refund(int64(n))
+	l.granted -= int64(n)
+	m.k.granted -= int64(n)
+	l.dispatch(now)
+}
+
+// Leave removes the member from the link. A Take waiting in another
+// goroutine must have returned first (cancel its context).
+func (m *Member) Leave() {
+	l := m.l
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if m.left {
+		return
+	}
+	m.left = true
+	if m.queued {
+		l.dequeue(m)
+	}
+	k := m.k
+	k.members--
+	if k.members == 0 && k.q.n == 0 {
+		delete(l.keys, k.name)
+	}
+}
+
+// Key returns the member's key.
+func (m *Member) Key() string { return m.k.name }
+
+// catchUp is how much beyond burst the link bucket may hold now: like a
+// Gate's busy caller, a link with waiters keeps MaxCatchUp's worth of rate
+// that late timers would otherwise lose.
+func (l *Link) catchUp(now time.Time) int64 {
+	if l.waiting > 0 || now.Sub(l.last) <= MaxCatchUp {
+		return min(l.lim.Rate*int64(MaxCatchUp/time.Microsecond), MaxBurst*nano/1000) * 1000
+	}
+	return 0
+}
+
+// serveNow grants want to key k at once if nobody waits and every bucket
+// has the tokens. Requires l.mu.
+func (l *Link) serveNow(k *linkKey, want int64, now time.Time) bool {
+	l.bucket.advance(now, l.catchUp(now))
+	k.ceil.advance(now, 0)
+	k.assured.advance(now, 0)
+	if !l.bucket.has(want) || !k.ceil.has(want) {
+		return false
+	}
+	l.grant(k, want, k.lim.Rate > 0 && k.assured.has(want), now)
+	return true
+}
+
+// grant takes want from the link and key k. Requires l.mu.
+func (l *Link) grant(k *linkKey, want int64, green bool, now time.Time) {
+	l.bucket.take(want)
+	k.ceil.take(want)
+	// The system's virtual time is the start of the latest grant: a key
+	// that returns from idle starts there, level with the keys being served.
+	if green {
+		k.assured.take(want)
+		l.vt = max(l.vt, k.vt)
+		k.vt += want * vtScale / int64(k.lim.Weight)
+	} else {
+		l.vtb = max(l.vtb, k.vtb)
+		k.vtb += want * vtScale / int64(k.lim.Weight)
+		k.borrowed += want
+		l.borrowed += want
+	}
+	k.granted += want
+	l.granted += want
+	l.last = now
+}
+
+// vtScale keeps virtual times integral for weights up to MaxWeight.
+const vtScale = 1 << 12
+
+// enqueue puts m at the back of its key's queue, and the key in the fair
+// order if it was not waiting. Requires l.mu.
+func (l *Link) enqueue(m *Member) {
+	k := m.k
+	k.q.push(m)
+	m.queued = true
+	l.waiting++
+	if k.state == idle {
+		// A returning key starts at the present: no credit for idle time.
+		k.vt, k.vtb = max(k.vt, l.vt), max(k.vtb, l.vtb)
+		l.pushAssured(k)
+	}
+}
+
+// dequeue takes a waiting m out, and its key out of the order if it has
+// no other waiter. Requires l.mu.
+func (l *Link) dequeue(m *Member) {
+	k := m.k
+	k.q.remove(m)
+	m.queued = false
+	l.waiting--
+	if k.q.n == 0 {
+		l.park(k)
+		if k.members == 0 {
+			delete(l.keys, k.name)
+		}
+	}
+}
+
+// park takes a key with no waiter out of every heap. Requires l.mu.
+func (l *Link) park(k *linkKey) {
+	switch k.state {
+	case inAssured:
+		heap.Remove(&l.assured, k.mainIdx)
+	case inBorrow:
+		heap.Remove(&l.borrow, k.mainIdx)
+	}
+	l.untime(k)
+	k.state = idle
+}
+
+func (l *Link) pushAssured(k *linkKey) {
+	k.state = inAssured
+	k.vt = max(k.vt, l.vt)
+	heap.Push(&l.assured, k)
+}
+
+// untime takes k out of the timed heap, if it is there.
+func (l *Link) untime(k *linkKey) {
+	if k.timeIdx >= 0 {
+		heap.Remove(&l.timed, k.timeIdx)
+	}
+}
+
+func (l *Link) pushTimed(k *linkKey, at time.Time) {
+	l.untime(k)
+	k.wakeAt = at
+	heap.Push(&l.timed, k)
+}
+
+// dispatch grants to waiting members in fair order while the link has
+// tokens, then arms the timer for the next moment something can change.
+// Requires l.mu.
+func (l *Link) dispatch(now time.Time) {
+	l.bucket.advance(now, l.catchUp(now))
+	// Keys whose refill time has come go back to the assured order.
+	for l.timed.Len() > 0 && !l.timed[0].wakeAt.After(now) {
+		k := l.timed[0]
+		l.untime(k)
+		switch k.state {
+		case inBorrow: // its assured bucket has refilled
+			heap.Remove(&l.borrow, k.mainIdx)
+			l.pushAssured(k)
+		case inTimed: // its ceil bucket has refilled
+			l.pushAssured(k)
+		}
+	}
+	for l.waiting > 0 {
+		k, green := l.next(now)
+		if k == nil {
+			break
+		}
+		m := k.q.head
+		want := int64(m.want)
+		if !l.bucket.has(want) {
+			break
+		}
+		l.grant(k, want, green, now)
+		k.q.remove(m)
+		m.queued = false
+		l.waiting--
+		m.ch <- int(want)
+		if l.onGrant != nil {
+			l.onGrant(m)
+		}
+		if k.q.n == 0 {
+			l.park(k)
+			if k.members == 0 {
+				delete(l.keys, k.name)
+			}
+		} else if green {
+			heap.Fix(&l.assured, k.mainIdx)
+		} else {
+			heap.Fix(&l.borrow, k.mainIdx)
+		}
+	}
+	l.arm(now)
+}
+
+// next returns the key to serve now and whether from its assured rate, or
+// nil if no key may be served before a refill. It moves keys between the
+// orders as their buckets require. Requires l.mu.
+func (l *Link) next(now time.Time) (*linkKey, bool) {
+	for l.assured.Len() > 0 {
+		k := l.assured[0]
+		want := int64(k.q.head.want)
+		k.ceil.advance(now, 0)
+		k.assured.advance(now, 0)
+		if !k.ceil.has(want) {
+			heap.Pop(&l.assured)
+			k.state = inTimed
+			l.pushTimed(k, now.Add(k.ceil.readyIn(want)))
+			continue
+		}
+		if k.lim.Rate > 0 && k.assured.has(want) {
+			return k, true
+		}
+		// Beyond its assured rate: borrow, and come back when it refills.
+		heap.Pop(&l.assured)
+		k.state = inBorrow
+		k.vtb = max(k.vtb, l.vtb)
+		heap.Push(&l.borrow, k)
+		if k.lim.Rate > 0 {
+			l.pushTimed(k, now.Add(k.assured.readyIn(want)))
+		}
+	}
+	for l.borrow.Len() > 0 {
+		k := l.borrow[0]
+		want := int64(k.q.head.want)
+		k.ceil.advance(now, 0)
+		if k.ceil.has(want) {
+			return k, false
+		}
+		heap.Pop(&l.borrow)
+		k.state = inTimed
+		l.pushTimed(k, now.Add(k.ceil.readyIn(want)))
+	}
+	return nil, false
+}
+
+// arm sets the one timer to the next moment a grant may become possible:
+// when the link has the head's tokens, or a key's refill time. Requires
+// l.mu.
+func (l *Link) arm(now time.Time) {
+	var at time.Time
+	if l.assured.Len() > 0 || l.borrow.Len() > 0 {
+		var k *linkKey
+		if l.assured.Len() > 0 {
+			k = l.assured[0]
+		} else {
+			k = l.borrow[0]
+		}
+		at = now.Add(l.bucket.readyIn(int64(k.q.head.want)))
+	}
+	if l.timed.Len() > 0 && (at.IsZero() || l.timed[0].wakeAt.Before(at)) {
+		at = l.timed[0].wakeAt
+	}
+	if at.IsZero() {
+		return
+	}
+	if !l.timerAt.IsZero() && !at.Before(l.timerAt) && l.timerAt.After(now) {
+		return // armed early enough already
+	}
+	d := max(at.Sub(now), 0)
+	l.timerAt = at
+	if l.timer == nil {
+		l.timer = l.clock.AfterFunc(d, l.fire)
+	} else {
+		l.timer.Reset(d)
+	}
+}
+
+func (l *Link) fire() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.timerAt = time.Time{}
+	l.dispatch(l.clock.Now())
+}
+
+// Key states.
+const (
+	idle      = iota // no member waits
+	inAssured        // in the assured order
+	inBorrow         // in the borrow order (and timed, for its assured refill)
+	inTimed          // waiting for its ceil to refill, in no order
+)
+
+// linkKey is a key's state in a Link.
+type linkKey struct {
+	name     string
+	lim      KeyLimit
+	assured  bucket
+	ceil     bucket
+	vt, vtb  int64
+	q        memberQueue
+	members  int
+	state    int
+	mainIdx  int // in assured or borrow
+	timeIdx  int // in timed
+	wakeAt   time.Time
+	granted  int64
+	borrowed int64
+}
+
+func (k *linkKey) setLimit(kl KeyLimit, now time.Time) {
+	k.assured.advance(now, 0)
+	k.ceil.advance(now, 0)
+	k.lim = kl
+	k.assured.set(kl.Rate, keyBurst(kl.Rate))
+	k.ceil.set(kl.Ceil, keyBurst(kl.Ceil))
+	if k.assured.last.IsZero() {
+		k.assured.last, k.ceil.last = now, now
+	}
+}
+
+// memberQueue is a FIFO of waiting members, linked through them: O(1)
+// push, pop and removal, no allocation.
+type memberQueue struct {
+	head, tail *Member
+	n          int
+}
+
+func (q *memberQueue) push(m *Member) {
+	m.prev, m.next = q.tail, nil
+	if q.tail != nil {
+		q.tail.next = m
+	} else {
+		q.head = m
+	}
+	q.tail = m
+	q.n++
+}
+
+func (q *memberQueue) remove(m *Member) {
+	if m.prev != nil {
+		m.prev.next = m.next
+	} else {
+		q.head = m.next
+	}
+	if m.next != nil {
+		m.next.prev = m.prev
+	} else {
+		q.tail = m.prev
+	}
+	m.prev, m.next = nil, nil
+	q.n--
+}
+
+// keyHeap orders waiting keys by virtual time: vt in the assured order,
+// vtb in the borrow order (ties by name, for determinism).
+type keyHeap []*linkKey
+
+func (h keyHeap) Len() int { return len(h) }
+func (h keyHeap) Less(i, j int) bool {
+	a, b := h[i], h[j]
+	va, vb := a.vt, b.vt
+	if a.state == inBorrow {
+		va, vb = a.vtb, b.vtb
+	}
+	if va != vb {
+		return va < vb
+	}
+	return a.name < b.name
+}
+func (h keyHeap) Swap(i, j int) {
+	h[i], h[j] = h[j], h[i]
+	h[i].mainIdx, h[j].mainIdx = i, j
+}
+func (h *keyHeap) Push(x any) {
+	k := x.(*linkKey)
+	k.mainIdx = len(*h)
+	*h = append(*h, k)
+}
+func (h *keyHeap) Pop() any {
+	old := *h
+	k := old[len(old)-1]
+	old[len(old)-1] = nil
+	*h = old[:len(old)-1]
+	k.mainIdx = -1
+	return k
+}
+
+// timeHeap orders keys by wakeAt.
+type timeHeap []*linkKey
+
+func (h timeHeap) Len() int           { return len(h) }
+func (h timeHeap) Less(i, j int) bool { return h[i].wakeAt.Before(h[j].wakeAt) }
+func (h timeHeap) Swap(i, j int) {
+	h[i], h[j] = h[j], h[i]
+	h[i].timeIdx, h[j].timeIdx = i, j
+}
+func (h *timeHeap) Push(x any) {
+	k := x.(*linkKey)
+	k.timeIdx = len(*h)
+	*h = append(*h, k)
+}
+func (h *timeHeap) Pop() any {
+	old := *h
+	k := old[len(old)-1]
+	old[len(old)-1] = nil
+	*h = old[:len(old)-1]
+	k.timeIdx = -1
+	return k
+}
+
+// bucket is a plain token bucket in nano-bytes, refilled lazily. Rate 0
+// means unlimited.
+type bucket struct {
+	rate, burst int64
+	nt          int64
+	last        time.Time
+}
+
+// advance refills up to now, to at most burst plus extra nano-bytes.
+func (b *bucket) advance(now time.Time, extra int64) {
+	el := now.Sub(b.last)
+	if el <= 0 {
+		return
+	}
+	b.last = now
+	if b.rate == 0 {
+		return
+	}
+	limit := b.burst*nano + extra
+	if b.nt >= limit {
+		return
+	}
+	room := limit - b.nt
+	if int64(el) >= room/b.rate+1 {
+		b.nt = limit
+		return
+	}
+	b.nt = min(b.nt+int64(el)*b.rate, limit)
+}
+
+func (b *bucket) has(n int64) bool { return b.rate == 0 || b.nt >= n*nano }
+
+func (b *bucket) take(n int64) {
+	if b.rate != 0 {
+		b.nt -= n * nano
+	}
+}
+
+func (b *bucket) refund(n int64) {
+	if b.rate != 0 {
+		b.nt = min(b.nt+n*nano, b.burst*nano)
+	}
+}
+
+// readyIn is how long until the bucket holds n bytes.
+func (b *bucket) readyIn(n int64) time.Duration {
+	if b.rate == 0 || b.nt >= n*nano {
+		return 0
+	}
+	return time.Duration((n*nano - b.nt + b.rate - 1) / b.rate)
+}
+
+// set changes rate and burst, keeping at most the new burst.
+func (b *bucket) set(rate, burst int64) {
+	if b.rate == 0 && rate != 0 && !b.last.IsZero() {
+		b.nt = burst * nano
+	}
+	b.rate, b.burst = rate, burst
+	if rate != 0 {
+		b.nt = min(b.nt, burst*nano)
+	}
+}

@@ -1,0 +1,527 @@
+package shaper
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+)
+
+// sim drives a Link on a fake clock from one goroutine: members ask for a
+// chunk, and ask again at once when granted (saturated) or when their own
+// pace allows. Everything is deterministic.
+type sim struct {
+	t     *testing.T
+	clock *fakeClock
+	link  *Link
+	ms    []*simMember
+}
+
+type simMember struct {
+	m       *Member
+	key     string
+	pace    int64     // bytes/s the member itself can take; 0 = as much as it gets
+	start   time.Time // a paced member's demand: pace × (now - start) bytes in all
+	total   int64     // bytes got since start
+	nextAsk time.Time // when a paced member asks again
+	asking  bool
+	got     int64
+	gone    bool
+}
+
+const chunk = 8192
+
+// fakeClock is a minimal manual clock for tests inside package shaper
+// (shapertest imports shaper, so it cannot be used here). Advance runs due
+// timers in order, each at its own time, on the calling goroutine.
+type fakeClock struct {
+	mu      sync.Mutex
+	now     time.Time
+	timers  []*fakeTimer
+	changed chan struct{}
+}
+
+type fakeTimer struct {
+	c   *fakeClock
+	at  time.Time
+	f   func()
+	set bool
+}
+
+func newFakeClock() *fakeClock {
+	return &fakeClock{now: time.Unix(1_000_000, 0), changed: make(chan struct{})}
+}
+
+func (c *fakeClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *fakeClock) AfterFunc(d time.Duration, f func()) Timer {
+	t := &fakeTimer{c: c, f: f}
+	t.Reset(d)
+	return t
+}
+
+func (t *fakeTimer) Reset(d time.Duration) bool {
+	c := t.c
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	was := t.set
+	t.at, t.set = c.now.Add(d), true
+	if !was {
+		c.timers = append(c.timers, t)
+	}
+	close(c.changed)
+	c.changed = make(chan struct{})
+	return was
+}
+
+func (t *fakeTimer) Stop() bool {
+	c := t.c
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	was := t.set
+	t.set = false
+	c.timers = slices.DeleteFunc(c.timers, func(x *fakeTimer) bool { return x == t })
+	return was
+}
+
+// BlockUntil waits until n timers are armed.
+func (c *fakeClock) BlockUntil(n int) {
+	for {
+		c.mu.Lock()
+		have, ch := len(c.timers), c.changed
+		c.mu.Unlock()
+		if have >= n {
+			return
+		}
+		<-ch
+	}
+}
+
+func (c *fakeClock) Advance(d time.Duration) {
+	c.mu.Lock()
+	end := c.now.Add(d)
+	for {
+		var next *fakeTimer
+		for _, t := range c.timers {
+			if !t.at.After(end) && (next == nil || t.at.Before(next.at)) {
+				next = t
+			}
+		}
+		if next == nil {
+			break
+		}
+		c.now = next.at
+		next.set = false
+		c.timers = slices.DeleteFunc(c.timers, func(x *fakeTimer) bool { return x == next })
+		c.mu.Unlock()
+		next.f()
+		c.mu.Lock()
+	}
+	c.now = end
+	c.mu.Unlock()
+}
+
+func newSim(t *testing.T, ll LinkLimit) *sim {
+	c := newFakeClock()
+	return &sim{t: t, clock: c, link: NewLink(ll, c)}
+}
+
+func (s *sim) add(key string, n int, pace int64) []*simMember {
+	var out []*simMember
+	for range n {
+		sm := &simMember{m: s.link.Join(key), key: key, pace: pace, start: s.clock.Now(), nextAsk: s.clock.Now()}
+		s.ms = append(s.ms, sm)
+		out = append(out, sm)
+	}
+	return out
+}
+
+func (s *sim) leave(ms []*simMember) {
+	for _, sm := range ms {
+		sm.gone = true
+		if sm.asking {
+			// Cancel its queued ask: what Take does when its ctx ends.
+			s.link.mu.Lock()
+			if sm.m.queued {
+				s.link.dequeue(sm.m)
+			}
+			s.link.mu.Unlock()
+			select {
+			case n := <-sm.m.ch:
+				sm.m.Refund(n)
+			default:
+			}
+		}
+		sm.m.Leave()
+	}
+}
+
+// step collects grants and makes new asks at the current instant.
+func (s *sim) step() {
+	for progress := true; progress; {
+		progress = false
+		for _, sm := range s.ms {
+			if sm.gone {
+				continue
+			}
+			if sm.asking {
+				select {
+				case n := <-sm.m.ch:
+					sm.granted(s, n)
+					sm.asking = false
+					progress = true
+				default:
+					continue
+				}
+			}
+			if !sm.asking && !s.clock.Now().Before(sm.nextAsk) {
+				n, err := sm.m.begin(chunk)
+				if err != nil {
+					s.t.Fatal(err)
+				}
+				if n > 0 {
+					sm.granted(s, n)
+					progress = true
+				} else {
+					sm.asking = true
+				}
+			}
+		}
+	}
+}
+
+// granted counts n; a paced member asks again once its demand, pace since
+// start, is above what it got.
+func (sm *simMember) granted(s *sim, n int) {
+	sm.got += int64(n)
+	sm.total += int64(n)
+	if sm.pace > 0 {
+		sm.nextAsk = sm.start.Add(time.Duration(sm.total * int64(time.Second) / sm.pace))
+	}
+}
+
+// run advances d in 100 µs steps.
+func (s *sim) run(d time.Duration) {
+	const tick = 100 * time.Microsecond
+	for el := time.Duration(0); el < d; el += tick {
+		s.step()
+		s.clock.Advance(tick)
+	}
+	s.step()
+}
+
+// bytes returns what members got since the last reset, per key.
+func (s *sim) byKey() map[string]int64 {
+	out := map[string]int64{}
+	for _, sm := range s.ms {
+		out[sm.key] += sm.got
+	}
+	return out
+}
+
+func (s *sim) reset() {
+	for _, sm := range s.ms {
+		sm.got = 0
+	}
+}
+
+// near checks got is want within tol (a fraction), reporting name.
+func near(t *testing.T, name string, got, want int64, tol float64) {
+	t.Helper()
+	if math.Abs(float64(got-want)) > tol*float64(want) {
+		t.Errorf("%s: %d bytes, want %d ±%.1f%% (%.4f×)", name, got, want, tol*100, float64(got)/float64(want))
+	}
+}
+
+const mbps = 1_000_000 // 1 MB/s
+
+// warm runs a second to let the link reach a steady state, then resets the
+// counters.
+func (s *sim) warm() {
+	s.run(time.Second)
+	s.reset()
+}
+
+func TestLinkEqualDemand(t *testing.T) {
+	s := newSim(t, LinkLimit{Limit: Limit{Rate: mbps}})
+	ms := s.add("", 4, 0)
+	s.warm()
+	s.run(10 * time.Second)
+	var total int64
+	for i, sm := range ms {
+		near(t, fmt.Sprintf("member %d", i), sm.got, 10*mbps/4, 0.005)
+		total += sm.got
+	}
+	near(t, "link", total, 10*mbps, 0.001)
+}
+
+// A slow consumer takes what it wants; the others split the rest.
+func TestLinkSlowConsumer(t *testing.T) {
+	s := newSim(t, LinkLimit{Limit: Limit{Rate: mbps}})
+	slow := s.add("", 1, 100_000)[0]
+	fast := s.add("", 3, 0)
+	s.warm()
+	s.run(10 * time.Second)
+	near(t, "slow member", slow.got, 10*100_000, 0.01)
+	for i, sm := range fast {
+		near(t, fmt.Sprintf("fast member %d", i), sm.got, 10*300_000, 0.005)
+	}
+}
+
+// A key with one connection and a key with fifty get the same share.
+func TestLinkKeysOneVsFifty(t *testing.T) {
+	s := newSim(t, LinkLimit{Limit: Limit{Rate: mbps}})
+	s.add("one", 1, 0)
+	fifty := s.add("fifty", 50, 0)
+	s.warm()
+	s.run(10 * time.Second)
+	got := s.byKey()
+	near(t, "key one", got["one"], 5*mbps, 0.005)
+	near(t, "key fifty", got["fifty"], 5*mbps, 0.005)
+	for i, sm := range fifty { // equal inside the key
+		if d := sm.got - 5*mbps/50; d > chunk || d < -chunk {
+			t.Errorf("fifty[%d]: %d bytes, want %d within one chunk", i, sm.got, 5*mbps/50)
+		}
+	}
+}
+
+// Alone, a key borrows up to its ceil and no further.
+func TestLinkBorrowUpToCeil(t *testing.T) {
+	s := newSim(t, LinkLimit{Limit: Limit{Rate: mbps}, Key: KeyLimit{Rate: 100_000, Ceil: 600_000}})
+	s.add("a", 3, 0)
+	s.warm()
+	s.run(10 * time.Second)
+	near(t, "key a alone", s.byKey()["a"], 10*600_000, 0.005)
+	st := s.link.Stats()
+	if st.Borrowed == 0 {
+		t.Error("a key above its assured rate borrowed nothing")
+	}
+}
+
+// Under contention every key gets its assured rate; the spare is split by
+// weight.
+func TestLinkContentionAssured(t *testing.T) {
+	s := newSim(t, LinkLimit{Limit: Limit{Rate: mbps}, Overrides: map[string]KeyLimit{
+		"a": {Rate: 700_000}, "b": {Rate: 300_000},
+	}})
+	s.add("a", 1, 0)
+	s.add("b", 5, 0)
+	s.warm()
+	s.run(10 * time.Second)
+	got := s.byKey()
+	near(t, "key a (700 KB/s assured)", got["a"], 10*700_000, 0.005)
+	near(t, "key b (300 KB/s assured)", got["b"], 10*300_000, 0.01)
+
+	// Assured 200 + 200; the 600 KB/s spare split equally.
+	s2 := newSim(t, LinkLimit{Limit: Limit{Rate: mbps}, Key: KeyLimit{Rate: 200_000}})
+	s2.add("a", 1, 0)
+	s2.add("b", 3, 0)
+	s2.warm()
+	s2.run(10 * time.Second)
+	got = s2.byKey()
+	near(t, "key a (200 + half the spare)", got["a"], 10*500_000, 0.005)
+	near(t, "key b (200 + half the spare)", got["b"], 10*500_000, 0.005)
+}
+
+func TestLinkWeights(t *testing.T) {
+	s := newSim(t, LinkLimit{Limit: Limit{Rate: mbps}, Overrides: map[string]KeyLimit{
+		"light": {Weight: 1}, "heavy": {Weight: 3},
+	}})
+	s.add("light", 2, 0)
+	s.add("heavy", 2, 0)
+	s.warm()
+	s.run(10 * time.Second)
+	got := s.byKey()
+	near(t, "weight 1", got["light"], 10*250_000, 0.005)
+	near(t, "weight 3", got["heavy"], 10*750_000, 0.005)
+}
+
+// A key that joins gets its share within 200 ms; one that leaves returns
+// its share at once.
+func TestLinkKeyJoinsAndLeaves(t *testing.T) {
+	s := newSim(t, LinkLimit{Limit: Limit{Rate: mbps}})
+	s.add("a", 2, 0)
+	s.warm()
+	s.run(2 * time.Second)
+	near(t, "a alone", s.byKey()["a"], 2*mbps, 0.005)
+
+	b := s.add("b", 1, 0)
+	s.reset()
+	s.run(200 * time.Millisecond)
+	got := s.byKey()
+	near(t, "b in its first 200 ms", got["b"], 100_000, 0.1)
+	s.reset()
+	s.run(5 * time.Second)
+	got = s.byKey()
+	near(t, "a shared", got["a"], 5*mbps/2, 0.005)
+	near(t, "b shared", got["b"], 5*mbps/2, 0.005)
+
+	s.leave(b)
+	s.reset()
+	s.run(2 * time.Second)
+	near(t, "a after b left", s.byKey()["a"], 2*mbps, 0.005)
+	if st := s.link.Stats(); st.Keys != 1 || st.Members != 2 {
+		t.Errorf("after b left: %d keys, %d members; want 1, 2", st.Keys, st.Members)
+	}
+}
+
+func TestLinkRateHalved(t *testing.T) {
+	s := newSim(t, LinkLimit{Limit: Limit{Rate: mbps}})
+	s.add("", 3, 0)
+	s.add("x", 2, 0)
+	s.warm()
+	s.run(5 * time.Second)
+	near(t, "at 1 MB/s", s.byKey()[""]+s.byKey()["x"], 5*mbps, 0.002)
+	if err := s.link.SetLimit(LinkLimit{Limit: Limit{Rate: mbps / 2}}); err != nil {
+		t.Fatal(err)
+	}
+	s.reset()
+	s.run(5 * time.Second)
+	got := s.byKey()
+	near(t, "link at 500 KB/s", got[""]+got["x"], 5*mbps/2, 0.005)
+	near(t, "key \"\" at 500 KB/s", got[""], 5*mbps/4, 0.01)
+	near(t, "key x at 500 KB/s", got["x"], 5*mbps/4, 0.01)
+}
+
+// The link never exceeds rate × t + burst over any interval.
+func TestLinkNeverOverrun(t *testing.T) {
+	ll := LinkLimit{Limit: Limit{Rate: mbps, Burst: 16384}, Key: KeyLimit{Rate: 100_000, Ceil: 800_000, Weight: 2}}
+	s := newSim(t, ll)
+	s.add("a", 3, 0)
+	s.add("b", 7, 0)
+	s.add("c", 1, 50_000)
+	s.run(100 * time.Millisecond) // the bucket starts full
+	var total int64
+	for range 50 {
+		s.reset()
+		s.run(100 * time.Millisecond)
+		got := s.byKey()
+		w := got["a"] + got["b"] + got["c"]
+		total += w
+		// 100 ms of rate, plus what the catch-up allows for late timers.
+		if w > 100_000+16384+20_000 {
+			t.Fatalf("a 100 ms window carried %d bytes, over rate×0.1s + burst + catch-up", w)
+		}
+		for k, v := range got {
+			if v > 80_000+4*chunk {
+				t.Fatalf("key %s carried %d bytes in 100 ms, over its ceil", k, v)
+			}
+		}
+	}
+	near(t, "5 s total", total, 5*mbps, 0.005)
+}
+
+func TestLinkTakeCancelAndLeave(t *testing.T) {
+	clock := newFakeClock()
+	l := NewLink(LinkLimit{Limit: Limit{Rate: 1000, Burst: 8192}}, clock)
+	a, b := l.Join("a"), l.Join("b")
+	if n, err := a.Take(context.Background(), 8192); n != 8192 || err != nil {
+		t.Fatalf("first Take = %d, %v; want the full burst", n, err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		_, err := b.Take(ctx, 100)
+		done <- err
+	}()
+	clock.BlockUntil(1) // b waits on the link's timer
+	if st := l.Stats(); st.Waiting != 1 {
+		t.Fatalf("waiting = %d, want 1", st.Waiting)
+	}
+	cancel()
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Fatalf("cancelled Take = %v", err)
+	}
+	if st := l.Stats(); st.Waiting != 0 || st.Bytes != 8192 {
+		t.Fatalf("after cancel: %+v; want nobody waiting, 8192 granted", st)
+	}
+	// 100 ms at 1000 B/s: 100 bytes for b.
+	go func() {
+		n, err := b.Take(context.Background(), 100)
+		if n != 100 || err != nil {
+			done <- fmt.Errorf("Take = %d: %w", n, err)
+			return
+		}
+		done <- nil
+	}()
+	clock.BlockUntil(1)
+	clock.Advance(100 * time.Millisecond)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	b.Leave()
+	if _, err := b.Take(context.Background(), 1); !errors.Is(err, ErrLeft) {
+		t.Errorf("Take after Leave = %v, want ErrLeft", err)
+	}
+	a.Refund(8192)
+	a.Leave()
+	if st := l.Stats(); st.Keys != 0 || st.Members != 0 || st.Bytes != 100 {
+		t.Errorf("after both left: %+v; want no keys, 100 bytes net", st)
+	}
+}
+
+func TestLinkLimitValidate(t *testing.T) {
+	for _, ll := range []LinkLimit{
+		{},
+		{Limit: Limit{Rate: -1}},
+		{Limit: Limit{Rate: 10}, Key: KeyLimit{Rate: 20, Ceil: 10}},
+		{Limit: Limit{Rate: 10}, Key: KeyLimit{Weight: MaxWeight + 1}},
+		{Limit: Limit{Rate: 10}, Overrides: map[string]KeyLimit{"x": {Ceil: -1}}},
+	} {
+		if err := ll.Validate(); !errors.Is(err, ErrBadLimit) {
+			t.Errorf("Validate(%+v) = %v, want ErrBadLimit", ll, err)
+		}
+	}
+	if err := (LinkLimit{Limit: Limit{Rate: 10}, Key: KeyLimit{Rate: 5, Ceil: 8, Weight: 2}}).Validate(); err != nil {
+		t.Error(err)
+	}
+}
+
+// BenchmarkLinkGrant100k: 100,000 members wait on one link, in 1,000 keys;
+// each grant goes to the next in fair order and that member asks again at
+// once, as a pump would. Reports ns per grant: scheduler, timer and
+// hand-off.
+func BenchmarkLinkGrant100k(b *testing.B) {
+	const members, keys = 100_000, 1_000
+	clock := newFakeClock()
+	l := NewLink(LinkLimit{Limit: Limit{Rate: 1 << 40}}, clock)
+	var served []*Member
+	l.onGrant = func(m *Member) { served = append(served, m) }
+	ms := make([]*Member, members)
+	for i := range ms {
+		ms[i] = l.Join(fmt.Sprint(i % keys))
+	}
+	l.mu.Lock()
+	l.bucket.nt = 0 // empty, so everyone queues
+	l.mu.Unlock()
+	for _, m := range ms {
+		if n, _ := m.begin(chunk); n != 0 {
+			b.Fatal("granted with an empty bucket")
+		}
+	}
+	per := time.Duration(chunk*int64(time.Second)/(1<<40)) + 1 // a chunk's time at the rate
+	b.ReportAllocs()
+	b.ResetTimer()
+	for granted := 0; granted < b.N; {
+		clock.Advance(per)
+		batch := served
+		served = nil
+		for _, m := range batch {
+			<-m.ch
+			granted++
+			_, _ = m.begin(chunk)
+		}
+	}
+	b.StopTimer()
+	if st := l.Stats(); st.Waiting < members-10 {
+		b.Fatalf("%d waiting, want about %d", st.Waiting, members)
+	}
+}
