@@ -33,6 +33,7 @@ import (
 type Config struct {
 	Log       Log
 	Admin     Admin
+	Links     []Link // sorted by name
 	Listeners []Listener
 	Shutdown  Shutdown
 }
@@ -81,6 +82,8 @@ type Listener struct {
 	Chunk Size
 	// Conn limits each connection, per direction.
 	Conn ConnLimits
+	// Links names the links every connection of this listener crosses.
+	Links []string
 }
 
 // ConnLimits are the per-connection limits of a listener.
@@ -190,7 +193,7 @@ func (d *decoder) failf(path, format string, args ...any) {
 func decode(settings map[string]any) (*Config, error) {
 	d := &decoder{}
 	c := &Config{}
-	top := d.object("", settings, "log", "admin", "listeners", "shutdown")
+	top := d.object("", settings, "log", "admin", "links", "listeners", "shutdown")
 
 	lg := d.object("log", top["log"], "level", "format")
 	c.Log.Level = d.oneOf("log.level", lg["level"], "info", "debug", "info", "warn", "error")
@@ -200,7 +203,8 @@ func decode(settings map[string]any) (*Config, error) {
 	c.Shutdown.Drain = d.duration("shutdown.drain", sd["drain"], DefaultDrain, false)
 
 	c.Admin = d.admin(top["admin"])
-	c.Listeners = d.listeners(top["listeners"])
+	c.Links = d.links(top["links"])
+	c.Listeners = d.listeners(top["listeners"], c.Links)
 	if len(d.errs) > 0 {
 		return nil, errors.Join(d.errs...)
 	}
@@ -290,7 +294,7 @@ func orDefault(v any, def string) any {
 	return v
 }
 
-func (d *decoder) listeners(v any) []Listener {
+func (d *decoder) listeners(v any, links []Link) []Listener {
 	list, ok := v.([]any)
 	if v == nil || (ok && len(list) == 0) {
 		d.failf("listeners", "want at least one listener, like [{name: web, listen: \"0.0.0.0:8080\", upstream: \"10.0.0.1:80\"}]")
@@ -305,7 +309,7 @@ func (d *decoder) listeners(v any) []Listener {
 	addrs := map[string]string{}
 	for i, item := range list {
 		path := "listeners[" + strconv.Itoa(i) + "]"
-		m := d.object(path, item, "name", "listen", "upstream", "timeouts", "chunk", "conn")
+		m := d.object(path, item, "name", "listen", "upstream", "links", "timeouts", "chunk", "conn")
 		if m == nil {
 			continue
 		}
@@ -321,6 +325,7 @@ func (d *decoder) listeners(v any) []Listener {
 		cl := d.object(path+".conn", m["conn"], "up", "down")
 		l.Conn.Up = d.dirLimit(path+".conn.up", cl["up"], l.Chunk, false)
 		l.Conn.Down = d.dirLimit(path+".conn.down", cl["down"], l.Chunk, true)
+		l.Links = d.linkRefs(path+".links", m["links"], links)
 
 		if prev, dup := names[l.Name]; dup && l.Name != "" {
 			d.failf(path+".name", "%q is already the name of %s", l.Name, prev)
@@ -331,6 +336,38 @@ func (d *decoder) listeners(v any) []Listener {
 		}
 		addrs[l.Listen] = path
 		out = append(out, l)
+	}
+	return out
+}
+
+// linkRefs reads a listener's list of link names, which must exist.
+func (d *decoder) linkRefs(path string, v any, links []Link) []string {
+	if v == nil {
+		return nil
+	}
+	list, ok := v.([]any)
+	if !ok {
+		d.failf(path, "want a list of link names, like [hk-line], got %s", describe(v))
+		return nil
+	}
+	var out []string
+	for i, item := range list {
+		name, ok := item.(string)
+		p := path + "[" + strconv.Itoa(i) + "]"
+		if !ok {
+			d.failf(p, "want a link name, got %s", describe(item))
+			continue
+		}
+		name = strings.ToLower(name)
+		if !slices.ContainsFunc(links, func(l Link) bool { return l.Name == name }) {
+			d.failf(p, "no link %q under links:", name)
+			continue
+		}
+		if slices.Contains(out, name) {
+			d.failf(p, "link %q is listed twice", name)
+			continue
+		}
+		out = append(out, name)
 	}
 	return out
 }
@@ -425,23 +462,31 @@ func (d *decoder) boolean(path string, v any, def bool) bool {
 	return def
 }
 
+// asMap returns v as a map with string keys, if it is a mapping.
+func asMap(v any) (map[string]any, bool) {
+	switch m := v.(type) {
+	case map[string]any:
+		return m, true
+	case map[any]any:
+		out := make(map[string]any, len(m))
+		for k, val := range m {
+			out[fmt.Sprint(k)] = val
+		}
+		return out, true
+	}
+	return nil, false
+}
+
 // object returns v as a map with lower-cased keys, refusing keys not in
 // allowed. A nil v is an empty object.
 func (d *decoder) object(path string, v any, allowed ...string) map[string]any {
 	if v == nil {
 		return map[string]any{}
 	}
-	m, ok := v.(map[string]any)
+	m, ok := asMap(v)
 	if !ok {
-		if mm, ok2 := v.(map[any]any); ok2 {
-			m = make(map[string]any, len(mm))
-			for k, val := range mm {
-				m[fmt.Sprint(k)] = val
-			}
-		} else {
-			d.failf(orTop(path), "want a mapping of keys (%s), got %s", strings.Join(allowed, ", "), describe(v))
-			return nil
-		}
+		d.failf(orTop(path), "want a mapping of keys (%s), got %s", strings.Join(allowed, ", "), describe(v))
+		return nil
 	}
 	out := make(map[string]any, len(m))
 	keys := make([]string, 0, len(m))

@@ -69,7 +69,7 @@ func TestErrorsNameKeyAndForm(t *testing.T) {
 		`listeners[0].upstream: want "host:port", like "10.0.0.1:80", got "nohost"`,
 		`listeners[0].timeouts.connect: want a duration like "5m" or "30s" greater than zero, got "0s"`,
 		`listeners[0].timeouts.idle: want a duration like "5m" or "30s", got a negative "-5s"`,
-		`listeners[0].rate: unknown key (known keys here: name, listen, upstream, timeouts, chunk, conn)`,
+		`listeners[0].rate: unknown key (known keys here: name, listen, upstream, links, timeouts, chunk, conn)`,
 		`shutdown.drain: want a duration like "5m" or "30s", got "forever"`,
 	} {
 		if !strings.Contains(err.Error(), want) {
@@ -211,6 +211,8 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte("listeners: {a: b}"))
 	f.Add([]byte("listeners: [{listen: ':1', upstream: 'a:1', chunk: 1KiB, conn: {up: {rate: 1Mbit, burst: 2KiB}, down: {rate: '5MB/s', kernel_pacing: false}}}]"))
 	f.Add([]byte("&a [*a]"))
+	f.Add([]byte(linksYAML))
+	f.Add([]byte("admin: {listen: off}\nlinks: {a: {up: {rate: 1Mbit}, keys: {by: listener, weight: 2}}}\nlisteners: [{listen: ':1', upstream: 'a:1', links: [a]}]"))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		cfg, err := Parse(b)
 		if err != nil {

@@ -24,6 +24,31 @@ func Diff(old, next *Config) []string {
 		out = append(out, "admin token changed")
 	}
 	field("shutdown.drain", old.Shutdown.Drain.String(), next.Shutdown.Drain.String())
+	linkByName := func(ls []Link, name string) *Link {
+		i := slices.IndexFunc(ls, func(l Link) bool { return l.Name == name })
+		if i < 0 {
+			return nil
+		}
+		return &ls[i]
+	}
+	for _, o := range old.Links {
+		if linkByName(next.Links, o.Name) == nil {
+			out = append(out, fmt.Sprintf("link %s removed", o.Name))
+		}
+	}
+	for _, n := range next.Links {
+		o := linkByName(old.Links, n.Name)
+		if o == nil {
+			out = append(out, fmt.Sprintf("link %s added", n.Name))
+			continue
+		}
+		p := "link " + n.Name + ": "
+		field(p+"up.rate", o.Up.Rate.String(), n.Up.Rate.String())
+		field(p+"up.burst", o.Up.Burst.String(), n.Up.Burst.String())
+		field(p+"down.rate", o.Down.Rate.String(), n.Down.Rate.String())
+		field(p+"down.burst", o.Down.Burst.String(), n.Down.Burst.String())
+		field(p+"keys", fmt.Sprintf("%+v", o.Keys), fmt.Sprintf("%+v", n.Keys))
+	}
 	byName := func(ls []Listener, name string) *Listener {
 		i := slices.IndexFunc(ls, func(l Listener) bool { return l.Name == name })
 		if i < 0 {
@@ -45,6 +70,7 @@ func Diff(old, next *Config) []string {
 		p := "listener " + n.Name + ": "
 		field(p+"listen", o.Listen, n.Listen)
 		field(p+"upstream", o.Upstream, n.Upstream)
+		field(p+"links", fmt.Sprint(o.Links), fmt.Sprint(n.Links))
 		field(p+"timeouts.connect", o.Timeouts.Connect.String(), n.Timeouts.Connect.String())
 		field(p+"timeouts.idle", o.Timeouts.Idle.String(), n.Timeouts.Idle.String())
 		field(p+"chunk", o.Chunk.String(), n.Chunk.String())

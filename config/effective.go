@@ -20,6 +20,7 @@ func (c *Config) YAML() ([]byte, error) {
 		Name     string   `yaml:"name"`
 		Listen   string   `yaml:"listen"`
 		Upstream string   `yaml:"upstream"`
+		Links    []string `yaml:"links,omitempty,flow"`
 		Timeouts timeouts `yaml:"timeouts"`
 		Chunk    string   `yaml:"chunk"`
 		Conn     struct {
@@ -38,6 +39,46 @@ func (c *Config) YAML() ([]byte, error) {
 		}
 		return out
 	}
+	type linkDir struct {
+		Rate  string `yaml:"rate,omitempty"`
+		Burst string `yaml:"burst,omitempty"`
+	}
+	type override struct {
+		Key    string `yaml:"key"`
+		Rate   string `yaml:"rate,omitempty"`
+		Ceil   string `yaml:"ceil,omitempty"`
+		Weight int    `yaml:"weight"`
+	}
+	type keys struct {
+		By        string     `yaml:"by"`
+		Prefix    int        `yaml:"prefix,omitempty"`
+		Prefix6   int        `yaml:"prefix6,omitempty"`
+		Rate      string     `yaml:"rate,omitempty"`
+		Ceil      string     `yaml:"ceil,omitempty"`
+		Weight    int        `yaml:"weight"`
+		Overrides []override `yaml:"overrides,omitempty"`
+	}
+	type link struct {
+		Up   *linkDir `yaml:"up,omitempty"`
+		Down *linkDir `yaml:"down,omitempty"`
+		Keys keys     `yaml:"keys"`
+	}
+	rateOr := func(r Rate) string {
+		if r == 0 {
+			return ""
+		}
+		return r.String()
+	}
+	mkLinkDir := func(d LinkDir) *linkDir {
+		if d.Rate == 0 {
+			return nil
+		}
+		out := &linkDir{Rate: d.Rate.String()}
+		if d.Burst != 0 {
+			out.Burst = d.Burst.String()
+		}
+		return out
+	}
 	type out struct {
 		Log struct {
 			Level  string `yaml:"level"`
@@ -47,7 +88,8 @@ func (c *Config) YAML() ([]byte, error) {
 			Listen    string `yaml:"listen"`
 			TokenFile string `yaml:"token_file,omitempty"`
 		} `yaml:"admin"`
-		Listeners []listener `yaml:"listeners"`
+		Links     map[string]link `yaml:"links,omitempty"`
+		Listeners []listener      `yaml:"listeners"`
 		Shutdown  struct {
 			Drain string `yaml:"drain"`
 		} `yaml:"shutdown"`
@@ -59,9 +101,22 @@ func (c *Config) YAML() ([]byte, error) {
 	if o.Admin.Listen == "" {
 		o.Admin.Listen = "off"
 	}
+	if len(c.Links) > 0 {
+		o.Links = map[string]link{}
+	}
+	for _, l := range c.Links {
+		k := keys{By: l.Keys.By, Rate: rateOr(l.Keys.Rate), Ceil: rateOr(l.Keys.Ceil), Weight: l.Keys.Weight}
+		if l.Keys.By == KeysCIDR {
+			k.Prefix, k.Prefix6 = l.Keys.Prefix, l.Keys.Prefix6
+		}
+		for _, ov := range l.Keys.Overrides {
+			k.Overrides = append(k.Overrides, override{Key: ov.Key, Rate: rateOr(ov.Rate), Ceil: rateOr(ov.Ceil), Weight: ov.Weight})
+		}
+		o.Links[l.Name] = link{Up: mkLinkDir(l.Up), Down: mkLinkDir(l.Down), Keys: k}
+	}
 	for _, l := range c.Listeners {
 		ol := listener{
-			Name: l.Name, Listen: l.Listen, Upstream: l.Upstream,
+			Name: l.Name, Listen: l.Listen, Upstream: l.Upstream, Links: l.Links,
 			Timeouts: timeouts{Connect: l.Timeouts.Connect.String(), Idle: l.Timeouts.Idle.String()},
 			Chunk:    l.Chunk.String(),
 		}
