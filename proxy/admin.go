@@ -67,6 +67,9 @@ func NewAdmin(srv *Server, opts AdminOptions) *Admin {
 	}
 	a.mux.HandleFunc("GET /v1/listeners", a.read(a.listeners))
 	a.mux.HandleFunc("PUT /v1/listeners/{name}/limits", a.write(a.setListenerLimits))
+	a.mux.HandleFunc("GET /v1/links", a.read(a.links))
+	a.mux.HandleFunc("GET /v1/links/{name}", a.read(a.link))
+	a.mux.HandleFunc("PUT /v1/links/{name}/limits", a.write(a.setLinkLimits))
 	a.mux.HandleFunc("GET /v1/conns", a.read(a.conns))
 	a.mux.HandleFunc("GET /v1/conns/{id}", a.read(a.getConn))
 	a.mux.HandleFunc("PUT /v1/conns/{id}/limits", a.write(a.setConnLimits))
@@ -475,4 +478,169 @@ func (a *Admin) reload(r *http.Request) (any, error) {
 		return nil, errorf(http.StatusUnprocessableEntity, "reload failed, the running config stays: %v", err)
 	}
 	return map[string]string{"status": "reloaded"}, nil
+}
+
+// LinkDirJSON is one direction of a link in GET /v1/links.
+type LinkDirJSON struct {
+	Rate     int64         `json:"rate"`  // bytes per second
+	Burst    int64         `json:"burst"` // bytes
+	Key      KeyLimitJSON  `json:"key"`   // each key's default share
+	Bytes    int64         `json:"bytes"`
+	Borrowed int64         `json:"borrowed"` // bytes keys took beyond their assured rate
+	Tokens   int64         `json:"tokens"`   // the bucket's fill now, bytes
+	Waiting  int           `json:"waiting"`  // connections waiting for a grant now
+	Keys     int           `json:"keys"`     // keys with connections
+	Members  int           `json:"conns"`
+	KeyStats []KeyStatJSON `json:"key_stats,omitempty"`
+}
+
+// KeyLimitJSON is a key's share: rates in bytes per second (0: none, or
+// the link's rate for ceil).
+type KeyLimitJSON struct {
+	Rate   int64 `json:"rate"`
+	Ceil   int64 `json:"ceil"`
+	Weight int   `json:"weight"`
+}
+
+// KeyStatJSON is one key of a link direction.
+type KeyStatJSON struct {
+	Key      string       `json:"key"`
+	Limit    KeyLimitJSON `json:"limit"`
+	Conns    int          `json:"conns"`
+	Waiting  int          `json:"waiting"`
+	Bytes    int64        `json:"bytes"`
+	Borrowed int64        `json:"borrowed"`
+}
+
+// LinkJSON is a link in GET /v1/links.
+type LinkJSON struct {
+	Name  string       `json:"name"`
+	KeyBy string       `json:"key_by"`
+	Up    *LinkDirJSON `json:"up,omitempty"`
+	Down  *LinkDirJSON `json:"down,omitempty"`
+}
+
+func linkJSON(ls LinkStats) LinkJSON {
+	out := LinkJSON{Name: ls.Name, KeyBy: ls.KeyBy}
+	if out.KeyBy == "" {
+		out.KeyBy = "none"
+	}
+	for d, ds := range ls.Dirs {
+		if ds == nil {
+			continue
+		}
+		j := &LinkDirJSON{Rate: ds.Limit.Rate, Burst: ds.Limit.Burst,
+			Key:   KeyLimitJSON{ds.Limit.Key.Rate, ds.Limit.Key.Ceil, ds.Limit.Key.Weight},
+			Bytes: ds.Bytes, Borrowed: ds.Borrowed, Tokens: ds.Tokens, Waiting: ds.Waiting, Keys: ds.LinkStats.Keys, Members: ds.Members}
+		for _, k := range ds.Keys {
+			j.KeyStats = append(j.KeyStats, KeyStatJSON{Key: k.Key, Limit: KeyLimitJSON{k.Limit.Rate, k.Limit.Ceil, k.Limit.Weight},
+				Conns: k.Members, Waiting: k.Waiting, Bytes: k.Bytes, Borrowed: k.Borrowed})
+		}
+		slices.SortFunc(j.KeyStats, func(a, b KeyStatJSON) int { return cmpDesc(a.Bytes, b.Bytes) })
+		if Dir(d) == Up {
+			out.Up = j
+		} else {
+			out.Down = j
+		}
+	}
+	return out
+}
+
+func (a *Admin) links(*http.Request) (any, error) {
+	ls := a.srv.Links(false)
+	out := make([]LinkJSON, 0, len(ls))
+	for _, l := range ls {
+		out = append(out, linkJSON(l))
+	}
+	return out, nil
+}
+
+// link shows one link with its keys, busiest first (?limit=, default
+// DefaultConnList, 0 for all).
+func (a *Admin) link(r *http.Request) (any, error) {
+	limit := DefaultConnList
+	if s := r.URL.Query().Get("limit"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 0 {
+			return nil, errorf(http.StatusBadRequest, "limit: want a count >= 0 (0 for all), got %q", s)
+		}
+		limit = n
+	}
+	for _, l := range a.srv.Links(true) {
+		if l.Name != r.PathValue("name") {
+			continue
+		}
+		j := linkJSON(l)
+		for _, d := range []*LinkDirJSON{j.Up, j.Down} {
+			if d != nil && limit > 0 && len(d.KeyStats) > limit {
+				d.KeyStats = d.KeyStats[:limit]
+			}
+		}
+		return j, nil
+	}
+	return nil, errorf(http.StatusNotFound, "no link %q", r.PathValue("name"))
+}
+
+// setLinkLimits changes a link's rate and burst per direction, live, until
+// the next reload: {"down": {"rate": "500Mbit", "burst": "1MiB"}}.
+func (a *Admin) setLinkLimits(r *http.Request) (any, error) {
+	name := r.PathValue("name")
+	var cur *LinkStats
+	for _, l := range a.srv.Links(false) {
+		if l.Name == name {
+			cur = &l
+		}
+	}
+	if cur == nil {
+		return nil, errorf(http.StatusNotFound, "no link %q", name)
+	}
+	var ch limitsChange
+	dec := json.NewDecoder(http.MaxBytesReader(nil, r.Body, MaxAdminBody))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&ch); err != nil || ch.KernelPacing != nil {
+		return nil, errorf(http.StatusBadRequest, "body: want JSON like {\"down\": {\"rate\": \"500Mbit\", \"burst\": \"1MiB\"}}")
+	}
+	if ch.Up == nil && ch.Down == nil {
+		return nil, errorf(http.StatusBadRequest, "body: want up, down or both")
+	}
+	type change struct {
+		d  Dir
+		ll shaper.LinkLimit
+	}
+	var changes []change
+	for d, dc := range [2]*dirChange{Up: ch.Up, Down: ch.Down} {
+		if dc == nil {
+			continue
+		}
+		if cur.Dirs[d] == nil {
+			return nil, errorf(http.StatusConflict, "link %q does not limit %s; add it in the config", name, Dir(d))
+		}
+		rate, err := a.number(dc.Rate, a.opts.ParseRate, true)
+		if err != nil || rate == 0 {
+			return nil, errorf(http.StatusBadRequest, "%s.rate: want a positive rate, bytes per second or like \"500Mbit\"", Dir(d))
+		}
+		burst, err := a.number(dc.Burst, a.opts.ParseSize, false)
+		if err != nil {
+			return nil, errorf(http.StatusBadRequest, "%s.burst: want bytes or a size like \"1MiB\": %v", Dir(d), err)
+		}
+		ll := cur.Dirs[d].Limit
+		ll.Rate, ll.Burst = rate, burst
+		if err := ll.Validate(); err != nil {
+			return nil, errorf(http.StatusBadRequest, "%s: %v", Dir(d), err)
+		}
+		changes = append(changes, change{Dir(d), ll})
+	}
+	for _, c := range changes {
+		if err := a.srv.SetLinkLimit(name, c.d, c.ll); err != nil {
+			return nil, errorf(http.StatusConflict, "%v", err)
+		}
+		a.log.Info("admin: link limit set", slog.String("link", name), slog.String("direction", c.d.String()),
+			slog.Int64("rate", c.ll.Rate), slog.String("remote", r.RemoteAddr))
+	}
+	for _, l := range a.srv.Links(false) {
+		if l.Name == name {
+			return linkJSON(l), nil
+		}
+	}
+	return nil, errorf(http.StatusNotFound, "no link %q", name)
 }

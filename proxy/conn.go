@@ -314,6 +314,9 @@ func (c *conn) idleFor(now time.Duration) time.Duration {
 // grant takes at a low rate.
 func (c *conn) waitingForTokens() bool {
 	for i := range c.pumps {
+		if c.pumps[i].inLink.Load() {
+			return true
+		}
 		if g := c.pumps[i].gate.Load(); g != nil && g.Stats().Waiting {
 			return true
 		}

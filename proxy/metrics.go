@@ -12,6 +12,8 @@ type Collector struct {
 	srv *Server
 
 	bytes, accepted, ended, active, waited, waiting, rate, burst *prometheus.Desc
+
+	linkBytes, linkBorrowed, linkRate, linkTokens, linkWaiting, linkKeys, linkConns *prometheus.Desc
 }
 
 // NewCollector returns a Collector for srv; register it on a registry.
@@ -29,18 +31,42 @@ func NewCollector(srv *Server) *Collector {
 		waiting:  d("listener_connections_waiting", "Connection directions waiting for tokens now.", "listener", "direction"),
 		rate:     d("listener_conn_rate_limit_bytes_per_second", "Per-connection rate limit of a listener, per direction; absent when unlimited.", "listener", "direction"),
 		burst:    d("listener_conn_burst_bytes", "Per-connection burst of a listener, per direction; absent when unlimited.", "listener", "direction"),
+
+		linkBytes:    d("link_bytes_total", "Bytes granted on a link, per direction.", "link", "direction"),
+		linkBorrowed: d("link_borrowed_bytes_total", "Bytes keys took on a link beyond their assured rate.", "link", "direction"),
+		linkRate:     d("link_rate_limit_bytes_per_second", "A link's rate, per direction.", "link", "direction"),
+		linkTokens:   d("link_tokens_bytes", "A link's bucket fill now: unused budget, up to its burst.", "link", "direction"),
+		linkWaiting:  d("link_connections_waiting", "Connections waiting for a link's grant now.", "link", "direction"),
+		linkKeys:     d("link_keys_active", "Keys with connections on a link.", "link", "direction"),
+		linkConns:    d("link_connections", "Connections seated on a link.", "link", "direction"),
 	}
 }
 
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.bytes, c.accepted, c.ended, c.active, c.waited, c.waiting, c.rate, c.burst} {
+	for _, d := range []*prometheus.Desc{c.bytes, c.accepted, c.ended, c.active, c.waited, c.waiting, c.rate, c.burst,
+		c.linkBytes, c.linkBorrowed, c.linkRate, c.linkTokens, c.linkWaiting, c.linkKeys, c.linkConns} {
 		ch <- d
 	}
 }
 
 // Collect implements prometheus.Collector.
 func (c *Collector) Collect(ch chan<- prometheus.Metric) {
+	for _, l := range c.srv.Links(false) {
+		for d, ds := range l.Dirs {
+			if ds == nil {
+				continue
+			}
+			dir := Dir(d).String()
+			ch <- prometheus.MustNewConstMetric(c.linkBytes, prometheus.CounterValue, float64(ds.Bytes), l.Name, dir)
+			ch <- prometheus.MustNewConstMetric(c.linkBorrowed, prometheus.CounterValue, float64(ds.Borrowed), l.Name, dir)
+			ch <- prometheus.MustNewConstMetric(c.linkRate, prometheus.GaugeValue, float64(ds.Limit.Rate), l.Name, dir)
+			ch <- prometheus.MustNewConstMetric(c.linkTokens, prometheus.GaugeValue, float64(ds.Tokens), l.Name, dir)
+			ch <- prometheus.MustNewConstMetric(c.linkWaiting, prometheus.GaugeValue, float64(ds.Waiting), l.Name, dir)
+			ch <- prometheus.MustNewConstMetric(c.linkKeys, prometheus.GaugeValue, float64(ds.LinkStats.Keys), l.Name, dir)
+			ch <- prometheus.MustNewConstMetric(c.linkConns, prometheus.GaugeValue, float64(ds.Members), l.Name, dir)
+		}
+	}
 	for _, ls := range c.srv.Stats() {
 		ch <- prometheus.MustNewConstMetric(c.accepted, prometheus.CounterValue, float64(ls.Accepted), ls.Name)
 		ch <- prometheus.MustNewConstMetric(c.active, prometheus.GaugeValue, float64(ls.Active), ls.Name)

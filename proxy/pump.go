@@ -33,6 +33,9 @@ type pump struct {
 	bytes    atomic.Int64
 	chunk    atomic.Int64                // grant size when shaped; set by applyLimits
 	gate     atomic.Pointer[shaper.Gate] // nil while the direction has never been limited
+	members  []*shaper.Member            // seats on the links the conn crosses; set before the pump runs
+	taken    *shaper.Gate                // the gate the current grant came from, for refunds
+	inLink   atomic.Bool                 // waiting for a link's grant
 
 	// The splice path; srcRaw is nil on the user-space path.
 	srcRaw syscall.RawConn
@@ -103,7 +106,7 @@ func (p *pump) copySplice() error {
 			}
 			return err
 		}
-		want, g, err := p.grant(min(avail, maxMove))
+		want, err := p.grant(min(avail, maxMove))
 		if err != nil {
 			return err
 		}
@@ -112,8 +115,8 @@ func (p *pump) copySplice() error {
 		if n > 0 {
 			p.moved(n)
 		}
-		if g != nil && n < int64(want) {
-			g.Refund(want - int(n))
+		if n < int64(want) {
+			p.refund(want - int(n))
 		}
 		if err != nil {
 			return err
@@ -134,20 +137,57 @@ func (p *pump) waitReadable() (int, error) {
 	return p.avail, p.rerr
 }
 
-// grant asks the gate, if the direction is limited, for up to one chunk of
-// the want bytes that are ready, and returns how many to move. The gate is
-// returned (nil if unlimited) so the caller can refund what it does not move.
-// Waits end when the conn is aborted.
-func (p *pump) grant(want int) (int, *shaper.Gate, error) {
+// grant asks the conn's own gate, if the direction is limited, and then
+// every link the conn crosses, for up to one chunk of the want bytes that
+// are ready, and returns how many to move: the smallest grant, the excess
+// given back. The caller refunds what it does not move. Waits end when the
+// conn is aborted.
+func (p *pump) grant(want int) (int, error) {
+	p.taken = nil
 	g := p.gate.Load()
-	if g == nil || g.Unlimited() {
-		return want, nil, nil
+	limited := g != nil && !g.Unlimited()
+	if !limited && len(p.members) == 0 {
+		return want, nil
 	}
-	n, err := g.Take(p.c, min(want, int(p.chunk.Load())))
-	if err != nil {
-		return 0, nil, err
+	n := min(want, int(p.chunk.Load()))
+	if limited {
+		var err error
+		if n, err = g.Take(p.c, n); err != nil {
+			return 0, err
+		}
+		p.taken = g
 	}
-	return n, g, nil
+	for i, m := range p.members {
+		p.inLink.Store(true)
+		got, err := m.Take(p.c, n)
+		p.inLink.Store(false)
+		if err != nil {
+			p.refundFirst(i, n)
+			return 0, err
+		}
+		if got < n {
+			p.refundFirst(i, n-got)
+			n = got
+		}
+	}
+	return n, nil
+}
+
+// refundFirst gives k bytes back to the gate and the first i links.
+func (p *pump) refundFirst(i, k int) {
+	if p.taken != nil {
+		p.taken.Refund(k)
+	}
+	for _, m := range p.members[:i] {
+		m.Refund(k)
+	}
+}
+
+// refund gives back k bytes of the current grant that were not moved.
+func (p *pump) refund(k int) {
+	if k > 0 && (p.taken != nil || len(p.members) > 0) {
+		p.refundFirst(len(p.members), k)
+	}
 }
 
 // copyBuffer is the user-space path for ends that are not TCP sockets. It
@@ -156,13 +196,13 @@ func (p *pump) grant(want int) (int, *shaper.Gate, error) {
 func (p *pump) copyBuffer() error {
 	buf := make([]byte, genericBufSize)
 	for {
-		want, g, err := p.grant(len(buf))
+		want, err := p.grant(len(buf))
 		if err != nil {
 			return err
 		}
 		n, err := p.src.Read(buf[:want])
-		if g != nil && n < want {
-			g.Refund(want - n)
+		if n < want {
+			p.refund(want - n)
 		}
 		if n > 0 {
 			if _, werr := p.dst.Write(buf[:n]); werr != nil {

@@ -62,7 +62,7 @@ func TestReconfigure(t *testing.T) {
 		{Name: "t", Addr: "127.0.0.1:0", Upstream: b2.addr(), Limits: ConnLimits{Down: down}}, // as configured: same socket
 		{Name: "u", Addr: "127.0.0.1:0", Upstream: b1.addr()},
 	}
-	if err := srv.Reconfigure(next, time.Minute); err != nil {
+	if err := srv.Reconfigure(nil, next, time.Minute); err != nil {
 		t.Fatal(err)
 	}
 	roundTrip(t, liveC, liveS, "still here") // the live conn kept its upstream
@@ -90,7 +90,7 @@ func TestReconfigure(t *testing.T) {
 	defer busy.Close()
 	bad := append(next[:2:2], ListenerConfig{Name: "v", Addr: busy.Addr().String(), Upstream: b1.addr()})
 	bad[0].Limits = ConnLimits{}
-	if err := srv.Reconfigure(bad, time.Minute); err == nil || !strings.Contains(err.Error(), `listener "v"`) {
+	if err := srv.Reconfigure(nil, bad, time.Minute); err == nil || !strings.Contains(err.Error(), `listener "v"`) {
 		t.Fatalf("Reconfigure with a busy address = %v, want an error naming listener v", err)
 	}
 	if srv.Addr("v") != nil || srv.Stats()[0].Limits.Down != down {
@@ -98,7 +98,7 @@ func TestReconfigure(t *testing.T) {
 	}
 	// Invalid limits change nothing either.
 	bad[2] = ListenerConfig{Name: "v", Addr: "127.0.0.1:0", Upstream: b1.addr(), Limits: ConnLimits{Up: shaper.Limit{Rate: -1}}}
-	if err := srv.Reconfigure(bad, time.Minute); err == nil {
+	if err := srv.Reconfigure(nil, bad, time.Minute); err == nil {
 		t.Fatal("Reconfigure with a negative rate succeeded")
 	}
 	if srv.Addr("v") != nil {
@@ -107,7 +107,7 @@ func TestReconfigure(t *testing.T) {
 
 	// Remove "t": it stops accepting, its live conn runs on until the drain
 	// ends, then is closed with result "shutdown".
-	if err := srv.Reconfigure(next[1:], 300*time.Millisecond); err != nil {
+	if err := srv.Reconfigure(nil, next[1:], 300*time.Millisecond); err != nil {
 		t.Fatal(err)
 	}
 	waitClosed(t, addrA)
@@ -144,7 +144,7 @@ func TestReconfigureRename(t *testing.T) {
 	c, s := connect(t, addr, b)
 	defer c.Close()
 	defer s.Close()
-	if err := srv.Reconfigure([]ListenerConfig{{Name: "renamed", Addr: addr, Upstream: b.addr()}}, time.Second); err != nil {
+	if err := srv.Reconfigure(nil, []ListenerConfig{{Name: "renamed", Addr: addr, Upstream: b.addr()}}, time.Second); err != nil {
 		t.Fatal(err)
 	}
 	roundTrip(t, c, s, "hello")
@@ -158,7 +158,7 @@ func TestReconfigureAfterClose(t *testing.T) {
 	b := newBackend(t)
 	srv, _, _ := startProxy(t, ListenerConfig{Upstream: b.addr()})
 	srv.Close()
-	err := srv.Reconfigure([]ListenerConfig{{Name: "t", Addr: "127.0.0.1:0", Upstream: b.addr()}}, 0)
+	err := srv.Reconfigure(nil, []ListenerConfig{{Name: "t", Addr: "127.0.0.1:0", Upstream: b.addr()}}, 0)
 	if !errors.Is(err, ErrServerClosed) {
 		t.Fatalf("Reconfigure after Close = %v, want ErrServerClosed", err)
 	}

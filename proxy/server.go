@@ -54,6 +54,9 @@ type ListenerConfig struct {
 	// Limits hold each connection to a rate per direction; the zero value
 	// imposes none. [Server.SetLimits] changes them on live connections.
 	Limits ConnLimits
+	// Links names the links (of Options.Links) every connection of this
+	// listener crosses.
+	Links []string
 	// Listener, when set, is an already-open socket to serve instead of
 	// binding Addr (systemd socket activation); Addr then only names it.
 	// The Server owns it from New or Reconfigure on.
@@ -90,6 +93,8 @@ const DefaultConnectTimeout = 5 * time.Second
 type Options struct {
 	// Listeners are opened by Start, all or none.
 	Listeners []ListenerConfig
+	// Links are the shared budgets listeners name.
+	Links []LinkConfig
 	// Logger receives one Info line per connection at close, and warnings.
 	// Nil means no logging.
 	Logger *slog.Logger
@@ -123,6 +128,7 @@ type Server struct {
 	listeners   []*listener
 	conns       map[*conn]struct{}
 	stats       map[string]*listenerStats // by listener name; kept across reconfigures
+	links       map[string]*link          // by name
 	drainTimers []*time.Timer             // of removed listeners
 	connsDone   chan struct{}             // closed when conns drops to zero after closing
 	closing     bool
@@ -159,8 +165,12 @@ func New(opts Options) (*Server, error) {
 	if opts.Listeners, err = normalize(opts.Listeners); err != nil {
 		return nil, err
 	}
+	if err := checkLinks(opts.Links, opts.Listeners); err != nil {
+		return nil, err
+	}
 	s := &Server{opts: opts, log: opts.Logger, dial: opts.DialContext,
 		conns: map[*conn]struct{}{}, stats: map[string]*listenerStats{}}
+	s.setLinks(opts.Links)
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
@@ -257,9 +267,13 @@ func (s *Server) Start(ctx context.Context) error {
 	return nil
 }
 
-// Reconfigure replaces the listener set with ls, without dropping a live
+// Reconfigure replaces the link and listener sets, without dropping a live
 // connection:
 //
+//   - a link that keeps its name takes its new rates, bursts and key
+//     shares at once, for live connections too; a new key mode applies to
+//     new connections; a removed link (or direction) stops holding back
+//     its live connections;
 //   - a listener whose name is new (and whose address no removed listener
 //     holds) is bound and served;
 //   - a listener whose name is gone stops accepting; its connections run on
@@ -273,9 +287,12 @@ func (s *Server) Start(ctx context.Context) error {
 //
 // It binds every new socket before changing anything: if one fails, it
 // closes those it bound and returns the error, and the running set stays.
-func (s *Server) Reconfigure(ls []ListenerConfig, drain time.Duration) error {
+func (s *Server) Reconfigure(links []LinkConfig, ls []ListenerConfig, drain time.Duration) error {
 	ls, err := normalize(ls)
 	if err != nil {
+		return err
+	}
+	if err := checkLinks(links, ls); err != nil {
 		return err
 	}
 	s.reconfMu.Lock()
@@ -343,6 +360,7 @@ func (s *Server) Reconfigure(ls []ListenerConfig, drain time.Duration) error {
 		lim   ConnLimits
 		conns []*conn
 	}
+	s.setLinks(links)
 	var changes []change
 	next := make([]*listener, len(ls))
 	for i, cfg := range ls {
@@ -578,6 +596,7 @@ func (s *Server) newConn(l *listener, c *net.TCPConn) *conn {
 	st := s.statsFor(cfg.Name)
 	st.accepted.Add(1)
 	cn := &conn{srv: s, l: l, cfg: cfg, stats: st, id: s.nextID.Add(1), client: c, start: time.Now()}
+	s.joinLinks(cn)
 	cn.touch()
 	s.conns[cn] = struct{}{}
 	return cn
@@ -587,6 +606,7 @@ func (s *Server) newConn(l *listener, c *net.TCPConn) *conn {
 // counters, in one step under s.mu, so a scrape never counts it twice or
 // not at all.
 func (s *Server) forget(c *conn, result string) {
+	c.leaveLinks()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	c.stats.ended(c, result)

@@ -77,7 +77,7 @@ func startDaemon(ctx context.Context, path string, stderr io.Writer) (*sluiced, 
 	if d.activated, err = activatedSockets(cfg, d.log); err != nil {
 		return nil, err
 	}
-	d.srv, err = proxy.New(proxy.Options{Listeners: d.listenerConfigs(cfg), Logger: d.log})
+	d.srv, err = proxy.New(proxy.Options{Listeners: d.listenerConfigs(cfg), Links: linkConfigs(cfg), Logger: d.log})
 	if err != nil {
 		return nil, configError{err}
 	}
@@ -190,7 +190,7 @@ func (d *sluiced) reload(context.Context) error {
 		return fail(fmt.Errorf("admin.listen: changed from %q to %q; the admin address changes on restart only",
 			d.cfg.Admin.Listen, cfg.Admin.Listen))
 	}
-	if err := d.srv.Reconfigure(d.listenerConfigs(cfg), cfg.Shutdown.Drain); err != nil {
+	if err := d.srv.Reconfigure(linkConfigs(cfg), d.listenerConfigs(cfg), cfg.Shutdown.Drain); err != nil {
 		return fail(err)
 	}
 	changes := config.Diff(d.cfg, cfg)
@@ -310,8 +310,40 @@ func (d *sluiced) listenerConfigs(cfg *config.Config) []proxy.ListenerConfig {
 				Down:         shaper.Limit{Rate: int64(l.Conn.Down.Rate), Burst: int64(l.Conn.Down.Burst)},
 				KernelPacing: l.Conn.Down.KernelPacing,
 			},
+			Links:    l.Links,
 			Listener: d.activated[l.Name],
 		})
+	}
+	return out
+}
+
+// linkConfigs turns the config's links into the proxy's.
+func linkConfigs(cfg *config.Config) []proxy.LinkConfig {
+	out := make([]proxy.LinkConfig, 0, len(cfg.Links))
+	for _, l := range cfg.Links {
+		k := l.Keys
+		share := func(rate, ceil config.Rate, weight int) shaper.KeyLimit {
+			return shaper.KeyLimit{Rate: int64(rate), Ceil: int64(ceil), Weight: weight}
+		}
+		var overrides map[string]shaper.KeyLimit
+		if len(k.Overrides) > 0 {
+			overrides = map[string]shaper.KeyLimit{}
+			for _, o := range k.Overrides {
+				overrides[o.Key] = share(o.Rate, o.Ceil, o.Weight)
+			}
+		}
+		dir := func(d config.LinkDir) shaper.LinkLimit {
+			if d.Rate == 0 {
+				return shaper.LinkLimit{}
+			}
+			return shaper.LinkLimit{
+				Limit:     shaper.Limit{Rate: int64(d.Rate), Burst: int64(d.Burst)},
+				Key:       share(k.Rate, k.Ceil, k.Weight),
+				Overrides: overrides,
+			}
+		}
+		out = append(out, proxy.LinkConfig{Name: l.Name, Up: dir(l.Up), Down: dir(l.Down),
+			KeyBy: k.By, Prefix: k.Prefix, Prefix6: k.Prefix6})
 	}
 	return out
 }

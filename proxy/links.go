@@ -1,0 +1,272 @@
+package proxy
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"slices"
+
+	"github.com/sluiceproxy/sluice/shaper"
+)
+
+// LinkConfig is a shared budget, a costly line, that the connections of
+// the listeners naming it cross. Each direction has its own budget; a
+// connection's grant must fit its own limit and every link it crosses.
+type LinkConfig struct {
+	Name string
+	// Up (client → upstream) and Down (upstream → client); a zero Rate
+	// leaves that direction unshaped by this link.
+	Up, Down shaper.LinkLimit
+	// KeyBy groups connections into keys: "" or "none" (one key),
+	// "source_ip", "cidr", "listener", "upstream".
+	KeyBy string
+	// Prefix and Prefix6 are the "cidr" prefix lengths for IPv4 and IPv6.
+	Prefix, Prefix6 int
+}
+
+func (lc LinkConfig) validate() error {
+	if lc.Name == "" {
+		return fmt.Errorf("link: a name is required")
+	}
+	if lc.Up.Rate == 0 && lc.Down.Rate == 0 {
+		return fmt.Errorf("link %q: a rate in up, down or both is required", lc.Name)
+	}
+	for d, ll := range [2]shaper.LinkLimit{Up: lc.Up, Down: lc.Down} {
+		if ll.Rate == 0 {
+			continue
+		}
+		if err := ll.Validate(); err != nil {
+			return fmt.Errorf("link %q %s: %w", lc.Name, Dir(d), err)
+		}
+	}
+	switch lc.KeyBy {
+	case "", "none", "source_ip", "listener", "upstream":
+	case "cidr":
+		if lc.Prefix < 1 || lc.Prefix > 32 || lc.Prefix6 < 1 || lc.Prefix6 > 128 {
+			return fmt.Errorf("link %q: cidr prefixes %d and %d out of range", lc.Name, lc.Prefix, lc.Prefix6)
+		}
+	default:
+		return fmt.Errorf("link %q: unknown key mode %q", lc.Name, lc.KeyBy)
+	}
+	return nil
+}
+
+// link is a LinkConfig in service: one shaper.Link per limited direction.
+type link struct {
+	cfg  LinkConfig
+	dirs [2]*shaper.Link // nil for a direction the link does not limit
+}
+
+// unlimitedLink is what a direction's budget becomes when a reload removes
+// it: live members stop being held back; new connections no longer join.
+var unlimitedLink = shaper.LinkLimit{Limit: shaper.Limit{Rate: shaper.MaxRate}}
+
+func newLink(lc LinkConfig) *link {
+	l := &link{cfg: lc}
+	for d, ll := range [2]shaper.LinkLimit{Up: lc.Up, Down: lc.Down} {
+		if ll.Rate > 0 {
+			l.dirs[d] = shaper.NewLink(ll, nil)
+		}
+	}
+	return l
+}
+
+// update applies lc to a link in service. A direction that becomes limited
+// gets a budget for new connections; one that is no longer limited stops
+// holding back its live connections.
+func (l *link) update(lc LinkConfig) {
+	for d, ll := range [2]shaper.LinkLimit{Up: lc.Up, Down: lc.Down} {
+		switch {
+		case ll.Rate > 0 && l.dirs[d] != nil:
+			_ = l.dirs[d].SetLimit(ll) // validated
+		case ll.Rate > 0:
+			l.dirs[d] = shaper.NewLink(ll, nil)
+		case l.dirs[d] != nil:
+			_ = l.dirs[d].SetLimit(unlimitedLink)
+			l.dirs[d] = nil
+		}
+	}
+	l.cfg = lc
+}
+
+// retire stops a removed link from holding back its live connections.
+func (l *link) retire() {
+	for _, sl := range l.dirs {
+		if sl != nil {
+			_ = sl.SetLimit(unlimitedLink)
+		}
+	}
+}
+
+// key returns the key a connection joins the link under.
+func (l *link) key(client net.Addr, cfg *ListenerConfig) string {
+	switch l.cfg.KeyBy {
+	case "source_ip", "cidr":
+		ap, err := netip.ParseAddrPort(addrString(client))
+		if err != nil {
+			return ""
+		}
+		ip := ap.Addr().Unmap()
+		if l.cfg.KeyBy == "source_ip" {
+			return ip.String()
+		}
+		bits := l.cfg.Prefix
+		if ip.Is6() {
+			bits = l.cfg.Prefix6
+		}
+		p, err := ip.Prefix(bits)
+		if err != nil {
+			return ip.String()
+		}
+		return p.String()
+	case "listener":
+		return cfg.Name
+	case "upstream":
+		return cfg.Upstream
+	}
+	return ""
+}
+
+// joinLinks seats a new connection on every link its listener names; s.mu
+// is held.
+func (s *Server) joinLinks(c *conn) {
+	for _, name := range c.cfg.Links {
+		l := s.links[name]
+		if l == nil {
+			continue
+		}
+		key := l.key(c.client.RemoteAddr(), c.cfg)
+		for d, sl := range l.dirs {
+			if sl != nil {
+				c.pumps[d].members = append(c.pumps[d].members, sl.Join(key))
+			}
+		}
+	}
+}
+
+// leaveLinks gives up a connection's seats.
+func (c *conn) leaveLinks() {
+	for d := range c.pumps {
+		for _, m := range c.pumps[d].members {
+			m.Leave()
+		}
+	}
+}
+
+// setLinks validates links and makes the server's link set match them;
+// s.mu is held. Removed links stop limiting their live connections.
+func (s *Server) setLinks(links []LinkConfig) {
+	next := make(map[string]*link, len(links))
+	for _, lc := range links {
+		if l := s.links[lc.Name]; l != nil {
+			l.update(lc)
+			next[lc.Name] = l
+		} else {
+			next[lc.Name] = newLink(lc)
+		}
+	}
+	for name, l := range s.links {
+		if next[name] == nil {
+			l.retire()
+		}
+	}
+	s.links = next
+}
+
+// checkLinks validates links and that every listener's links exist.
+func checkLinks(links []LinkConfig, ls []ListenerConfig) error {
+	names := map[string]bool{}
+	for _, lc := range links {
+		if err := lc.validate(); err != nil {
+			return err
+		}
+		if names[lc.Name] {
+			return fmt.Errorf("link %q: duplicate name", lc.Name)
+		}
+		names[lc.Name] = true
+	}
+	for _, l := range ls {
+		for _, name := range l.Links {
+			if !names[name] {
+				return fmt.Errorf("listener %q: no link %q", l.Name, name)
+			}
+		}
+		if len(slices.Compact(slices.Sorted(slices.Values(l.Links)))) != len(l.Links) {
+			return fmt.Errorf("listener %q: a link is listed twice", l.Name)
+		}
+	}
+	return nil
+}
+
+// LinkDirStats are one direction of a link.
+type LinkDirStats struct {
+	Limit shaper.LinkLimit
+	shaper.LinkStats
+	// Keys are the keys with connections, when asked for.
+	Keys []shaper.KeyStats
+}
+
+// LinkStats describe a link in service.
+type LinkStats struct {
+	Name  string
+	KeyBy string
+	// Dirs are Up and Down; nil where the link does not limit.
+	Dirs [2]*LinkDirStats
+}
+
+// Links returns the links in service, by name; with keys, each
+// direction's keys too.
+func (s *Server) Links(keys bool) []LinkStats {
+	s.mu.Lock() // guards each link's cfg and dirs
+	ls := make([]link, 0, len(s.links))
+	for _, l := range s.links {
+		ls = append(ls, *l)
+	}
+	s.mu.Unlock()
+	slices.SortFunc(ls, func(a, b link) int {
+		if a.cfg.Name < b.cfg.Name {
+			return -1
+		}
+		return 1
+	})
+	out := make([]LinkStats, 0, len(ls))
+	for _, l := range ls {
+		st := LinkStats{Name: l.cfg.Name, KeyBy: l.cfg.KeyBy}
+		for d, sl := range l.dirs {
+			if sl == nil {
+				continue
+			}
+			ds := &LinkDirStats{Limit: sl.Limit(), LinkStats: sl.Stats()}
+			if keys {
+				ds.Keys = sl.Keys()
+			}
+			st.Dirs[d] = ds
+		}
+		out = append(out, st)
+	}
+	return out
+}
+
+// SetLinkLimit changes one direction of a link in service, for its live
+// connections too, until the next reload. It returns an error, and changes
+// nothing, for an unknown link, a direction the link does not limit, or an
+// invalid limit.
+func (s *Server) SetLinkLimit(name string, d Dir, ll shaper.LinkLimit) error {
+	if err := ll.Validate(); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	l := s.links[name]
+	var sl *shaper.Link
+	if l != nil {
+		sl = l.dirs[d]
+	}
+	s.mu.Unlock()
+	if l == nil {
+		return fmt.Errorf("proxy: no link %q", name)
+	}
+	if sl == nil {
+		return fmt.Errorf("proxy: link %q does not limit %s", name, d)
+	}
+	return sl.SetLimit(ll)
+}
