@@ -157,17 +157,26 @@ func (p *pump) grant(want int) (int, error) {
 		}
 		p.taken = g
 	}
+	upTo := n
+	if !limited {
+		upTo = want // a link may grant a key that fell behind more than a chunk
+	}
 	for i, m := range p.members {
 		p.inLink.Store(true)
-		got, err := m.Take(p.c, n)
+		got, err := m.TakeUpTo(p.c, n, upTo)
 		p.inLink.Store(false)
 		if err != nil {
 			p.refundFirst(i, n)
 			return 0, err
 		}
-		if got < n {
+		switch {
+		case got < n:
 			p.refundFirst(i, n-got)
 			n = got
+		case got > n && i == 0:
+			n, upTo = got, got // later links are asked for as much
+		case got > n:
+			m.Refund(got - n)
 		}
 	}
 	return n, nil

@@ -274,6 +274,8 @@ type Member struct {
 	k          *linkKey
 	ch         chan int // receives the grant
 	want       int
+	upTo       int   // the most this ask may be granted, with credit
+	size       int64 // what the head of its key's queue will be granted
 	queued     bool
 	prev, next *Member
 	left       bool
@@ -286,10 +288,19 @@ var ErrLeft = errors.New("shaper: member has left the link")
 // its fair turn, and returns that count. It returns 0 and nil for n <= 0,
 // and 0 and ctx.Err() if ctx ends first (nothing is taken then).
 func (m *Member) Take(ctx context.Context, n int) (int, error) {
+	return m.TakeUpTo(ctx, n, n)
+}
+
+// TakeUpTo is Take for a caller that could use up to upTo bytes: a member
+// whose key fell behind its fair share while it was busy moving its last
+// grant (its turn came and went) is granted the bytes it is owed on top of
+// n, up to MaxCredit grants' worth, so a key with one latency-bound
+// connection still gets its share.
+func (m *Member) TakeUpTo(ctx context.Context, n, upTo int) (int, error) {
 	if n <= 0 {
 		return 0, nil
 	}
-	if got, err := m.begin(n); got > 0 || err != nil {
+	if got, err := m.begin(n, upTo); got > 0 || err != nil {
 		return got, err
 	}
 	l := m.l
@@ -312,7 +323,7 @@ func (m *Member) Take(ctx context.Context, n int) (int, error) {
 
 // begin grants n at once if it can (nobody waits and the buckets have the
 // tokens), else queues m; the grant then arrives on m.ch.
-func (m *Member) begin(n int) (int, error) {
+func (m *Member) begin(n, upTo int) (int, error) {
 	l := m.l
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -321,6 +332,8 @@ func (m *Member) begin(n int) (int, error) {
 	}
 	now := l.clock.Now()
 	m.want = int(min(int64(n), l.lim.Burst, m.k.ceil.burst))
+	m.size = 0
+	m.upTo = max(m.want, int(min(int64(upTo), l.lim.Burst, m.k.ceil.burst, int64(m.want)*(1+MaxCredit))))
 	if l.waiting == 0 && l.serveNow(m.k, int64(m.want), now) {
 		return m.want, nil
 	}
@@ -411,8 +424,42 @@ func (l *Link) grant(k *linkKey, want int64, green bool, now time.Time) {
 		l.borrowed += want
 	}
 	k.granted += want
+	k.lastGrant = now
 	l.granted += want
 	l.last = now
+}
+
+// LinkTick is the shortest wait a Link's timer is armed for.
+const LinkTick = time.Millisecond
+
+// MaxCredit bounds the credit a key behind its share gets on one grant, in
+// grants (of the size asked for).
+const MaxCredit = 15
+
+// withCredit returns what to grant the head m of key k: its ask, plus what
+// the key is owed if it fell behind the others (its virtual time lags the
+// link's), within what m can use and the buckets hold. Requires l.mu.
+func (l *Link) withCredit(k *linkKey, m *Member, green bool) int64 {
+	want := int64(m.want)
+	if m.upTo <= m.want {
+		return want
+	}
+	lag := l.vtb - k.vtb
+	if green {
+		lag = l.vt - k.vt
+	}
+	if lag <= 0 {
+		return want
+	}
+	owed := lag * int64(k.lim.Weight) / vtScale
+	n := min(want+owed, int64(m.upTo))
+	if k.ceil.rate != 0 {
+		n = min(n, k.ceil.nt/nano)
+	}
+	if green && k.assured.rate != 0 {
+		n = min(n, k.assured.nt/nano)
+	}
+	return max(n, want)
 }
 
 // vtScale keeps virtual times integral for weights up to MaxWeight.
@@ -426,8 +473,15 @@ func (l *Link) enqueue(m *Member) {
 	m.queued = true
 	l.waiting++
 	if k.state == idle {
-		// A returning key starts at the present: no credit for idle time.
-		k.vt, k.vtb = max(k.vt, l.vt), max(k.vtb, l.vtb)
+		// A key that was idle starts at the present: no credit for idle
+		// time. One back from moving its last grant keeps what it is
+		// owed, up to MaxCatchUp's worth of the link's rate.
+		if now := l.clock.Now(); now.Sub(k.lastGrant) > MaxCatchUp {
+			k.vt, k.vtb = max(k.vt, l.vt), max(k.vtb, l.vtb)
+		} else {
+			owed := l.lim.Rate * int64(MaxCatchUp/time.Millisecond) / 1000 * vtScale / int64(k.lim.Weight)
+			k.vt, k.vtb = max(k.vt, l.vt-owed), max(k.vtb, l.vtb-owed)
+		}
 		l.pushAssured(k)
 	}
 }
@@ -461,7 +515,6 @@ func (l *Link) park(k *linkKey) {
 
 func (l *Link) pushAssured(k *linkKey) {
 	k.state = inAssured
-	k.vt = max(k.vt, l.vt)
 	heap.Push(&l.assured, k)
 }
 
@@ -501,9 +554,10 @@ func (l *Link) dispatch(now time.Time) {
 			break
 		}
 		m := k.q.head
-		want := int64(m.want)
+		want := l.withCredit(k, m, green)
+		k.q.head.size = want
 		if !l.bucket.has(want) {
-			break
+			break // the timer is armed for the head's size
 		}
 		l.grant(k, want, green, now)
 		k.q.remove(m)
@@ -548,7 +602,6 @@ func (l *Link) next(now time.Time) (*linkKey, bool) {
 		// Beyond its assured rate: borrow, and come back when it refills.
 		heap.Pop(&l.assured)
 		k.state = inBorrow
-		k.vtb = max(k.vtb, l.vtb)
 		heap.Push(&l.borrow, k)
 		if k.lim.Rate > 0 {
 			l.pushTimed(k, now.Add(k.assured.readyIn(want)))
@@ -580,7 +633,7 @@ func (l *Link) arm(now time.Time) {
 		} else {
 			k = l.borrow[0]
 		}
-		at = now.Add(l.bucket.readyIn(int64(k.q.head.want)))
+		at = now.Add(l.bucket.readyIn(max(int64(k.q.head.want), k.q.head.size)))
 	}
 	if l.timed.Len() > 0 && (at.IsZero() || l.timed[0].wakeAt.Before(at)) {
 		at = l.timed[0].wakeAt
@@ -591,7 +644,14 @@ func (l *Link) arm(now time.Time) {
 	if !l.timerAt.IsZero() && !at.Before(l.timerAt) && l.timerAt.After(now) {
 		return // armed early enough already
 	}
+	// Wake at most every LinkTick: the grants due meanwhile are served
+	// together (the bucket's catch-up keeps their tokens), so a busy link
+	// costs a thousand timer wake-ups a second, not one per grant.
 	d := max(at.Sub(now), 0)
+	if d > 0 && d < LinkTick {
+		d = LinkTick
+		at = now.Add(d)
+	}
 	l.timerAt = at
 	if l.timer == nil {
 		l.timer = l.clock.AfterFunc(d, l.fire)
@@ -617,19 +677,20 @@ const (
 
 // linkKey is a key's state in a Link.
 type linkKey struct {
-	name     string
-	lim      KeyLimit
-	assured  bucket
-	ceil     bucket
-	vt, vtb  int64
-	q        memberQueue
-	members  int
-	state    int
-	mainIdx  int // in assured or borrow
-	timeIdx  int // in timed
-	wakeAt   time.Time
-	granted  int64
-	borrowed int64
+	name      string
+	lim       KeyLimit
+	assured   bucket
+	ceil      bucket
+	vt, vtb   int64
+	q         memberQueue
+	members   int
+	state     int
+	mainIdx   int // in assured or borrow
+	timeIdx   int // in timed
+	wakeAt    time.Time
+	granted   int64
+	borrowed  int64
+	lastGrant time.Time
 }
 
 func (k *linkKey) setLimit(kl KeyLimit, now time.Time) {

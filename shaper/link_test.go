@@ -24,10 +24,12 @@ type sim struct {
 type simMember struct {
 	m       *Member
 	key     string
-	pace    int64     // bytes/s the member itself can take; 0 = as much as it gets
-	start   time.Time // a paced member's demand: pace × (now - start) bytes in all
-	total   int64     // bytes got since start
-	nextAsk time.Time // when a paced member asks again
+	pace    int64         // bytes/s the member itself can take; 0 = as much as it gets
+	start   time.Time     // a paced member's demand: pace × (now - start) bytes in all
+	total   int64         // bytes got since start
+	nextAsk time.Time     // when a paced member asks again
+	busy    time.Duration // time a member spends moving each grant before it asks again
+	upTo    int           // what it asks for at most (credit); 0 = one chunk
 	asking  bool
 	got     int64
 	gone    bool
@@ -183,7 +185,7 @@ func (s *sim) step() {
 				}
 			}
 			if !sm.asking && !s.clock.Now().Before(sm.nextAsk) {
-				n, err := sm.m.begin(chunk)
+				n, err := sm.m.begin(chunk, max(chunk, sm.upTo))
 				if err != nil {
 					s.t.Fatal(err)
 				}
@@ -205,6 +207,9 @@ func (sm *simMember) granted(s *sim, n int) {
 	sm.total += int64(n)
 	if sm.pace > 0 {
 		sm.nextAsk = sm.start.Add(time.Duration(sm.total * int64(time.Second) / sm.pace))
+	}
+	if sm.busy > 0 {
+		sm.nextAsk = s.clock.Now().Add(sm.busy)
 	}
 }
 
@@ -290,6 +295,32 @@ func TestLinkKeysOneVsFifty(t *testing.T) {
 		if d := sm.got - 5*mbps/50; d > chunk || d < -chunk {
 			t.Errorf("fifty[%d]: %d bytes, want %d within one chunk", i, sm.got, 5*mbps/50)
 		}
+	}
+}
+
+// A key whose one connection is slow to come back for its next grant (it
+// is busy moving the last one: 1 ms per grant caps it at 8 MB/s in 8 KiB
+// grants) still gets its half against a key with ten, through credit.
+func TestLinkLatencyBoundKeyGetsItsShare(t *testing.T) {
+	s := newSim(t, LinkLimit{Limit: Limit{Rate: 20 * mbps}})
+	slow := s.add("one", 1, 0)[0]
+	slow.busy, slow.upTo = time.Millisecond, 64*chunk
+	s.add("ten", 10, 0)
+	s.warm()
+	s.run(5 * time.Second)
+	got := s.byKey()
+	near(t, "latency-bound key", got["one"], 5*10*mbps, 0.02)
+	near(t, "key with ten", got["ten"], 5*10*mbps, 0.02)
+
+	// Without credit (asks for one chunk at most) it could not.
+	s = newSim(t, LinkLimit{Limit: Limit{Rate: 20 * mbps}})
+	slow = s.add("one", 1, 0)[0]
+	slow.busy = time.Millisecond
+	s.add("ten", 10, 0)
+	s.warm()
+	s.run(5 * time.Second)
+	if got := s.byKey()["one"]; got > 5*9*mbps {
+		t.Errorf("without credit the latency-bound key got %d bytes: the test does not exercise credit", got)
 	}
 }
 
@@ -503,7 +534,7 @@ func BenchmarkLinkGrant100k(b *testing.B) {
 	l.bucket.nt = 0 // empty, so everyone queues
 	l.mu.Unlock()
 	for _, m := range ms {
-		if n, _ := m.begin(chunk); n != 0 {
+		if n, _ := m.begin(chunk, chunk); n != 0 {
 			b.Fatal("granted with an empty bucket")
 		}
 	}
@@ -517,7 +548,7 @@ func BenchmarkLinkGrant100k(b *testing.B) {
 		for _, m := range batch {
 			<-m.ch
 			granted++
-			_, _ = m.begin(chunk)
+			_, _ = m.begin(chunk, chunk)
 		}
 	}
 	b.StopTimer()

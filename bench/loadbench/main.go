@@ -42,6 +42,8 @@ var (
 	idleConns = flag.Int("idle", 9000, "idle connections for the RSS measurement; 0 skips it")
 	jsonOut   = flag.String("json", "", "also write the raw results to this file")
 	shape     = flag.Bool("shape", false, "measure per-connection shaping instead of the proxy core")
+	links     = flag.Bool("links", false, "measure shared link budgets instead of the proxy core")
+	linkScale = flag.Int("link-scale", 4500, "-links: connections in the scale case (each may hold 4 descriptors in sluice while it moves data: 2 sockets and a splice pipe); 0 skips it")
 	only      = flag.String("only", "", "-shape: run only the cases and proxies whose names contain this")
 	clientMSS = flag.Int("client-mss", 1448, "-shape: MSS the clients advertise (TCP_MAXSEG), as on an Ethernet path; 0 keeps loopback's 64 KB")
 )
@@ -93,6 +95,9 @@ func run() error {
 	defer echo.Close()
 	if *shape {
 		return runShape(dir, src.Addr().String(), echo.Addr().String())
+	}
+	if *links {
+		return runLinks(dir, src.Addr().String(), echo.Addr().String())
 	}
 	return runCore(dir, src.Addr().String(), echo.Addr().String())
 }
@@ -414,16 +419,22 @@ func freePorts() (a, b string, err error) {
 // mapping's inner keys, e.g. `conn: {down: {rate: "10MB/s"}}`) for the
 // source listener.
 func startSluice(dir, srcAddr, echoAddr, srcOpts string) (*proxyProc, error) {
+	return startSluiceTop(dir, srcAddr, echoAddr, srcOpts, "")
+}
+
+// startSluiceTop is startSluice with extra top-level YAML (e.g. links:).
+func startSluiceTop(dir, srcAddr, echoAddr, srcOpts, top string) (*proxyProc, error) {
 	a, b, err := freePorts()
 	if err != nil {
 		return nil, err
 	}
 	cfg := fmt.Sprintf(`log: {level: warn}
 admin: {listen: "127.0.0.1:0"}
+%s
 listeners:
   - {name: source, listen: "%s", upstream: "%s", %s}
   - {name: echo, listen: "%s", upstream: "%s"}
-`, a, srcAddr, srcOpts, b, echoAddr)
+`, top, a, srcAddr, srcOpts, b, echoAddr)
 	path := filepath.Join(dir, "sluice.yaml")
 	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
 		return nil, err

@@ -1,0 +1,230 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"math"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// A linkCase is connections from one or more source addresses sharing one
+// link's download budget.
+type linkCase struct {
+	name   string
+	groups []linkGroup
+	rate   int64  // the link's rate, bytes/s
+	keyBy  string // keys.by
+	chunk  int    // the listener's chunk; 0 = default (8 KiB)
+}
+
+type linkGroup struct {
+	local string // source address
+	conns int
+}
+
+// linkResult holds one case's figures.
+type linkResult struct {
+	ErrPct   float64   // aggregate steady rate vs the link, %
+	Jain     float64   // Jain's fairness index over connections (steady phase)
+	First    float64   // bytes in the first second ÷ rate
+	MinWin   float64   // lowest 100 ms window after the first second ÷ rate×0.1 s
+	MaxWin   float64   // highest
+	CPUPerGB float64   // proxy CPU seconds per GB
+	Groups   []float64 // each group's share of the steady bytes
+	RSSKiB   float64   // proxy RSS per connection, KiB
+}
+
+func linkCases() []linkCase {
+	cs := []linkCase{
+		{"50 conns share 50 MB/s", []linkGroup{{"127.0.0.1", 50}}, 50_000_000, "none", 0},
+		{"50 conns, chunk 32KiB", []linkGroup{{"127.0.0.1", 50}}, 50_000_000, "none", 32 << 10},
+		{"keys: 1 vs 10 conns", []linkGroup{{"127.0.0.2", 1}, {"127.0.0.3", 10}}, 20_000_000, "source_ip", 0},
+	}
+	if *linkScale > 0 {
+		cs = append(cs, linkCase{fmt.Sprintf("%d conns share 100 MB/s", *linkScale), []linkGroup{{"127.0.0.1", *linkScale}}, 100_000_000, "none", 0})
+	}
+	return cs
+}
+
+func runLinks(dir, srcAddr, echoAddr string) error {
+	all := map[string][]linkResult{}
+	for r := 1; r <= *runs; r++ {
+		for _, c := range linkCases() {
+			if *only != "" && !contains(c.name, *only) {
+				continue
+			}
+			top := fmt.Sprintf(`links: {line: {down: {rate: "%dB/s"}, keys: {by: %s}}}`, c.rate, c.keyBy)
+			opts := "links: [line]"
+			if c.chunk > 0 {
+				opts += fmt.Sprintf(", chunk: %d", c.chunk)
+			}
+			p, err := startSluiceTop(dir, srcAddr, echoAddr, opts, top)
+			if err != nil {
+				return err
+			}
+			res, err := measureLink(p.target, c)
+			p.stop()
+			if err != nil {
+				return fmt.Errorf("run %d, %s: %w", r, c.name, err)
+			}
+			fmt.Fprintf(os.Stderr, "run %d %-26s err %+7.3f%%  jain %.5f  first %.3f  win %.3f..%.3f  cpu %.3f s/GB  groups %.3f  rss %.2f KiB/conn\n",
+				r, c.name, res.ErrPct, res.Jain, res.First, res.MinWin, res.MaxWin, res.CPUPerGB, res.Groups, res.RSSKiB)
+			all[c.name] = append(all[c.name], res)
+		}
+	}
+	if *jsonOut != "" {
+		b, _ := json.MarshalIndent(all, "", "  ")
+		if err := os.WriteFile(*jsonOut, b, 0o644); err != nil {
+			return err
+		}
+	}
+	fmt.Printf("\nsluice links, median of %d runs, 1 s warm-up + %v steady per case; windows after the first second\n", *runs, *duration)
+	fmt.Printf("%-26s %8s %9s %8s %8s %8s %9s %9s  %s\n", "case", "err %", "jain", "first/r", "minwin", "maxwin", "cpu s/GB", "KiB/conn", "group shares")
+	for _, c := range linkCases() {
+		rs := all[c.name]
+		if len(rs) == 0 {
+			continue
+		}
+		m := func(f func(linkResult) float64) float64 { return median(rs, f) }
+		var shares []float64
+		for g := range c.groups {
+			shares = append(shares, m(func(r linkResult) float64 { return r.Groups[g] }))
+		}
+		fmt.Printf("%-26s %+8.3f %9.5f %8.3f %8.3f %8.3f %9.3f %9.2f  %.3f\n", c.name,
+			m(func(r linkResult) float64 { return r.ErrPct }), m(func(r linkResult) float64 { return r.Jain }),
+			m(func(r linkResult) float64 { return r.First }), m(func(r linkResult) float64 { return r.MinWin }),
+			m(func(r linkResult) float64 { return r.MaxWin }), m(func(r linkResult) float64 { return r.CPUPerGB }),
+			m(func(r linkResult) float64 { return r.RSSKiB }), shares)
+	}
+	return nil
+}
+
+func contains(s, sub string) bool {
+	return len(sub) == 0 || (len(s) >= len(sub) && indexOf(s, sub) >= 0)
+}
+
+func indexOf(s, sub string) int {
+	for i := 0; i+len(sub) <= len(s); i++ {
+		if s[i:i+len(sub)] == sub {
+			return i
+		}
+	}
+	return -1
+}
+
+// measureLink opens the case's connections, each read from the moment it
+// is open, and measures for 1 s plus -duration from the moment all are
+// open; bytes read before that are not counted.
+func measureLink(t *target, c linkCase) (linkResult, error) {
+	rss0 := rssKiB(t.pids())
+	total := time.Second + *duration
+	nbins := int(total/binWidth) + 1
+	bins := make([]atomic.Int64, nbins)
+	var startNs atomic.Int64 // 0 until every conn is open
+	var conns []net.Conn
+	var group []int
+	var perConn []*atomic.Int64 // steady-phase bytes
+	var wg sync.WaitGroup
+	defer func() {
+		for _, cn := range conns {
+			cn.Close()
+		}
+		wg.Wait()
+	}()
+	for g, gr := range c.groups {
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(gr.local)}}
+		for range gr.conns {
+			cn, err := d.Dial("tcp", t.sourceAddr)
+			if err != nil {
+				return linkResult{}, fmt.Errorf("dial %d: %w", len(conns), err)
+			}
+			conns = append(conns, cn)
+			group = append(group, g)
+			mine := new(atomic.Int64)
+			perConn = append(perConn, mine)
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				buf := make([]byte, 16<<10)
+				for {
+					n, err := cn.Read(buf)
+					if s := startNs.Load(); s != 0 {
+						el := time.Duration(time.Now().UnixNano() - s)
+						if el >= total {
+							return
+						}
+						if k := int(el / binWidth); k < nbins {
+							bins[k].Add(int64(n))
+						}
+						if el >= time.Second {
+							mine.Add(int64(n))
+						}
+					}
+					if err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}
+	cpu0 := cpuSeconds(t.pids())
+	start := time.Now()
+	startNs.Store(start.UnixNano())
+	time.Sleep(total / 2)
+	rss1 := rssKiB(t.pids()) // every connection open and moving
+	time.Sleep(time.Until(start.Add(total)))
+	cpu1 := cpuSeconds(t.pids())
+	for _, cn := range conns {
+		cn.SetReadDeadline(time.Now()) // end the readers
+	}
+	wg.Wait()
+
+	agg := make([]int64, nbins)
+	var moved int64
+	for k := range bins {
+		agg[k] = bins[k].Load()
+		moved += agg[k]
+	}
+	rate := float64(c.rate)
+	perSec := int(time.Second / binWidth)
+	sum := func(from, to int) (s int64) {
+		for _, v := range agg[from:min(to, len(agg))] {
+			s += v
+		}
+		return s
+	}
+	res := linkResult{First: float64(sum(0, perSec)) / rate}
+	steadyBins := int(*duration / binWidth)
+	res.ErrPct = (float64(sum(perSec, perSec+steadyBins))/(rate*duration.Seconds()) - 1) * 100
+	per := int(100 * time.Millisecond / binWidth)
+	res.MinWin, res.MaxWin = 1e9, 0
+	for k := perSec; k+per <= perSec+steadyBins; k += per {
+		w := float64(sum(k, k+per)) / (rate * 0.1)
+		res.MinWin, res.MaxWin = min(res.MinWin, w), max(res.MaxWin, w)
+	}
+	var s, s2, steady float64
+	groups := make([]float64, len(c.groups))
+	for i, pc := range perConn {
+		x := float64(pc.Load())
+		s += x
+		s2 += x * x
+		groups[group[i]] += x
+		steady += x
+	}
+	if s2 > 0 {
+		res.Jain = s * s / (float64(len(perConn)) * s2)
+	}
+	for g := range groups {
+		groups[g] /= math.Max(steady, 1)
+	}
+	res.Groups = groups
+	if moved > 0 {
+		res.CPUPerGB = (cpu1 - cpu0) / (float64(moved) / 1e9)
+	}
+	res.RSSKiB = float64(rss1-rss0) / float64(len(conns))
+	return res, nil
+}
