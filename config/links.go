@@ -49,7 +49,8 @@ type Keys struct {
 	Overrides []KeyOverride
 }
 
-// KeyOverride is one key's own share.
+// KeyOverride is one key's own share; what it leaves out it takes from
+// the keys' defaults.
 type KeyOverride struct {
 	// Key is the key's value: an IP for source_ip, a prefix like
 	// "10.1.2.0/24" for cidr, a listener name, an upstream address.
@@ -154,7 +155,20 @@ func (d *decoder) keys(path string, v any, linkRate Rate) Keys {
 			d.failf(p+".key", "%q is overridden twice", o.Key)
 		}
 		seen[o.Key] = true
+		// What an override leaves out, it takes from the keys' defaults.
 		o.Rate, o.Ceil, o.Weight = d.share(p, om)
+		if om["rate"] == nil {
+			o.Rate = k.Rate
+		}
+		if om["ceil"] == nil {
+			o.Ceil = k.Ceil
+		}
+		if om["weight"] == nil {
+			o.Weight = k.Weight
+		}
+		if o.Ceil != 0 && o.Rate > o.Ceil {
+			d.failf(p, "rate %v is above ceil %v (with the keys' defaults filled in)", o.Rate, o.Ceil)
+		}
 		k.Overrides = append(k.Overrides, o)
 	}
 	return k

@@ -88,3 +88,17 @@ func TestLinkErrors(t *testing.T) {
 		})
 	}
 }
+
+func TestLinkOverrideInherits(t *testing.T) {
+	cfg, err := Parse([]byte("links: {a: {down: {rate: 1Gbit}, keys: {by: source_ip, rate: 8Mbit, ceil: 80Mbit, weight: 3, overrides: [{key: x, ceil: 16Mbit}]}}}\n" + oneListener))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := cfg.Links[0].Keys.Overrides[0], (KeyOverride{Key: "x", Rate: 1_000_000, Ceil: 2_000_000, Weight: 3}); got != want {
+		t.Errorf("override = %+v, want %+v (rate and weight from the defaults)", got, want)
+	}
+	if _, err := Parse([]byte("links: {a: {down: {rate: 1Gbit}, keys: {by: source_ip, rate: 8Mbit, overrides: [{key: x, ceil: 4Mbit}]}}}\n" + oneListener)); err == nil ||
+		!strings.Contains(err.Error(), "links.a.keys.overrides[0]: rate 8Mbit is above ceil 4Mbit") {
+		t.Errorf("inherited rate above the override's ceil: %v", err)
+	}
+}

@@ -135,7 +135,8 @@ type ConnInfo struct {
 	Bytes [2]int64
 	// Limits are the connection's current limits; a zero Rate is none.
 	Limits ConnLimits
-	// Waiting reports, per direction, whether the pump waits for tokens.
+	// Waiting reports, per direction, whether the pump waits for tokens, of
+	// its own limit or a link's.
 	Waiting [2]bool
 }
 
@@ -162,7 +163,8 @@ func (c *conn) info() ConnInfo {
 	c.mu.Unlock()
 	for d := range c.pumps {
 		ci.Bytes[d] = c.pumps[d].bytes.Load()
-		if g := c.pumps[d].gate.Load(); g != nil {
+		ci.Waiting[d] = c.pumps[d].inLink.Load()
+		if g := c.pumps[d].gate.Load(); g != nil && !ci.Waiting[d] {
 			ci.Waiting[d] = g.Stats().Waiting
 		}
 	}

@@ -22,12 +22,15 @@ import (
 )
 
 // The demo's shape: two listeners in front of one origin, with per-
-// connection limits, and clients that download through them.
+// connection limits, sharing one link, and clients that download through
+// them.
 const (
 	demoVideoRate = 2_000_000 // bytes/s per connection on "video" (16 Mbit/s)
 	demoBulkRate  = 500_000   // bytes/s per connection on "bulk" (4 Mbit/s), up and down
 	demoVideo     = 3         // clients on "video"
 	demoBulk      = 2         // clients on "bulk"
+	demoLinkRate  = 5_000_000 // bytes/s down on the shared link (40 Mbit/s): less than the 7 MB/s asked
+	demoAssured   = 1_000_000 // bytes/s each listener is assured on the link (8 Mbit/s)
 )
 
 // runDemo starts an origin, a sluice in front of it and a few clients, all
@@ -54,10 +57,14 @@ func runDemo(ctx context.Context, w io.Writer, d time.Duration) error {
 	lim := func(down, up int64) proxy.ConnLimits {
 		return proxy.ConnLimits{Down: shaper.Limit{Rate: down, Burst: 64 << 10}, Up: shaper.Limit{Rate: up}, KernelPacing: true}
 	}
-	srv, err := proxy.New(proxy.Options{Listeners: []proxy.ListenerConfig{
-		{Name: "video", Addr: "127.0.0.1:0", Upstream: origin.Addr().String(), Limits: lim(demoVideoRate, 0)},
-		{Name: "bulk", Addr: "127.0.0.1:0", Upstream: origin.Addr().String(), Limits: lim(demoBulkRate, demoBulkRate)},
-	}})
+	line := []string{"line"}
+	srv, err := proxy.New(proxy.Options{
+		Links: []proxy.LinkConfig{{Name: "line", KeyBy: "listener", Down: shaper.LinkLimit{
+			Limit: shaper.Limit{Rate: demoLinkRate}, Key: shaper.KeyLimit{Rate: demoAssured}}}},
+		Listeners: []proxy.ListenerConfig{
+			{Name: "video", Addr: "127.0.0.1:0", Upstream: origin.Addr().String(), Limits: lim(demoVideoRate, 0), Links: line},
+			{Name: "bulk", Addr: "127.0.0.1:0", Upstream: origin.Addr().String(), Limits: lim(demoBulkRate, demoBulkRate), Links: line},
+		}})
 	if err != nil {
 		return err
 	}
@@ -82,9 +89,11 @@ func runDemo(ctx context.Context, w io.Writer, d time.Duration) error {
 	defer hs.Close()
 	admin := &adminClient{base: "http://" + adminLn.Addr().String(), token: token, http: &http.Client{Timeout: 5 * time.Second}}
 
-	fmt.Fprintf(w, "sluice demo: an origin, a sluice with two listeners, %d clients, all on loopback, for %v.\n", demoVideo+demoBulk, d)
-	fmt.Fprintf(w, "  video %s: %s per connection down\n", srv.Addr("video"), fmtBits(demoVideoRate))
-	fmt.Fprintf(w, "  bulk  %s: %s per connection, each way\n", srv.Addr("bulk"), fmtBits(demoBulkRate))
+	fmt.Fprintf(w, "sluice demo: an origin, a sluice with two listeners on one shared link, %d clients, all on loopback, for %v.\n", demoVideo+demoBulk, d)
+	fmt.Fprintf(w, "  video %s: %d clients, %s per connection down\n", srv.Addr("video"), demoVideo, fmtBits(demoVideoRate))
+	fmt.Fprintf(w, "  bulk  %s: %d clients, %s per connection, each way\n", srv.Addr("bulk"), demoBulk, fmtBits(demoBulkRate))
+	fmt.Fprintf(w, "  link line: %s down for both, each listener a key assured %s; they ask for more than the line has,\n", fmtBits(demoLinkRate), fmtBits(demoAssured))
+	fmt.Fprintf(w, "    so bulk keeps its %s (under its assured rate) and video shares the rest\n", fmtBits(demoBulk*demoBulkRate))
 	fmt.Fprintf(w, "  admin API %s (token %s): try `sluice top --admin %s` in another terminal\n\n", admin.base, token, admin.base)
 
 	cctx, stop := context.WithCancel(ctx)
@@ -128,12 +137,12 @@ func runDemo(ctx context.Context, w io.Writer, d time.Duration) error {
 		switch el := time.Since(start); {
 		case !doubled && el >= d/2:
 			doubled = true
-			body := fmt.Sprintf(`{"down": {"rate": %d, "burst": "64KiB"}}`, 2*demoVideoRate)
-			if err := admin.do(ctx, "PUT", "/v1/listeners/video/limits", strings.NewReader(body), nil); err != nil {
+			body := fmt.Sprintf(`{"down": {"rate": %d}}`, 2*demoLinkRate)
+			if err := admin.do(ctx, "PUT", "/v1/links/line/limits", strings.NewReader(body), nil); err != nil {
 				return err
 			}
-			fmt.Fprintf(w, ">>> PUT /v1/listeners/video/limits %s: the live video connections speed up to %s within one chunk\n\n",
-				body, fmtBits(2*demoVideoRate))
+			fmt.Fprintf(w, ">>> PUT /v1/links/line/limits %s: the line doubles to %s, live; video goes up to its per-connection %s\n\n",
+				body, fmtBits(2*demoLinkRate), fmtBits(demoVideoRate))
 		case !closed && el >= 3*d/4:
 			closed = true
 			var cs struct{ Conns []proxy.ConnJSON }

@@ -489,7 +489,7 @@ func TestDemo(t *testing.T) {
 		t.Fatalf("demo: exit %d: %s\n%s", code, stderr.String(), stdout.String())
 	}
 	out := stdout.String()
-	for _, want := range []string{"PUT /v1/listeners/video/limits", "DELETE /v1/conns/", "demo done: every byte"} {
+	for _, want := range []string{"PUT /v1/links/line/limits", "DELETE /v1/conns/", "LINK", "demo done: every byte"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("demo output lacks %q:\n%s", want, out)
 		}
@@ -535,4 +535,62 @@ func TestSystemdUnit(t *testing.T) {
 			t.Errorf("sluice.service lacks %s", want)
 		}
 	}
+}
+
+// TestLinksThroughConfig: a link from the config shapes the listener's
+// connections, shows in the admin API, and takes a reload's new rate live.
+func TestLinksThroughConfig(t *testing.T) {
+	defer test.TimeOut(60 * time.Second).Stop()
+	ln := listenBackend(t)
+	cfg := func(rate string) string {
+		return fmt.Sprintf(`log: {format: json}
+admin: {listen: '127.0.0.1:0'}
+links:
+  line: {down: {rate: %s}, keys: {by: source_ip, rate: 1Mbit, overrides: [{key: 127.0.0.1, weight: 2}]}}
+listeners:
+  - {name: t, listen: '127.0.0.1:0', upstream: '%s', links: [line]}
+shutdown: {drain: 1s}
+`, rate, ln.Addr())
+	}
+	path := writeConfig(t, cfg("8Mbit"))
+	p := startCmd(t, exec.Command(sluiceBin, "run", "--config", path))
+	admin := &adminClient{base: p.adminURL(t), http: &http.Client{Timeout: 10 * time.Second}}
+	_, client, server := connectThrough(t, p, ln)
+	roundTrip := func() {
+		if _, err := server.Write([]byte("x")); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(client, make([]byte, 1)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	roundTrip()
+	var links []proxy.LinkJSON
+	if err := admin.do(context.Background(), "GET", "/v1/links", nil, &links); err != nil {
+		t.Fatal(err)
+	}
+	if len(links) != 1 || links[0].Down == nil || links[0].Down.Rate != 1_000_000 || links[0].Down.Members != 1 || links[0].KeyBy != "source_ip" {
+		t.Fatalf("GET /v1/links = %+v", links)
+	}
+	var one proxy.LinkJSON
+	if err := admin.do(context.Background(), "GET", "/v1/links/line", nil, &one); err != nil {
+		t.Fatal(err)
+	}
+	if ks := one.Down.KeyStats; len(ks) != 1 || ks[0].Key != "127.0.0.1" || ks[0].Limit.Weight != 2 || ks[0].Limit.Rate != 125_000 {
+		t.Fatalf("keys = %+v, want 127.0.0.1 with its override", ks)
+	}
+	os.WriteFile(path, []byte(cfg("16Mbit")), 0o600)
+	p.cmd.Process.Signal(syscall.SIGHUP)
+	p.waitLine(t, "reloaded", map[string]any{"diff": "link line: down.rate 8Mbit → 16Mbit"})
+	if err := admin.do(context.Background(), "GET", "/v1/links", nil, &links); err != nil {
+		t.Fatal(err)
+	}
+	if links[0].Down.Rate != 2_000_000 || links[0].Down.Members != 1 {
+		t.Fatalf("after reload: %+v, want the live conn on a 16 Mbit/s link", links[0].Down)
+	}
+	roundTrip()
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	client.Close()
+	server.Close()
+	p.wait(t, 10*time.Second)
 }

@@ -21,6 +21,7 @@ type topView struct {
 	conns int // how many connections to show
 
 	last     time.Time
+	lastLink map[string]int64
 	lastLis  map[string][2]int64
 	lastConn map[uint64][2]int64
 }
@@ -39,6 +40,10 @@ func (v *topView) frame(ctx context.Context) (string, error) {
 	if err := v.c.do(ctx, "GET", "/v1/conns?limit=0", nil, &cs); err != nil {
 		return "", err
 	}
+	var links []proxy.LinkJSON
+	if err := v.c.do(ctx, "GET", "/v1/links", nil, &links); err != nil {
+		return "", err
+	}
 	now := time.Now()
 	dt := now.Sub(v.last).Seconds()
 	first := v.last.IsZero()
@@ -51,6 +56,31 @@ func (v *topView) frame(ctx context.Context) (string, error) {
 	}
 	var b strings.Builder
 	fmt.Fprintf(&b, "sluice top  %s  %s  %d connections\n\n", v.c.base, now.Format("15:04:05"), cs.Total)
+	lk := map[string]int64{}
+	if len(links) > 0 {
+		tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "LINK\tDIR\tRATE\tLIMIT\tBORROWED\tKEYS\tCONNS\tWAITING")
+		for _, l := range links {
+			for _, d := range []struct {
+				name string
+				j    *proxy.LinkDirJSON
+			}{{"down", l.Down}, {"up", l.Up}} {
+				if d.j == nil {
+					continue
+				}
+				id := l.Name + "/" + d.name
+				lk[id] = d.j.Bytes
+				r := "-"
+				if p, ok := v.lastLink[id]; ok && !first && dt > 0 {
+					r = fmtBits(float64(d.j.Bytes-p) / dt)
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d by %s\t%d\t%d\n", l.Name, d.name, r, fmtBits(float64(d.j.Rate)),
+					fmtBytes(d.j.Borrowed), d.j.Keys, l.KeyBy, d.j.Members, d.j.Waiting)
+			}
+		}
+		_ = tw.Flush()
+		fmt.Fprintln(&b)
+	}
 	tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "LISTENER\tADDR\tCONNS\tDOWN\tLIMIT/CONN\tUP\tLIMIT/CONN\tWAITING ↓/↑\tENDED")
 	lis := map[string][2]int64{}
@@ -119,8 +149,8 @@ func (v *topView) frame(ctx context.Context) (string, error) {
 			now.Sub(c.Start).Truncate(time.Second), fmtBytes(c.BytesDown), fmtBytes(c.BytesUp))
 	}
 	_ = tw.Flush()
-	fmt.Fprintf(&b, "\n* waiting for tokens: held at its limit. Rates in bits per second.\n")
-	v.last, v.lastLis, v.lastConn = now, lis, conns
+	fmt.Fprintf(&b, "\n* waiting for tokens: held at its own limit or a link's. Rates in bits per second.\n")
+	v.last, v.lastLis, v.lastConn, v.lastLink = now, lis, conns, lk
 	return b.String(), nil
 }
 
