@@ -540,11 +540,15 @@ func (l *Link) dispatch(now time.Time) {
 	for l.timed.Len() > 0 && !l.timed[0].wakeAt.After(now) {
 		k := l.timed[0]
 		l.untime(k)
+		// A key held back by its own bucket was not eligible meanwhile: as
+		// for a key back from idle, that time earns it no credit.
 		switch k.state {
 		case inBorrow: // its assured bucket has refilled
 			heap.Remove(&l.borrow, k.mainIdx)
+			k.vt = max(k.vt, l.vt)
 			l.pushAssured(k)
 		case inTimed: // its ceil bucket has refilled
+			k.vt, k.vtb = max(k.vt, l.vt), max(k.vtb, l.vtb)
 			l.pushAssured(k)
 		}
 	}

@@ -556,3 +556,40 @@ func BenchmarkLinkGrant100k(b *testing.B) {
 		b.Fatalf("%d waiting, want about %d", st.Waiting, members)
 	}
 }
+
+// Keys and overrides changed live apply to members in flight.
+func TestLinkKeysChangeLive(t *testing.T) {
+	s := newSim(t, LinkLimit{Limit: Limit{Rate: mbps}})
+	s.add("a", 2, 0)
+	s.add("b", 2, 0)
+	s.warm()
+	s.run(2 * time.Second)
+	got := s.byKey()
+	near(t, "a before", got["a"], mbps, 0.01)
+	near(t, "b before", got["b"], mbps, 0.01)
+	// b gets weight 3, a is capped at 200 KB/s.
+	if err := s.link.SetLimit(LinkLimit{Limit: Limit{Rate: mbps}, Overrides: map[string]KeyLimit{
+		"a": {Ceil: 200_000}, "b": {Weight: 3},
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	s.run(100 * time.Millisecond)
+	s.reset()
+	s.run(5 * time.Second)
+	got = s.byKey()
+	near(t, "a capped at 200 KB/s (plus its 32 KiB ceil burst)", got["a"], 5*200_000+32<<10, 0.01)
+	near(t, "b takes the rest", got["b"], 5*800_000, 0.01)
+	// Back to equal shares, and a burst of 64 KiB.
+	if err := s.link.SetLimit(LinkLimit{Limit: Limit{Rate: mbps, Burst: 64 << 10}}); err != nil {
+		t.Fatal(err)
+	}
+	s.run(100 * time.Millisecond)
+	s.reset()
+	s.run(5 * time.Second)
+	got = s.byKey()
+	near(t, "a equal again", got["a"], 5*mbps/2, 0.01)
+	near(t, "b equal again", got["b"], 5*mbps/2, 0.01)
+	if l := s.link.Limit(); l.Burst != 64<<10 {
+		t.Errorf("burst = %d, want 64 KiB", l.Burst)
+	}
+}
