@@ -23,6 +23,6 @@ go build -o "$out/loadbench" ./bench/loadbench
 mkdir -p bench/results
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
 mode=core
-for a in "$@"; do [ "$a" = -shape ] && mode=shape; done
+for a in "$@"; do case "$a" in -shape) mode=shape ;; -links) mode=links ;; esac; done
 "$out/loadbench" -sluice "$out/sluice" -nginx "$(command -v nginx)" -runs 3 \
   -json "bench/results/$mode-$stamp.json" "$@"

@@ -155,6 +155,21 @@ func (c *conn) Err() error {
 // (measured in docs/shaping.md).
 const pacedGrant = 10 * time.Millisecond
 
+// unpacedGrant is how much rate a grant covers without kernel pacing: at
+// least one chunk, so from 8 MB/s a grant is 1 ms of the rate (100 KB at
+// 100 MB/s), a burst too short to matter against any window a client or a
+// line sees, and a third of the CPU per byte of 8 KiB grants (measured in
+// docs/shaping.md).
+const unpacedGrant = time.Millisecond
+
+// maxPacedRate is the highest down rate, in bytes per second, at which
+// sluice asks the kernel to pace. At 100 MB/s the kernel's pacing stalled
+// the socket for 40–60 ms in two 10-s runs of three (a 0.5× window, 0.7%
+// short) on the benchmark machine, whatever the grant size; at 30 and
+// 50 MB/s it never did. Above it, 1 ms grants without pacing measured
+// smooth (docs/shaping.md).
+const maxPacedRate = 50_000_000
+
 // pacingHeadroomPct is how far above the down rate SO_MAX_PACING_RATE is set.
 const pacingHeadroomPct = 2
 
@@ -171,12 +186,16 @@ func (c *conn) applyLimits(lim *ConnLimits) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.limits = *lim
-	pace := lim.KernelPacing && !lim.Down.Unlimited() && spliceSupported
+	pace := lim.KernelPacing && !lim.Down.Unlimited() && lim.Down.Rate <= maxPacedRate && spliceSupported
 	for d, l := range [2]shaper.Limit{Up: lim.Up, Down: lim.Down} {
 		p := &c.pumps[d]
 		chunk := c.cfg.Chunk
-		if pace && Dir(d) == Down {
+		switch {
+		case pace && Dir(d) == Down:
 			chunk = max(chunk, min(int(l.Rate*int64(pacedGrant)/int64(time.Second)), maxPacedGrant))
+			l.Burst = max(l.Burst, int64(chunk))
+		case !l.Unlimited():
+			chunk = max(chunk, min(int(l.Rate*int64(unpacedGrant)/int64(time.Second)), maxPacedGrant))
 			l.Burst = max(l.Burst, int64(chunk))
 		}
 		p.chunk.Store(int64(chunk))

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"sync"
 	"sync/atomic"
 	"syscall"
 
@@ -110,8 +111,13 @@ func (p *pump) copySplice() error {
 		if err != nil {
 			return err
 		}
-		p.lr.N = int64(want)
-		n, err := p.dstTCP.ReadFrom(&p.lr) // splice(2) for TCP → TCP
+		var n int64
+		if want <= maxCopy && (p.taken != nil || len(p.members) > 0) {
+			n, err = p.copyGrant(want)
+		} else {
+			p.lr.N = int64(want)
+			n, err = p.dstTCP.ReadFrom(&p.lr) // splice(2) for TCP → TCP
+		}
 		if n > 0 {
 			p.moved(n)
 		}
@@ -124,6 +130,60 @@ func (p *pump) copySplice() error {
 		// n < want with no error means src ended inside the move; the next
 		// waitReadable sees the EOF.
 	}
+}
+
+// maxCopy is the largest shaped grant copied through a pooled buffer
+// instead of spliced. A splice holds a pipe (two descriptors) for as long as
+// its write blocks, and a shaped connection's write blocks whenever its
+// client is slower than its grants: with thousands of shaped connections
+// that would double the descriptors sluice needs. A pooled buffer costs
+// memory only while it is in use, and for grants this small as little CPU
+// as a splice (two system calls either way).
+const maxCopy = 64 << 10
+
+// copyPools hold copy buffers by size class: 8, 16, 32 and 64 KiB.
+var copyPools = [4]sync.Pool{
+	{New: func() any { return new([8 << 10]byte) }},
+	{New: func() any { return new([16 << 10]byte) }},
+	{New: func() any { return new([32 << 10]byte) }},
+	{New: func() any { return new([64 << 10]byte) }},
+}
+
+// copyBuf returns a pooled buffer of at least n <= maxCopy bytes and a
+// function that returns it to its pool.
+func copyBuf(n int) ([]byte, func()) {
+	switch {
+	case n <= 8<<10:
+		b := copyPools[0].Get().(*[8 << 10]byte)
+		return b[:], func() { copyPools[0].Put(b) }
+	case n <= 16<<10:
+		b := copyPools[1].Get().(*[16 << 10]byte)
+		return b[:], func() { copyPools[1].Put(b) }
+	case n <= 32<<10:
+		b := copyPools[2].Get().(*[32 << 10]byte)
+		return b[:], func() { copyPools[2].Put(b) }
+	}
+	b := copyPools[3].Get().(*[64 << 10]byte)
+	return b[:], func() { copyPools[3].Put(b) }
+}
+
+// copyGrant moves want bytes, already queued on src, through a pooled
+// buffer, and returns how many were written. Like a splice that meets the
+// end of src, it returns fewer than want and no error when src ended.
+func (p *pump) copyGrant(want int) (int64, error) {
+	buf, put := copyBuf(want)
+	defer put()
+	n, err := io.ReadFull(p.src, buf[:want])
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+		err = nil
+	}
+	if n > 0 {
+		w, werr := p.dst.Write(buf[:n])
+		if werr != nil {
+			return int64(w), werr
+		}
+	}
+	return int64(n), err
 }
 
 // waitReadable blocks until src has bytes queued and returns how many, or

@@ -57,6 +57,7 @@ func runLinks(dir, srcAddr, echoAddr string) error {
 			if *only != "" && !contains(c.name, *only) {
 				continue
 			}
+			time.Sleep(3 * time.Second) // the last case's thousands of connections wind down
 			top := fmt.Sprintf(`links: {line: {down: {rate: "%dB/s"}, keys: {by: %s}}}`, c.rate, c.keyBy)
 			opts := "links: [line]"
 			if c.chunk > 0 {

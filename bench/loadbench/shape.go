@@ -56,6 +56,9 @@ var shaperTargets = []shaperTarget{
 }
 
 func runShape(dir, srcAddr, echoAddr string) error {
+	if *shapeRate > 0 {
+		shapeCases = []shapeCase{{fmt.Sprintf("1 conn @ %g MB/s", float64(*shapeRate)/1e6), 1, *shapeRate}}
+	}
 	targets := shaperTargets
 	if *nginxBin == "" {
 		targets = targets[:2]

@@ -96,9 +96,11 @@ func TestCheck(t *testing.T) {
 }
 
 func TestCheckShippedExample(t *testing.T) {
-	var stdout, stderr bytes.Buffer
-	if code := execute([]string{"check", "--config", "../../examples/sluice.yaml"}, &stdout, &stderr); code != exitOK {
-		t.Fatalf("examples/sluice.yaml: exit %d: %s", code, stderr.String())
+	for _, f := range []string{"sluice.yaml", "links.yaml"} {
+		var stdout, stderr bytes.Buffer
+		if code := execute([]string{"check", "--config", "../../examples/" + f}, &stdout, &stderr); code != exitOK {
+			t.Fatalf("examples/%s: exit %d: %s", f, code, stderr.String())
+		}
 	}
 }
 
