@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -55,11 +56,13 @@ func runLinks(dir, srcAddr, echoAddr string) error {
 	all := map[string][]linkResult{}
 	for r := 1; r <= *runs; r++ {
 		for _, c := range linkCases() {
-			if *only != "" && !contains(c.name, *only) {
+			if *only != "" && !strings.Contains(c.name, *only) {
 				continue
 			}
-			runtime.GC() // the last case's garbage (9,000 connections' buffers) is not collected during this one
-			time.Sleep(3 * time.Second) // and its thousands of connections wind down
+			// The last case's garbage (9,000 connections' buffers) is not
+			// collected during this one, and its connections wind down.
+			runtime.GC()
+			time.Sleep(3 * time.Second)
 			top := fmt.Sprintf(`links: {line: {down: {rate: "%dB/s"}, keys: {by: %s}}}`, c.rate, c.keyBy)
 			opts := "links: [line]"
 			if c.chunk > 0 {
