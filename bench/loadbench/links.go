@@ -109,19 +109,6 @@ func runLinks(dir, srcAddr, echoAddr string) error {
 	return nil
 }
 
-func contains(s, sub string) bool {
-	return len(sub) == 0 || (len(s) >= len(sub) && indexOf(s, sub) >= 0)
-}
-
-func indexOf(s, sub string) int {
-	for i := 0; i+len(sub) <= len(s); i++ {
-		if s[i:i+len(sub)] == sub {
-			return i
-		}
-	}
-	return -1
-}
-
 // measureLink opens the case's connections, each read from the moment it
 // is open, and measures for 1 s plus -duration from the moment all are
 // open; bytes read before that are not counted.

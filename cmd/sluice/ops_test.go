@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -14,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"syscall"
@@ -548,7 +550,7 @@ admin: {listen: '127.0.0.1:0'}
 links:
   line: {down: {rate: %s}, keys: {by: source_ip, rate: 1Mbit, overrides: [{key: 127.0.0.1, weight: 2}]}}
 listeners:
-  - {name: t, listen: '127.0.0.1:0', upstream: '%s', links: [line]}
+  - {name: t, listen: '127.0.0.1:0', upstream: '%s', links: [line], conn: {down: {rate: 80Mbit}}}
 shutdown: {drain: 1s}
 `, rate, ln.Addr())
 	}
@@ -589,6 +591,37 @@ shutdown: {drain: 1s}
 		t.Fatalf("after reload: %+v, want the live conn on a 16 Mbit/s link", links[0].Down)
 	}
 	roundTrip()
+
+	// Every sluice metric the Grafana dashboard queries exists.
+	resp, err := http.Get(admin.base + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	dash, err := os.ReadFile("../../deploy/grafana-dashboard.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var d struct {
+		Panels []struct {
+			Title   string
+			Targets []struct{ Expr string }
+		}
+	}
+	if err := json.Unmarshal(dash, &d); err != nil {
+		t.Fatalf("grafana-dashboard.json: %v", err)
+	}
+	names := regexp.MustCompile(`\b(sluice|go|process)_[a-z_]+`)
+	for _, pn := range d.Panels {
+		for _, tg := range pn.Targets {
+			for _, name := range names.FindAllString(tg.Expr, -1) {
+				if !bytes.Contains(metrics, []byte("\n"+name)) {
+					t.Errorf("dashboard panel %q queries %s, which sluice does not export", pn.Title, name)
+				}
+			}
+		}
+	}
 	p.cmd.Process.Signal(syscall.SIGTERM)
 	client.Close()
 	server.Close()
