@@ -119,9 +119,8 @@ func (s *HTTPStream) EOF() {
 // reqParser finds request heads in the client's bytes and skips their
 // Content-Length bodies.
 type reqParser struct {
-	head    []byte
-	skip    int64 // body bytes still to skip
-	pending []Request
+	head []byte
+	skip int64 // body bytes still to skip
 }
 
 func (p *reqParser) feed(b []byte, down *respParser) error {
