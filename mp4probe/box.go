@@ -34,8 +34,8 @@ const DefaultMaxKeep = 16 << 20
 
 // Errors that end a Walker.
 var (
-	ErrNotMP4     = errors.New("mp4probe: stream does not start with an MP4 box")
-	ErrBadBox     = errors.New("mp4probe: malformed box header")
+	ErrNotMP4    = errors.New("mp4probe: stream does not start with an MP4 box")
+	ErrBadBox    = errors.New("mp4probe: malformed box header")
 	ErrBoxTooBig = errors.New("mp4probe: box to keep is larger than MaxKeep")
 )
 

@@ -31,8 +31,10 @@ type walkLog struct{ lines []string }
 
 func (l *walkLog) walker(maxKeep int64) *Walker {
 	return &Walker{
-		Keep:    func(b Box) bool { return b.Type == "moov" || b.Type == "moof" },
-		OnBox:   func(b Box) { l.lines = append(l.lines, fmt.Sprintf("box %s @%d size=%d hdr=%d", b.Type, b.Offset, b.Size, b.Header)) },
+		Keep: func(b Box) bool { return b.Type == "moov" || b.Type == "moof" },
+		OnBox: func(b Box) {
+			l.lines = append(l.lines, fmt.Sprintf("box %s @%d size=%d hdr=%d", b.Type, b.Offset, b.Size, b.Header))
+		},
 		OnKept:  func(b Box, p []byte) { l.lines = append(l.lines, fmt.Sprintf("kept %s %q", b.Type, p)) },
 		MaxKeep: maxKeep,
 	}
