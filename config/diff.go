@@ -24,13 +24,7 @@ func Diff(old, next *Config) []string {
 		out = append(out, "admin token changed")
 	}
 	field("shutdown.drain", old.Shutdown.Drain.String(), next.Shutdown.Drain.String())
-	linkByName := func(ls []Link, name string) *Link {
-		i := slices.IndexFunc(ls, func(l Link) bool { return l.Name == name })
-		if i < 0 {
-			return nil
-		}
-		return &ls[i]
-	}
+	linkByName := func(ls []Link, name string) *Link { return named(ls, name, func(l Link) string { return l.Name }) }
 	for _, o := range old.Links {
 		if linkByName(next.Links, o.Name) == nil {
 			out = append(out, fmt.Sprintf("link %s removed", o.Name))
@@ -50,11 +44,7 @@ func Diff(old, next *Config) []string {
 		field(p+"keys", fmt.Sprintf("%+v", o.Keys), fmt.Sprintf("%+v", n.Keys))
 	}
 	byName := func(ls []Listener, name string) *Listener {
-		i := slices.IndexFunc(ls, func(l Listener) bool { return l.Name == name })
-		if i < 0 {
-			return nil
-		}
-		return &ls[i]
+		return named(ls, name, func(l Listener) string { return l.Name })
 	}
 	for _, o := range old.Listeners {
 		if byName(next.Listeners, o.Name) == nil {
@@ -86,4 +76,13 @@ func Diff(old, next *Config) []string {
 		}
 	}
 	return out
+}
+
+// named returns the element of ls called name, or nil.
+func named[T any](ls []T, name string, nameOf func(T) string) *T {
+	i := slices.IndexFunc(ls, func(x T) bool { return nameOf(x) == name })
+	if i < 0 {
+		return nil
+	}
+	return &ls[i]
 }

@@ -182,23 +182,8 @@ func measureLink(t *target, c linkCase) (linkResult, error) {
 		agg[k] = bins[k].Load()
 		moved += agg[k]
 	}
-	rate := float64(c.rate)
-	perSec := int(time.Second / binWidth)
-	sum := func(from, to int) (s int64) {
-		for _, v := range agg[from:min(to, len(agg))] {
-			s += v
-		}
-		return s
-	}
-	res := linkResult{First: float64(sum(0, perSec)) / rate}
-	steadyBins := int(*duration / binWidth)
-	res.ErrPct = (float64(sum(perSec, perSec+steadyBins))/(rate*duration.Seconds()) - 1) * 100
-	per := int(100 * time.Millisecond / binWidth)
-	res.MinWin, res.MaxWin = 1e9, 0
-	for k := perSec; k+per <= perSec+steadyBins; k += per {
-		w := float64(sum(k, k+per)) / (rate * 0.1)
-		res.MinWin, res.MaxWin = min(res.MinWin, w), max(res.MaxWin, w)
-	}
+	var res linkResult
+	res.First, res.ErrPct, res.MinWin, res.MaxWin = arrivalFigures(agg, float64(c.rate))
 	var s, s2, steady float64
 	groups := make([]float64, len(c.groups))
 	for i, pc := range perConn {

@@ -162,23 +162,8 @@ func measureShape(t *target, c shapeCase) (shapeResult, error) {
 			moved += v
 		}
 	}
-	rate := float64(c.rate) * float64(c.conns)
-	perSec := int(time.Second / binWidth)
-	sum := func(from, to int) (s int64) {
-		for _, v := range agg[from:min(to, len(agg))] {
-			s += v
-		}
-		return s
-	}
-	res := shapeResult{First: float64(sum(0, perSec)) / rate}
-	steadyBins := int(*duration / binWidth)
-	res.ErrPct = (float64(sum(perSec, perSec+steadyBins))/(rate*duration.Seconds()) - 1) * 100
-	per := int(100 * time.Millisecond / binWidth)
-	res.MinWin, res.MaxWin = 1e9, 0
-	for k := perSec; k+per <= perSec+steadyBins; k += per {
-		w := float64(sum(k, k+per)) / (rate * 0.1)
-		res.MinWin, res.MaxWin = min(res.MinWin, w), max(res.MaxWin, w)
-	}
+	var res shapeResult
+	res.First, res.ErrPct, res.MinWin, res.MaxWin = arrivalFigures(agg, float64(c.rate)*float64(c.conns))
 	if moved > 0 {
 		res.CPUPerGB = (cpu1 - cpu0) / (float64(moved) / 1e9)
 	}
@@ -203,4 +188,28 @@ func dialClient(addr string) (net.Conn, error) {
 		}
 	}
 	return d.Dial("tcp", addr)
+}
+
+// arrivalFigures reads aggregate arrivals binned per binWidth from the
+// start of a case (1 s warm-up, then -duration steady) against rate: bytes
+// in the first second ÷ rate, the steady error in %, and the lowest and
+// highest 100 ms window after the first second ÷ rate × 0.1 s.
+func arrivalFigures(agg []int64, rate float64) (first, errPct, minWin, maxWin float64) {
+	perSec := int(time.Second / binWidth)
+	sum := func(from, to int) (s int64) {
+		for _, v := range agg[min(from, len(agg)):min(to, len(agg))] {
+			s += v
+		}
+		return s
+	}
+	first = float64(sum(0, perSec)) / rate
+	steadyBins := int(*duration / binWidth)
+	errPct = (float64(sum(perSec, perSec+steadyBins))/(rate*duration.Seconds()) - 1) * 100
+	per := int(100 * time.Millisecond / binWidth)
+	minWin, maxWin = 1e9, 0
+	for k := perSec; k+per <= perSec+steadyBins; k += per {
+		w := float64(sum(k, k+per)) / (rate * 0.1)
+		minWin, maxWin = min(minWin, w), max(maxWin, w)
+	}
+	return first, errPct, minWin, maxWin
 }
