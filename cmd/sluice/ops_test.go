@@ -188,6 +188,15 @@ shutdown: {drain: 2s}`, held.Addr(), backend.Addr()))
 	}
 	ping(c, "first")
 	c.Close()
+	// A reload keeps serving the passed socket (it is not closed and rebound).
+	p.cmd.Process.Signal(syscall.SIGHUP)
+	p.waitLine(t, "reloaded", nil)
+	c, err = net.Dial("tcp", held.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ping(c, "after reload")
+	c.Close()
 	p.cmd.Process.Signal(syscall.SIGTERM)
 	if err := p.wait(t, 10*time.Second); err != nil {
 		t.Fatalf("first sluice: %v", err)
@@ -455,6 +464,15 @@ func TestReloadAndTopCommands(t *testing.T) {
 	stderr.Reset()
 	if code := execute([]string{"reload", "--admin", base, "--token-file", wrong}, &stdout, &stderr); code != exitFail || !strings.Contains(stderr.String(), "401") {
 		t.Errorf("sluice reload, wrong token: exit %d, %q; want %d and a 401", code, stderr.String(), exitFail)
+	}
+	// The admin address changes on restart only: a reload that moves it is
+	// rejected, and says so.
+	good, _ := os.ReadFile(path)
+	os.WriteFile(path, bytes.Replace(good, []byte("listen: '127.0.0.1:0', token_file"), []byte("listen: '127.0.0.1:1', token_file"), 1), 0o600)
+	stderr.Reset()
+	if code := execute([]string{"reload", "--admin", base, "--token-file", tokenFile}, &stdout, &stderr); code != exitFail ||
+		!strings.Contains(stderr.String(), "admin.listen: changed") {
+		t.Errorf("sluice reload, admin.listen moved: exit %d, %q", code, stderr.String())
 	}
 	// A rejected config: the command says why, and fails.
 	os.WriteFile(path, []byte("listeners: 5"), 0o600)
