@@ -38,6 +38,8 @@ type linkResult struct {
 	CPUPerGB float64   // proxy CPU seconds per GB
 	Groups   []float64 // each group's share of the steady bytes
 	RSSKiB   float64   // proxy RSS per connection, KiB
+	Cores    float64   // cores the proxy used during the measurement
+	GenCores float64   // cores this load generator (clients and backends) used
 }
 
 func linkCases() []linkCase {
@@ -77,8 +79,8 @@ func runLinks(dir, srcAddr, echoAddr string) error {
 			if err != nil {
 				return fmt.Errorf("run %d, %s: %w", r, c.name, err)
 			}
-			fmt.Fprintf(os.Stderr, "run %d %-26s err %+7.3f%%  jain %.5f  first %.3f  win %.3f..%.3f  cpu %.3f s/GB  groups %.3f  rss %.2f KiB/conn\n",
-				r, c.name, res.ErrPct, res.Jain, res.First, res.MinWin, res.MaxWin, res.CPUPerGB, res.Groups, res.RSSKiB)
+			fmt.Fprintf(os.Stderr, "run %d %-26s err %+7.3f%%  jain %.5f  first %.3f  win %.3f..%.3f  cpu %.3f s/GB  groups %.3f  rss %.2f KiB/conn  cores: sluice %.2f, generator %.2f\n",
+				r, c.name, res.ErrPct, res.Jain, res.First, res.MinWin, res.MaxWin, res.CPUPerGB, res.Groups, res.RSSKiB, res.Cores, res.GenCores)
 			all[c.name] = append(all[c.name], res)
 		}
 	}
@@ -164,13 +166,13 @@ func measureLink(t *target, c linkCase) (linkResult, error) {
 			}()
 		}
 	}
-	cpu0 := cpuSeconds(t.pids())
+	cpu0, gen0 := cpuSeconds(t.pids()), cpuSeconds([]int{os.Getpid()})
 	start := time.Now()
 	startNs.Store(start.UnixNano())
 	time.Sleep(total / 2)
 	rss1 := rssKiB(t.pids()) // every connection open and moving
 	time.Sleep(time.Until(start.Add(total)))
-	cpu1 := cpuSeconds(t.pids())
+	cpu1, gen1 := cpuSeconds(t.pids()), cpuSeconds([]int{os.Getpid()})
 	for _, cn := range conns {
 		cn.SetReadDeadline(time.Now()) // end the readers
 	}
@@ -204,5 +206,7 @@ func measureLink(t *target, c linkCase) (linkResult, error) {
 		res.CPUPerGB = (cpu1 - cpu0) / (float64(moved) / 1e9)
 	}
 	res.RSSKiB = float64(rss1-rss0) / float64(len(conns))
+	res.Cores = (cpu1 - cpu0) / total.Seconds()
+	res.GenCores = (gen1 - gen0) / total.Seconds()
 	return res, nil
 }
