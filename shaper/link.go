@@ -182,7 +182,7 @@ func (l *Link) SetLimit(ll LinkLimit) error {
 	l.lim = ll
 	l.bucket.set(ll.Rate, ll.Burst)
 	for _, k := range l.keys {
-		k.setLimit(ll.keyLimit(k.name), now)
+		k.setLimit(ll.keyLimit(k.name), ll.Rate, now)
 	}
 	// Waiting keys were placed by their old rates: place them again.
 	for _, k := range l.keys {
@@ -258,7 +258,7 @@ func (l *Link) Join(key string) *Member {
 	if k == nil {
 		now := l.clock.Now()
 		k = &linkKey{name: key, mainIdx: -1, timeIdx: -1}
-		k.setLimit(l.lim.keyLimit(key), now)
+		k.setLimit(l.lim.keyLimit(key), l.lim.Rate, now)
 		k.assured.nt, k.ceil.nt = k.assured.burst*nano, k.ceil.burst*nano
 		l.keys[key] = k
 	}
@@ -331,9 +331,13 @@ func (m *Member) begin(n, upTo int) (int, error) {
 		return 0, ErrLeft
 	}
 	now := l.clock.Now()
-	m.want = int(min(int64(n), l.lim.Burst, m.k.ceil.burst))
+	most := l.lim.Burst // the most one grant can be
+	if m.k.ceil.rate != 0 {
+		most = min(most, m.k.ceil.burst)
+	}
+	m.want = int(min(int64(n), most))
 	m.size = 0
-	m.upTo = max(m.want, int(min(int64(upTo), l.lim.Burst, m.k.ceil.burst, int64(m.want)*(1+MaxCredit))))
+	m.upTo = max(m.want, int(min(int64(upTo), most, int64(m.want)*(1+MaxCredit))))
 	if l.waiting == 0 && l.serveNow(m.k, int64(m.want), now) {
 		return m.want, nil
 	}
@@ -354,7 +358,7 @@ func (m *Member) Refund(n int) {
 	now := l.clock.Now()
 	l.bucket.advance(now, l.catchUp(now))
 	l.bucket.refund(int64(n))
-	m.k.ceil.advance(now, 0)
+	m.k.ceil.advance(now, m.k.catchUp(now, m.k.ceil.rate))
 	m.k.ceil.refund(int64(n))
 	l.granted -= int64(n)
 	m.k.granted -= int64(n)
@@ -398,8 +402,7 @@ func (l *Link) catchUp(now time.Time) int64 {
 // has the tokens. Requires l.mu.
 func (l *Link) serveNow(k *linkKey, want int64, now time.Time) bool {
 	l.bucket.advance(now, l.catchUp(now))
-	k.ceil.advance(now, 0)
-	k.assured.advance(now, 0)
+	k.advance(now)
 	if !l.bucket.has(want) || !k.ceil.has(want) {
 		return false
 	}
@@ -592,8 +595,7 @@ func (l *Link) next(now time.Time) (*linkKey, bool) {
 	for l.assured.Len() > 0 {
 		k := l.assured[0]
 		want := int64(k.q.head.want)
-		k.ceil.advance(now, 0)
-		k.assured.advance(now, 0)
+		k.advance(now)
 		if !k.ceil.has(want) {
 			heap.Pop(&l.assured)
 			k.state = inTimed
@@ -614,7 +616,7 @@ func (l *Link) next(now time.Time) (*linkKey, bool) {
 	for l.borrow.Len() > 0 {
 		k := l.borrow[0]
 		want := int64(k.q.head.want)
-		k.ceil.advance(now, 0)
+		k.advance(now)
 		if k.ceil.has(want) {
 			return k, false
 		}
@@ -697,12 +699,33 @@ type linkKey struct {
 	lastGrant time.Time
 }
 
-func (k *linkKey) setLimit(kl KeyLimit, now time.Time) {
-	k.assured.advance(now, 0)
-	k.ceil.advance(now, 0)
+// advance refills the key's buckets up to now; a busy key keeps, like the
+// link, MaxCatchUp's worth beyond burst that late timers would lose.
+func (k *linkKey) advance(now time.Time) {
+	k.assured.advance(now, k.catchUp(now, k.assured.rate))
+	k.ceil.advance(now, k.catchUp(now, k.ceil.rate))
+}
+
+// catchUp is the extra a bucket at rate may hold for this key now, in
+// nano-bytes: MaxCatchUp's worth while the key waits or was just served.
+func (k *linkKey) catchUp(now time.Time, rate int64) int64 {
+	if k.q.n > 0 || now.Sub(k.lastGrant) <= MaxCatchUp {
+		return min(rate*int64(MaxCatchUp/time.Microsecond), MaxBurst*nano/1000) * 1000
+	}
+	return 0
+}
+
+// setLimit applies kl; linkRate is the link's rate: a ceil at or above it
+// adds nothing to the link's own bucket, so the key then has none.
+func (k *linkKey) setLimit(kl KeyLimit, linkRate int64, now time.Time) {
+	k.advance(now)
 	k.lim = kl
 	k.assured.set(kl.Rate, keyBurst(kl.Rate))
-	k.ceil.set(kl.Ceil, keyBurst(kl.Ceil))
+	ceil := kl.Ceil
+	if ceil >= linkRate {
+		ceil = 0 // unlimited: the link's bucket is the ceil
+	}
+	k.ceil.set(ceil, keyBurst(ceil))
 	if k.assured.last.IsZero() {
 		k.assured.last, k.ceil.last = now, now
 	}

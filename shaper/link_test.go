@@ -19,6 +19,7 @@ type sim struct {
 	clock *fakeClock
 	link  *Link
 	ms    []*simMember
+	tick  time.Duration // how often members act; 0 means 100 µs
 }
 
 type simMember struct {
@@ -213,9 +214,12 @@ func (sm *simMember) granted(s *sim, n int) {
 	}
 }
 
-// run advances d in 100 µs steps.
+// run advances d in steps of s.tick.
 func (s *sim) run(d time.Duration) {
-	const tick = 100 * time.Microsecond
+	tick := s.tick
+	if tick == 0 {
+		tick = 100 * time.Microsecond
+	}
 	for el := time.Duration(0); el < d; el += tick {
 		s.step()
 		s.clock.Advance(tick)
@@ -420,6 +424,32 @@ func TestLinkRateHalved(t *testing.T) {
 	near(t, "link at 500 KB/s", got[""]+got["x"], 5*mbps/2, 0.005)
 	near(t, "key \"\" at 500 KB/s", got[""], 5*mbps/4, 0.01)
 	near(t, "key x at 500 KB/s", got["x"], 5*mbps/4, 0.01)
+}
+
+// Late timers and slow members (they act every 15 ms, past the 5 ms burst)
+// lose nothing: the link and every key keep MaxCatchUp's worth while busy.
+func TestLinkLateTimers(t *testing.T) {
+	for _, tc := range []struct {
+		ll   LinkLimit
+		keys []string
+	}{
+		{LinkLimit{Limit: Limit{Rate: 100 * mbps}}, []string{""}}, // one key takes the whole link
+		{LinkLimit{Limit: Limit{Rate: 100 * mbps}}, []string{"a", "b"}},
+		{LinkLimit{Limit: Limit{Rate: 100 * mbps}, Key: KeyLimit{Rate: 10 * mbps, Ceil: 60 * mbps}}, []string{"a", "b"}},
+	} {
+		s := newSim(t, tc.ll)
+		s.tick = 15 * time.Millisecond
+		for _, k := range tc.keys {
+			s.add(k, 60/len(tc.keys), 0)
+		}
+		s.warm()
+		s.run(5 * time.Second)
+		var total int64
+		for _, v := range s.byKey() {
+			total += v
+		}
+		near(t, fmt.Sprintf("keys %q, %+v", tc.keys, tc.ll.Key), total, 5*100*mbps, 0.005)
+	}
 }
 
 // The link never exceeds rate × t + burst over any interval.

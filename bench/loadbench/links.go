@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"net"
+	"net/http"
 	"os"
 	"runtime"
 	"strings"
@@ -38,6 +39,7 @@ type linkResult struct {
 	CPUPerGB float64   // proxy CPU seconds per GB
 	Groups   []float64 // each group's share of the steady bytes
 	RSSKiB   float64   // proxy RSS per connection, KiB
+	GrantErr float64   // bytes sluice's link granted in the steady phase vs the rate, %
 	Cores    float64   // cores the proxy used during the measurement
 	GenCores float64   // cores this load generator (clients and backends) used
 }
@@ -79,8 +81,8 @@ func runLinks(dir, srcAddr, echoAddr string) error {
 			if err != nil {
 				return fmt.Errorf("run %d, %s: %w", r, c.name, err)
 			}
-			fmt.Fprintf(os.Stderr, "run %d %-26s err %+7.3f%%  jain %.5f  first %.3f  win %.3f..%.3f  cpu %.3f s/GB  groups %.3f  rss %.2f KiB/conn  cores: sluice %.2f, generator %.2f\n",
-				r, c.name, res.ErrPct, res.Jain, res.First, res.MinWin, res.MaxWin, res.CPUPerGB, res.Groups, res.RSSKiB, res.Cores, res.GenCores)
+			fmt.Fprintf(os.Stderr, "run %d %-26s err %+7.3f%%  jain %.5f  first %.3f  win %.3f..%.3f  cpu %.3f s/GB  groups %.3f  rss %.2f KiB/conn  granted %+.3f%%  cores: sluice %.2f, generator %.2f\n",
+				r, c.name, res.ErrPct, res.Jain, res.First, res.MinWin, res.MaxWin, res.CPUPerGB, res.Groups, res.RSSKiB, res.GrantErr, res.Cores, res.GenCores)
 			all[c.name] = append(all[c.name], res)
 		}
 	}
@@ -169,9 +171,12 @@ func measureLink(t *target, c linkCase) (linkResult, error) {
 	cpu0, gen0 := cpuSeconds(t.pids()), cpuSeconds([]int{os.Getpid()})
 	start := time.Now()
 	startNs.Store(start.UnixNano())
-	time.Sleep(total / 2)
+	time.Sleep(time.Second)
+	g0 := linkGranted(t.adminAddr)
+	time.Sleep(total/2 - time.Second)
 	rss1 := rssKiB(t.pids()) // every connection open and moving
 	time.Sleep(time.Until(start.Add(total)))
+	g1 := linkGranted(t.adminAddr)
 	cpu1, gen1 := cpuSeconds(t.pids()), cpuSeconds([]int{os.Getpid()})
 	for _, cn := range conns {
 		cn.SetReadDeadline(time.Now()) // end the readers
@@ -207,6 +212,31 @@ func measureLink(t *target, c linkCase) (linkResult, error) {
 	}
 	res.RSSKiB = float64(rss1-rss0) / float64(len(conns))
 	res.Cores = (cpu1 - cpu0) / total.Seconds()
+	if g0 >= 0 && g1 >= 0 {
+		res.GrantErr = (float64(g1-g0)/(float64(c.rate)*duration.Seconds()) - 1) * 100
+	}
 	res.GenCores = (gen1 - gen0) / total.Seconds()
 	return res, nil
+}
+
+// linkGranted returns the bytes sluice's link "line" has granted down, from
+// its admin API, or -1.
+func linkGranted(admin string) int64 {
+	if admin == "" {
+		return -1
+	}
+	resp, err := http.Get("http://" + admin + "/v1/links/line?limit=1")
+	if err != nil {
+		return -1
+	}
+	defer resp.Body.Close()
+	var l struct {
+		Down struct {
+			Bytes int64 `json:"bytes"`
+		} `json:"down"`
+	}
+	if json.NewDecoder(resp.Body).Decode(&l) != nil {
+		return -1
+	}
+	return l.Down.Bytes
 }

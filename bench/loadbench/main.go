@@ -54,6 +54,7 @@ type target struct {
 	name       string
 	sourceAddr string // download streams
 	echoAddr   string // ping-pong and idle connections
+	adminAddr  string // sluice's admin API; empty for others
 	pids       func() []int
 }
 
@@ -429,13 +430,17 @@ func startSluiceTop(dir, srcAddr, echoAddr, srcOpts, top string) (*proxyProc, er
 	if err != nil {
 		return nil, err
 	}
+	adm, _, err := freePorts()
+	if err != nil {
+		return nil, err
+	}
 	cfg := fmt.Sprintf(`log: {level: warn}
-admin: {listen: "127.0.0.1:0"}
+admin: {listen: "%s"}
 %s
 listeners:
   - {name: source, listen: "%s", upstream: "%s", %s}
   - {name: echo, listen: "%s", upstream: "%s"}
-`, top, a, srcAddr, srcOpts, b, echoAddr)
+`, adm, top, a, srcAddr, srcOpts, b, echoAddr)
 	path := filepath.Join(dir, "sluice.yaml")
 	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
 		return nil, err
@@ -446,7 +451,7 @@ listeners:
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
-	p := &proxyProc{cmd: cmd, target: &target{name: "sluice", sourceAddr: a, echoAddr: b,
+	p := &proxyProc{cmd: cmd, target: &target{name: "sluice", sourceAddr: a, echoAddr: b, adminAddr: adm,
 		pids: func() []int { return []int{cmd.Process.Pid} }}}
 	if err := waitListening(a, b); err != nil {
 		p.stop()
