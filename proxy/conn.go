@@ -261,7 +261,16 @@ func (c *conn) serve() {
 	c.touch()
 	c.pumps[Up].init(c, Up, c.client, up)
 	c.pumps[Down].init(c, Down, up, c.client)
-	c.applyLimits(c.l.limits.Load())
+	// A SetLimits or Reconfigure may store new limits between the load
+	// and the apply, and apply them to this conn before it does: apply
+	// until what was applied is still the listener's.
+	for {
+		lim := c.l.limits.Load()
+		c.applyLimits(lim)
+		if c.l.limits.Load() == lim {
+			break
+		}
+	}
 	c.running.Store(2)
 	go c.pumps[Up].pump()
 	go c.pumps[Down].pump()

@@ -596,6 +596,7 @@ func (s *Server) newConn(l *listener, c *net.TCPConn) *conn {
 	st := s.statsFor(cfg.Name)
 	st.accepted.Add(1)
 	cn := &conn{srv: s, l: l, cfg: cfg, stats: st, id: s.nextID.Add(1), client: c, start: time.Now()}
+	cn.limits = *l.limits.Load() // what serve applies once the upstream is dialed; listed meanwhile
 	s.joinLinks(cn)
 	cn.touch()
 	s.conns[cn] = struct{}{}
