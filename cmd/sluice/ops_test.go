@@ -261,7 +261,7 @@ func TestReloadUnderLoad(t *testing.T) {
 	const (
 		transfers = 200
 		reloads   = 100
-		size      = 2 << 20
+		size      = 3 << 20 // 6–12 s at the configured rates: longer than the reloads take, even on a slow machine
 	)
 	origin := listenBackend(t)
 	go func() {
