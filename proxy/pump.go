@@ -149,31 +149,42 @@ var copyPools = [4]sync.Pool{
 	{New: func() any { return new([64 << 10]byte) }},
 }
 
-// copyBuf returns a pooled buffer of at least n <= maxCopy bytes and a
-// function that returns it to its pool.
-func copyBuf(n int) ([]byte, func()) {
+// copyClass is the pool a copy of n <= maxCopy bytes takes its buffer from.
+func copyClass(n int) int {
 	switch {
 	case n <= 8<<10:
-		b := copyPools[0].Get().(*[8 << 10]byte)
-		return b[:], func() { copyPools[0].Put(b) }
+		return 0
 	case n <= 16<<10:
-		b := copyPools[1].Get().(*[16 << 10]byte)
-		return b[:], func() { copyPools[1].Put(b) }
+		return 1
 	case n <= 32<<10:
-		b := copyPools[2].Get().(*[32 << 10]byte)
-		return b[:], func() { copyPools[2].Put(b) }
+		return 2
 	}
-	b := copyPools[3].Get().(*[64 << 10]byte)
-	return b[:], func() { copyPools[3].Put(b) }
+	return 3
+}
+
+// copyBytes is the byte slice of a pooled buffer.
+func copyBytes(b any) []byte {
+	switch b := b.(type) {
+	case *[8 << 10]byte:
+		return b[:]
+	case *[16 << 10]byte:
+		return b[:]
+	case *[32 << 10]byte:
+		return b[:]
+	}
+	return b.(*[64 << 10]byte)[:]
 }
 
 // copyGrant moves want bytes, already queued on src, through a pooled
 // buffer, and returns how many were written. Like a splice that meets the
-// end of src, it returns fewer than want and no error when src ended.
+// end of src, it returns fewer than want and no error when src ended. It
+// allocates nothing.
 func (p *pump) copyGrant(want int) (int64, error) {
-	buf, put := copyBuf(want)
-	defer put()
-	n, err := io.ReadFull(p.src, buf[:want])
+	pool := &copyPools[copyClass(want)]
+	b := pool.Get()
+	defer pool.Put(b)
+	buf := copyBytes(b)[:want]
+	n, err := io.ReadFull(p.src, buf)
 	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
 		err = nil
 	}

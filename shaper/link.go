@@ -303,21 +303,35 @@ func (m *Member) TakeUpTo(ctx context.Context, n, upTo int) (int, error) {
 	if got, err := m.begin(n, upTo); got > 0 || err != nil {
 		return got, err
 	}
-	l := m.l
 	select {
 	case got := <-m.ch:
 		return got, nil
 	case <-ctx.Done():
-		l.mu.Lock()
-		if m.queued {
-			l.dequeue(m)
-			l.mu.Unlock()
-			return 0, ctx.Err()
-		}
-		l.mu.Unlock()
-		// Granted as ctx ended: give it back.
-		m.Refund(<-m.ch)
+		m.cancel(true)
 		return 0, ctx.Err()
+	}
+}
+
+// cancel takes back a queued ask: it leaves the queue, or, if its grant
+// came meanwhile, the grant goes back to the link. With granted, the
+// grant is known to be on its way (the ask was made), so it waits for it.
+func (m *Member) cancel(granted bool) {
+	l := m.l
+	l.mu.Lock()
+	if m.queued {
+		l.dequeue(m)
+		l.mu.Unlock()
+		return
+	}
+	l.mu.Unlock()
+	if granted {
+		m.Refund(<-m.ch)
+		return
+	}
+	select {
+	case n := <-m.ch:
+		m.Refund(n)
+	default:
 	}
 }
 

@@ -1,14 +1,15 @@
-package shaper
+package shaper_test
 
 import (
 	"context"
 	"errors"
 	"fmt"
 	"math"
-	"slices"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/sluiceproxy/sluice/shaper"
+	"github.com/sluiceproxy/sluice/shaper/shapertest"
 )
 
 // sim drives a Link on a fake clock from one goroutine: members ask for a
@@ -16,14 +17,14 @@ import (
 // pace allows. Everything is deterministic.
 type sim struct {
 	t     *testing.T
-	clock *fakeClock
-	link  *Link
+	clock *shapertest.Clock
+	link  *shaper.Link
 	ms    []*simMember
 	tick  time.Duration // how often members act; 0 means 100 µs
 }
 
 type simMember struct {
-	m       *Member
+	m       *shaper.Member
 	key     string
 	pace    int64         // bytes/s the member itself can take; 0 = as much as it gets
 	start   time.Time     // a paced member's demand: pace × (now - start) bytes in all
@@ -38,103 +39,9 @@ type simMember struct {
 
 const chunk = 8192
 
-// fakeClock is a minimal manual clock for tests inside package shaper
-// (shapertest imports shaper, so it cannot be used here). Advance runs due
-// timers in order, each at its own time, on the calling goroutine.
-type fakeClock struct {
-	mu      sync.Mutex
-	now     time.Time
-	timers  []*fakeTimer
-	changed chan struct{}
-}
-
-type fakeTimer struct {
-	c   *fakeClock
-	at  time.Time
-	f   func()
-	set bool
-}
-
-func newFakeClock() *fakeClock {
-	return &fakeClock{now: time.Unix(1_000_000, 0), changed: make(chan struct{})}
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *fakeClock) AfterFunc(d time.Duration, f func()) Timer {
-	t := &fakeTimer{c: c, f: f}
-	t.Reset(d)
-	return t
-}
-
-func (t *fakeTimer) Reset(d time.Duration) bool {
-	c := t.c
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	was := t.set
-	t.at, t.set = c.now.Add(d), true
-	if !was {
-		c.timers = append(c.timers, t)
-	}
-	close(c.changed)
-	c.changed = make(chan struct{})
-	return was
-}
-
-func (t *fakeTimer) Stop() bool {
-	c := t.c
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	was := t.set
-	t.set = false
-	c.timers = slices.DeleteFunc(c.timers, func(x *fakeTimer) bool { return x == t })
-	return was
-}
-
-// BlockUntil waits until n timers are armed.
-func (c *fakeClock) BlockUntil(n int) {
-	for {
-		c.mu.Lock()
-		have, ch := len(c.timers), c.changed
-		c.mu.Unlock()
-		if have >= n {
-			return
-		}
-		<-ch
-	}
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	end := c.now.Add(d)
-	for {
-		var next *fakeTimer
-		for _, t := range c.timers {
-			if !t.at.After(end) && (next == nil || t.at.Before(next.at)) {
-				next = t
-			}
-		}
-		if next == nil {
-			break
-		}
-		c.now = next.at
-		next.set = false
-		c.timers = slices.DeleteFunc(c.timers, func(x *fakeTimer) bool { return x == next })
-		c.mu.Unlock()
-		next.f()
-		c.mu.Lock()
-	}
-	c.now = end
-	c.mu.Unlock()
-}
-
-func newSim(t *testing.T, ll LinkLimit) *sim {
-	c := newFakeClock()
-	return &sim{t: t, clock: c, link: NewLink(ll, c)}
+func newSim(t *testing.T, ll shaper.LinkLimit) *sim {
+	c := shapertest.NewClock()
+	return &sim{t: t, clock: c, link: shaper.NewLink(ll, c)}
 }
 
 func (s *sim) add(key string, n int, pace int64) []*simMember {
@@ -151,17 +58,7 @@ func (s *sim) leave(ms []*simMember) {
 	for _, sm := range ms {
 		sm.gone = true
 		if sm.asking {
-			// Cancel its queued ask: what Take does when its ctx ends.
-			s.link.mu.Lock()
-			if sm.m.queued {
-				s.link.dequeue(sm.m)
-			}
-			s.link.mu.Unlock()
-			select {
-			case n := <-sm.m.ch:
-				sm.m.Refund(n)
-			default:
-			}
+			sm.m.Cancel() // what Take does when its ctx ends
 		}
 		sm.m.Leave()
 	}
@@ -176,17 +73,16 @@ func (s *sim) step() {
 				continue
 			}
 			if sm.asking {
-				select {
-				case n := <-sm.m.ch:
-					sm.granted(s, n)
-					sm.asking = false
-					progress = true
-				default:
+				n, ok := sm.m.Granted()
+				if !ok {
 					continue
 				}
+				sm.granted(s, n)
+				sm.asking = false
+				progress = true
 			}
 			if !sm.asking && !s.clock.Now().Before(sm.nextAsk) {
-				n, err := sm.m.begin(chunk, max(chunk, sm.upTo))
+				n, err := sm.m.Begin(chunk, max(chunk, sm.upTo))
 				if err != nil {
 					s.t.Fatal(err)
 				}
@@ -260,7 +156,7 @@ func (s *sim) warm() {
 }
 
 func TestLinkEqualDemand(t *testing.T) {
-	s := newSim(t, LinkLimit{Limit: Limit{Rate: mbps}})
+	s := newSim(t, shaper.LinkLimit{Limit: shaper.Limit{Rate: mbps}})
 	ms := s.add("", 4, 0)
 	s.warm()
 	s.run(10 * time.Second)
@@ -274,7 +170,7 @@ func TestLinkEqualDemand(t *testing.T) {
 
 // A slow consumer takes what it wants; the others split the rest.
 func TestLinkSlowConsumer(t *testing.T) {
-	s := newSim(t, LinkLimit{Limit: Limit{Rate: mbps}})
+	s := newSim(t, shaper.LinkLimit{Limit: shaper.Limit{Rate: mbps}})
 	slow := s.add("", 1, 100_000)[0]
 	fast := s.add("", 3, 0)
 	s.warm()
@@ -287,7 +183,7 @@ func TestLinkSlowConsumer(t *testing.T) {
 
 // A key with one connection and a key with fifty get the same share.
 func TestLinkKeysOneVsFifty(t *testing.T) {
-	s := newSim(t, LinkLimit{Limit: Limit{Rate: mbps}})
+	s := newSim(t, shaper.LinkLimit{Limit: shaper.Limit{Rate: mbps}})
 	s.add("one", 1, 0)
 	fifty := s.add("fifty", 50, 0)
 	s.warm()
@@ -306,7 +202,7 @@ func TestLinkKeysOneVsFifty(t *testing.T) {
 // is busy moving the last one: 1 ms per grant caps it at 8 MB/s in 8 KiB
 // grants) still gets its half against a key with ten, through credit.
 func TestLinkLatencyBoundKeyGetsItsShare(t *testing.T) {
-	s := newSim(t, LinkLimit{Limit: Limit{Rate: 20 * mbps}})
+	s := newSim(t, shaper.LinkLimit{Limit: shaper.Limit{Rate: 20 * mbps}})
 	slow := s.add("one", 1, 0)[0]
 	slow.busy, slow.upTo = time.Millisecond, 64*chunk
 	s.add("ten", 10, 0)
@@ -317,7 +213,7 @@ func TestLinkLatencyBoundKeyGetsItsShare(t *testing.T) {
 	near(t, "key with ten", got["ten"], 5*10*mbps, 0.02)
 
 	// Without credit (asks for one chunk at most) it could not.
-	s = newSim(t, LinkLimit{Limit: Limit{Rate: 20 * mbps}})
+	s = newSim(t, shaper.LinkLimit{Limit: shaper.Limit{Rate: 20 * mbps}})
 	slow = s.add("one", 1, 0)[0]
 	slow.busy = time.Millisecond
 	s.add("ten", 10, 0)
@@ -330,7 +226,7 @@ func TestLinkLatencyBoundKeyGetsItsShare(t *testing.T) {
 
 // Alone, a key borrows up to its ceil and no further.
 func TestLinkBorrowUpToCeil(t *testing.T) {
-	s := newSim(t, LinkLimit{Limit: Limit{Rate: mbps}, Key: KeyLimit{Rate: 100_000, Ceil: 600_000}})
+	s := newSim(t, shaper.LinkLimit{Limit: shaper.Limit{Rate: mbps}, Key: shaper.KeyLimit{Rate: 100_000, Ceil: 600_000}})
 	s.add("a", 3, 0)
 	s.warm()
 	s.run(10 * time.Second)
@@ -344,7 +240,7 @@ func TestLinkBorrowUpToCeil(t *testing.T) {
 // Under contention every key gets its assured rate; the spare is split by
 // weight.
 func TestLinkContentionAssured(t *testing.T) {
-	s := newSim(t, LinkLimit{Limit: Limit{Rate: mbps}, Overrides: map[string]KeyLimit{
+	s := newSim(t, shaper.LinkLimit{Limit: shaper.Limit{Rate: mbps}, Overrides: map[string]shaper.KeyLimit{
 		"a": {Rate: 700_000}, "b": {Rate: 300_000},
 	}})
 	s.add("a", 1, 0)
@@ -356,7 +252,7 @@ func TestLinkContentionAssured(t *testing.T) {
 	near(t, "key b (300 KB/s assured)", got["b"], 10*300_000, 0.01)
 
 	// Assured 200 + 200; the 600 KB/s spare split equally.
-	s2 := newSim(t, LinkLimit{Limit: Limit{Rate: mbps}, Key: KeyLimit{Rate: 200_000}})
+	s2 := newSim(t, shaper.LinkLimit{Limit: shaper.Limit{Rate: mbps}, Key: shaper.KeyLimit{Rate: 200_000}})
 	s2.add("a", 1, 0)
 	s2.add("b", 3, 0)
 	s2.warm()
@@ -367,7 +263,7 @@ func TestLinkContentionAssured(t *testing.T) {
 }
 
 func TestLinkWeights(t *testing.T) {
-	s := newSim(t, LinkLimit{Limit: Limit{Rate: mbps}, Overrides: map[string]KeyLimit{
+	s := newSim(t, shaper.LinkLimit{Limit: shaper.Limit{Rate: mbps}, Overrides: map[string]shaper.KeyLimit{
 		"light": {Weight: 1}, "heavy": {Weight: 3},
 	}})
 	s.add("light", 2, 0)
@@ -382,7 +278,7 @@ func TestLinkWeights(t *testing.T) {
 // A key that joins gets its share within 200 ms; one that leaves returns
 // its share at once.
 func TestLinkKeyJoinsAndLeaves(t *testing.T) {
-	s := newSim(t, LinkLimit{Limit: Limit{Rate: mbps}})
+	s := newSim(t, shaper.LinkLimit{Limit: shaper.Limit{Rate: mbps}})
 	s.add("a", 2, 0)
 	s.warm()
 	s.run(2 * time.Second)
@@ -409,13 +305,13 @@ func TestLinkKeyJoinsAndLeaves(t *testing.T) {
 }
 
 func TestLinkRateHalved(t *testing.T) {
-	s := newSim(t, LinkLimit{Limit: Limit{Rate: mbps}})
+	s := newSim(t, shaper.LinkLimit{Limit: shaper.Limit{Rate: mbps}})
 	s.add("", 3, 0)
 	s.add("x", 2, 0)
 	s.warm()
 	s.run(5 * time.Second)
 	near(t, "at 1 MB/s", s.byKey()[""]+s.byKey()["x"], 5*mbps, 0.002)
-	if err := s.link.SetLimit(LinkLimit{Limit: Limit{Rate: mbps / 2}}); err != nil {
+	if err := s.link.SetLimit(shaper.LinkLimit{Limit: shaper.Limit{Rate: mbps / 2}}); err != nil {
 		t.Fatal(err)
 	}
 	s.reset()
@@ -427,15 +323,15 @@ func TestLinkRateHalved(t *testing.T) {
 }
 
 // Late timers and slow members (they act every 15 ms, past the 5 ms burst)
-// lose nothing: the link and every key keep MaxCatchUp's worth while busy.
+// lose nothing: the link and every key keep shaper.MaxCatchUp's worth while busy.
 func TestLinkLateTimers(t *testing.T) {
 	for _, tc := range []struct {
-		ll   LinkLimit
+		ll   shaper.LinkLimit
 		keys []string
 	}{
-		{LinkLimit{Limit: Limit{Rate: 100 * mbps}}, []string{""}}, // one key takes the whole link
-		{LinkLimit{Limit: Limit{Rate: 100 * mbps}}, []string{"a", "b"}},
-		{LinkLimit{Limit: Limit{Rate: 100 * mbps}, Key: KeyLimit{Rate: 10 * mbps, Ceil: 60 * mbps}}, []string{"a", "b"}},
+		{shaper.LinkLimit{Limit: shaper.Limit{Rate: 100 * mbps}}, []string{""}}, // one key takes the whole link
+		{shaper.LinkLimit{Limit: shaper.Limit{Rate: 100 * mbps}}, []string{"a", "b"}},
+		{shaper.LinkLimit{Limit: shaper.Limit{Rate: 100 * mbps}, Key: shaper.KeyLimit{Rate: 10 * mbps, Ceil: 60 * mbps}}, []string{"a", "b"}},
 	} {
 		s := newSim(t, tc.ll)
 		s.tick = 15 * time.Millisecond
@@ -454,7 +350,7 @@ func TestLinkLateTimers(t *testing.T) {
 
 // The link never exceeds rate × t + burst over any interval.
 func TestLinkNeverOverrun(t *testing.T) {
-	ll := LinkLimit{Limit: Limit{Rate: mbps, Burst: 16384}, Key: KeyLimit{Rate: 100_000, Ceil: 800_000, Weight: 2}}
+	ll := shaper.LinkLimit{Limit: shaper.Limit{Rate: mbps, Burst: 16384}, Key: shaper.KeyLimit{Rate: 100_000, Ceil: 800_000, Weight: 2}}
 	s := newSim(t, ll)
 	s.add("a", 3, 0)
 	s.add("b", 7, 0)
@@ -481,8 +377,8 @@ func TestLinkNeverOverrun(t *testing.T) {
 }
 
 func TestLinkTakeCancelAndLeave(t *testing.T) {
-	clock := newFakeClock()
-	l := NewLink(LinkLimit{Limit: Limit{Rate: 1000, Burst: 8192}}, clock)
+	clock := shapertest.NewClock()
+	l := shaper.NewLink(shaper.LinkLimit{Limit: shaper.Limit{Rate: 1000, Burst: 8192}}, clock)
 	a, b := l.Join("a"), l.Join("b")
 	if n, err := a.Take(context.Background(), 8192); n != 8192 || err != nil {
 		t.Fatalf("first Take = %d, %v; want the full burst", n, err)
@@ -519,8 +415,8 @@ func TestLinkTakeCancelAndLeave(t *testing.T) {
 		t.Fatal(err)
 	}
 	b.Leave()
-	if _, err := b.Take(context.Background(), 1); !errors.Is(err, ErrLeft) {
-		t.Errorf("Take after Leave = %v, want ErrLeft", err)
+	if _, err := b.Take(context.Background(), 1); !errors.Is(err, shaper.ErrLeft) {
+		t.Errorf("Take after Leave = %v, want shaper.ErrLeft", err)
 	}
 	a.Refund(8192)
 	a.Leave()
@@ -530,18 +426,18 @@ func TestLinkTakeCancelAndLeave(t *testing.T) {
 }
 
 func TestLinkLimitValidate(t *testing.T) {
-	for _, ll := range []LinkLimit{
+	for _, ll := range []shaper.LinkLimit{
 		{},
-		{Limit: Limit{Rate: -1}},
-		{Limit: Limit{Rate: 10}, Key: KeyLimit{Rate: 20, Ceil: 10}},
-		{Limit: Limit{Rate: 10}, Key: KeyLimit{Weight: MaxWeight + 1}},
-		{Limit: Limit{Rate: 10}, Overrides: map[string]KeyLimit{"x": {Ceil: -1}}},
+		{Limit: shaper.Limit{Rate: -1}},
+		{Limit: shaper.Limit{Rate: 10}, Key: shaper.KeyLimit{Rate: 20, Ceil: 10}},
+		{Limit: shaper.Limit{Rate: 10}, Key: shaper.KeyLimit{Weight: shaper.MaxWeight + 1}},
+		{Limit: shaper.Limit{Rate: 10}, Overrides: map[string]shaper.KeyLimit{"x": {Ceil: -1}}},
 	} {
-		if err := ll.Validate(); !errors.Is(err, ErrBadLimit) {
-			t.Errorf("Validate(%+v) = %v, want ErrBadLimit", ll, err)
+		if err := ll.Validate(); !errors.Is(err, shaper.ErrBadLimit) {
+			t.Errorf("Validate(%+v) = %v, want shaper.ErrBadLimit", ll, err)
 		}
 	}
-	if err := (LinkLimit{Limit: Limit{Rate: 10}, Key: KeyLimit{Rate: 5, Ceil: 8, Weight: 2}}).Validate(); err != nil {
+	if err := (shaper.LinkLimit{Limit: shaper.Limit{Rate: 10}, Key: shaper.KeyLimit{Rate: 5, Ceil: 8, Weight: 2}}).Validate(); err != nil {
 		t.Error(err)
 	}
 }
@@ -552,33 +448,31 @@ func TestLinkLimitValidate(t *testing.T) {
 // hand-off.
 func BenchmarkLinkGrant100k(b *testing.B) {
 	const members, keys = 100_000, 1_000
-	clock := newFakeClock()
-	l := NewLink(LinkLimit{Limit: Limit{Rate: 1 << 40}}, clock)
-	var served []*Member
-	l.onGrant = func(m *Member) { served = append(served, m) }
-	ms := make([]*Member, members)
+	clock := shapertest.NewClock()
+	l := shaper.NewLink(shaper.LinkLimit{Limit: shaper.Limit{Rate: 1 << 40}}, clock)
+	var served []*shaper.Member
+	l.OnGrant(func(m *shaper.Member) { served = append(served, m) })
+	ms := make([]*shaper.Member, members)
 	for i := range ms {
 		ms[i] = l.Join(fmt.Sprint(i % keys))
 	}
-	l.mu.Lock()
-	l.bucket.nt = 0 // empty, so everyone queues
-	l.mu.Unlock()
+	l.Drain() // empty, so everyone queues
 	for _, m := range ms {
-		if n, _ := m.begin(chunk, chunk); n != 0 {
+		if n, _ := m.Begin(chunk, chunk); n != 0 {
 			b.Fatal("granted with an empty bucket")
 		}
 	}
 	b.ReportAllocs()
 	b.ResetTimer()
 	for granted := 0; granted < b.N; {
-		clock.Advance(LinkTick) // one timer fire serves every grant due
+		clock.Advance(shaper.LinkTick) // one timer fire serves every grant due
 		batch := served
 		served = nil
 		for _, m := range batch {
-			<-m.ch
+			m.Wait()
 			granted++
 			// Ask again; a grant on the spot (nobody waiting) counts too.
-			for n, _ := m.begin(chunk, chunk); n > 0; n, _ = m.begin(chunk, chunk) {
+			for n, _ := m.Begin(chunk, chunk); n > 0; n, _ = m.Begin(chunk, chunk) {
 				granted++
 			}
 		}
@@ -591,7 +485,7 @@ func BenchmarkLinkGrant100k(b *testing.B) {
 
 // Keys and overrides changed live apply to members in flight.
 func TestLinkKeysChangeLive(t *testing.T) {
-	s := newSim(t, LinkLimit{Limit: Limit{Rate: mbps}})
+	s := newSim(t, shaper.LinkLimit{Limit: shaper.Limit{Rate: mbps}})
 	s.add("a", 2, 0)
 	s.add("b", 2, 0)
 	s.warm()
@@ -600,7 +494,7 @@ func TestLinkKeysChangeLive(t *testing.T) {
 	near(t, "a before", got["a"], mbps, 0.01)
 	near(t, "b before", got["b"], mbps, 0.01)
 	// b gets weight 3, a is capped at 200 KB/s.
-	if err := s.link.SetLimit(LinkLimit{Limit: Limit{Rate: mbps}, Overrides: map[string]KeyLimit{
+	if err := s.link.SetLimit(shaper.LinkLimit{Limit: shaper.Limit{Rate: mbps}, Overrides: map[string]shaper.KeyLimit{
 		"a": {Ceil: 200_000}, "b": {Weight: 3},
 	}}); err != nil {
 		t.Fatal(err)
@@ -612,7 +506,7 @@ func TestLinkKeysChangeLive(t *testing.T) {
 	near(t, "a capped at 200 KB/s (plus its 32 KiB ceil burst)", got["a"], 5*200_000+32<<10, 0.01)
 	near(t, "b takes the rest", got["b"], 5*800_000, 0.01)
 	// Back to equal shares, and a burst of 64 KiB.
-	if err := s.link.SetLimit(LinkLimit{Limit: Limit{Rate: mbps, Burst: 64 << 10}}); err != nil {
+	if err := s.link.SetLimit(shaper.LinkLimit{Limit: shaper.Limit{Rate: mbps, Burst: 64 << 10}}); err != nil {
 		t.Fatal(err)
 	}
 	s.run(100 * time.Millisecond)
