@@ -335,3 +335,44 @@ func endedCount(t *testing.T, g prometheus.Gatherer, result string) float64 {
 	t.Fatalf("no sluice_listener_connections_ended_total{result=%q}", result)
 	return 0
 }
+
+// FuzzAdminLimits: any body to PUT .../limits gets an answer, never a
+// panic; an accepted body sets valid limits; a rejected one changes none.
+func FuzzAdminLimits(f *testing.F) {
+	for _, seed := range []string{
+		`{"down": {"rate": "1000KB/s", "burst": "16KiB"}}`, `{"up": {"rate": 5}, "kernel_pacing": false}`,
+		`{"down": {"rate": "none"}}`, `{}`, `[]`, `{"down": null}`, `{"down": {"rate": 1e30}}`, `{"down": {"rate": -1}}`,
+	} {
+		f.Add(seed)
+	}
+	b := newBackend(f)
+	srv, err := New(Options{Listeners: []ListenerConfig{{Name: "t", Addr: "127.0.0.1:0", Upstream: b.addr()}}})
+	if err != nil {
+		f.Fatal(err)
+	}
+	if err := srv.Start(context.Background()); err != nil {
+		f.Fatal(err)
+	}
+	f.Cleanup(func() { srv.Close() })
+	h := NewAdmin(srv, AdminOptions{Token: adminToken, ParseRate: parseUnit, ParseSize: parseUnit})
+	f.Fuzz(func(t *testing.T, body string) {
+		before := srv.Stats()[0].Limits
+		rec := httptest.NewRecorder()
+		req := httptest.NewRequest("PUT", "/v1/listeners/t/limits", strings.NewReader(body))
+		req.Header.Set("Authorization", "Bearer "+adminToken)
+		h.ServeHTTP(rec, req)
+		after := srv.Stats()[0].Limits
+		switch rec.Code {
+		case 200:
+			if after.Up.Validate() != nil || after.Down.Validate() != nil {
+				t.Fatalf("accepted %q and set invalid limits %+v", body, after)
+			}
+		case 400:
+			if after != before {
+				t.Fatalf("rejected %q but changed the limits: %+v → %+v", body, before, after)
+			}
+		default:
+			t.Fatalf("%q: status %d %s", body, rec.Code, rec.Body)
+		}
+	})
+}
