@@ -402,8 +402,16 @@ shutdown: {drain: 30s}
 	for err := range errs {
 		t.Error(err)
 	}
-	if err := admin.do(context.Background(), "GET", "/v1/listeners", nil, &ls); err != nil {
-		t.Fatal(err)
+	// A client has all its bytes a moment before sluice records the
+	// connection's end: wait for the last ones to be counted.
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		if err := admin.do(context.Background(), "GET", "/v1/listeners", nil, &ls); err != nil {
+			t.Fatal(err)
+		}
+		if ls[0].Active == 0 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(20 * time.Millisecond) // polling the admin API
 	}
 	if ls[0].Name != "t" || ls[0].Ended["ok"] != transfers || ls[0].Accepted != transfers {
 		t.Errorf("listener t: accepted %d, ended %v; want %d, all ok", ls[0].Accepted, ls[0].Ended, transfers)
