@@ -171,6 +171,40 @@ func (w *Walker) start(n int) {
 	}
 }
 
+// Opaque returns how many of the next bytes the Walker needs not see: the
+// rest of a box it does not keep (an mdat), or -1 for such a box that runs
+// to the end of the stream. It is 0 when it must see the next bytes, and -1
+// once it failed (it needs nothing more).
+func (w *Walker) Opaque() int64 {
+	switch {
+	case w.err != nil:
+		return -1
+	case !w.in || w.keeps:
+		return 0
+	}
+	return w.left
+}
+
+// Skip accounts for n bytes fed around the Walker; n must be at most
+// Opaque (any n once it failed or in a box to the end of the stream).
+func (w *Walker) Skip(n int64) {
+	if n <= 0 || w.err != nil {
+		return
+	}
+	if op := w.Opaque(); op == 0 || (op > 0 && n > op) {
+		w.err = fmt.Errorf("%w: skipped %d bytes the walker had to see", ErrBadBox, n)
+		return
+	}
+	w.off += n
+	if w.left < 0 {
+		return
+	}
+	w.left -= n
+	if w.left == 0 {
+		w.finish()
+	}
+}
+
 func (w *Walker) finish() {
 	if w.keeps && w.OnKept != nil {
 		w.OnKept(w.cur, w.keep)

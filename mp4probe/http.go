@@ -44,6 +44,9 @@ type Response struct {
 	// RangeStart, RangeEnd and RangeTotal come from a 206's Content-Range
 	// (bytes START-END/TOTAL; TOTAL -1 for "*"); all -1 otherwise.
 	RangeStart, RangeEnd, RangeTotal int64
+	// BodyOffset is the stream offset of the body's first byte: how many
+	// server bytes came before it on the connection.
+	BodyOffset int64
 }
 
 // NoBody reports whether the response has no body whatever its headers say:
@@ -103,6 +106,55 @@ func (s *HTTPStream) Downstream(p []byte) {
 		s.err = err
 	}
 }
+
+// BodyLeft returns how many of the next server bytes are body bytes the
+// stream can be told of with SkipBody instead of Downstream: the rest of a
+// Content-Length body or of a chunk, or -1 for a body that runs to the end
+// of the connection. It is 0 outside a body and once the stream failed.
+func (s *HTTPStream) BodyLeft() int64 {
+	if s.err != nil || s.down.resp == nil {
+		return 0
+	}
+	switch {
+	case s.down.state == inBody && s.down.resp.Length < 0:
+		return -1
+	case s.down.state == inBody, s.down.state == inChunkData:
+		return s.down.left
+	}
+	return 0
+}
+
+// SkipBody accounts for n body bytes the server sent that the caller did
+// not show the stream (n <= BodyLeft, or any n for a body that runs to the
+// end of the connection). OnBody is not called for them; a later piece's
+// offset counts them.
+func (s *HTTPStream) SkipBody(n int64) {
+	left := s.BodyLeft()
+	if n <= 0 || left == 0 || (left > 0 && n > left) {
+		if n > 0 && s.err == nil {
+			s.err = errSkipPastBody
+		}
+		return
+	}
+	p := &s.down
+	p.off += n
+	p.fed += n
+	if left < 0 {
+		return
+	}
+	p.left -= n
+	if p.left > 0 {
+		return
+	}
+	if p.state == inChunkData {
+		p.state = inChunkCRLF
+		return
+	}
+	p.end(s)
+}
+
+// errSkipPastBody is a caller's bug: skipping bytes the stream must see.
+var errSkipPastBody = errors.New("mp4probe: skipped past the body")
 
 // EOF tells the stream the server closed its side: a body that runs to the
 // end of the connection ends here.
@@ -219,9 +271,12 @@ type respParser struct {
 	off     int64 // body offset so far
 	left    int64 // bytes left in the body (Content-Length) or chunk
 	line    []byte
+	fed     int64 // server bytes fed or skipped
 }
 
 func (p *respParser) feed(b []byte, s *HTTPStream) error {
+	end := p.fed + int64(len(b))
+	p.fed = end
 	for len(b) > 0 {
 		switch p.state {
 		case inHead:
@@ -249,6 +304,7 @@ func (p *respParser) feed(b []byte, s *HTTPStream) error {
 			if err != nil {
 				return err
 			}
+			r.BodyOffset = end - int64(len(b))
 			if r.Status >= 200 || r.Status == 101 {
 				// A final response answers the oldest request; 1xx
 				// (but 101) are interim.

@@ -1,0 +1,497 @@
+package mp4probe
+
+import (
+	"bytes"
+	"container/list"
+	"errors"
+	"strings"
+	"sync"
+	"sync/atomic"
+)
+
+// Mode is what an Observer expects in the server's bytes.
+type Mode int
+
+// Modes.
+const (
+	// Auto treats the stream as HTTP/1.x if it starts with "HTTP/", else as
+	// a raw file.
+	Auto Mode = iota
+	// Raw treats the whole stream as one file.
+	Raw
+	// HTTP treats the stream as HTTP/1.x responses.
+	HTTP
+)
+
+// Fallback reasons: why a video is forwarded at the normal limits only (or
+// at the default rate, for MoovUnknown).
+const (
+	FallbackMalformed   = "malformed"    // boxes or metadata that do not parse
+	FallbackEncrypted   = "encrypted"    // protected samples (cenc)
+	FallbackTooLarge    = "too_large"    // a moov or moof above MaxKeep
+	FallbackNoMedia     = "no_media"     // no audio or video samples
+	FallbackMoovUnknown = "moov_unknown" // moov after the media, not learned before
+)
+
+// FallbackReasons lists every fallback reason, for metrics.
+var FallbackReasons = []string{FallbackMalformed, FallbackEncrypted, FallbackTooLarge, FallbackNoMedia, FallbackMoovUnknown}
+
+// Stats count what the Observers that share them saw. Safe for concurrent
+// use; the zero value is ready.
+type Stats struct {
+	Videos     atomic.Int64 // MP4 bodies seen
+	Plans      atomic.Int64 // plans made from a movie's metadata
+	BurstBytes atomic.Int64 // bytes planned at full speed, all plans
+	// PlannedRate sums the bitrates (bytes/s) of the plans made, so
+	// PlannedRate/Plans is their average.
+	PlannedRate atomic.Int64
+	fallbacks   sync.Map // reason → *atomic.Int64
+}
+
+// Fallbacks returns the count of fallbacks for reason.
+func (s *Stats) Fallbacks(reason string) int64 {
+	if v, ok := s.fallbacks.Load(reason); ok {
+		return v.(*atomic.Int64).Load()
+	}
+	return 0
+}
+
+func (s *Stats) fallback(reason string) {
+	v, _ := s.fallbacks.LoadOrStore(reason, new(atomic.Int64))
+	v.(*atomic.Int64).Add(1)
+}
+
+// Options configure an Observer.
+type Options struct {
+	Mode Mode
+	Pace Pace
+	// Cache keeps movies learned from earlier responses (moov at the end,
+	// fetched by a player's tail Range request). Nil keeps none.
+	Cache *Cache
+	// Stats are counted into; nil counts nothing.
+	Stats *Stats
+	// MaxKeep bounds a moov or moof buffered; 0 means DefaultMaxKeep.
+	MaxKeep int64
+}
+
+// Observer watches the two directions of one proxied connection and plans
+// how to pace the server's bytes: see [Plan]. It is passive: it is shown
+// bytes after they were forwarded and never changes them. Up and Observe
+// may be called from two goroutines; every other method belongs to the
+// goroutine that calls Observe.
+type Observer struct {
+	opts  Options
+	stats *Stats
+
+	mu   sync.Mutex // guards http, whose pairing queue both directions touch
+	http *HTTPStream
+	mode Mode
+
+	pos  int64 // server bytes observed or skipped
+	body *body // the body being walked, nil outside one
+	plan *Plan // the current plan, nil when unpaced
+	done bool  // nothing more to learn
+}
+
+// body is one MP4 candidate: a response body, or the raw stream.
+type body struct {
+	w     Walker
+	base  int64 // stream offset of its first byte
+	start int64 // file offset of its first byte
+	key   string
+	size  int64 // the file's size, -1 if unknown
+	movie *Movie
+	video bool // counted as a video
+	mp4ct bool // the response said it is MP4
+	ended bool // walker done (failed, or nothing more to learn)
+}
+
+// NewObserver returns an Observer for one connection.
+func NewObserver(o Options) *Observer {
+	ob := &Observer{opts: o, stats: o.Stats, mode: o.Mode}
+	if ob.stats == nil {
+		ob.stats = new(Stats)
+	}
+	return ob
+}
+
+// Plan returns how the server's next bytes are paced, or nil for no pace.
+func (o *Observer) Plan() *Plan { return o.plan }
+
+// Pos returns how many server bytes were observed or skipped.
+func (o *Observer) Pos() int64 { return o.pos }
+
+// Done reports that the Observer has nothing more to learn from this
+// connection (not MP4, not HTTP, or it gave up): the caller may stop
+// showing it bytes. A plan in force stays in force.
+func (o *Observer) Done() bool { return o.done }
+
+// Up observes bytes the client sent (requests, for an HTTP stream).
+func (o *Observer) Up(p []byte) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.mode == Raw || o.done {
+		return
+	}
+	if o.http == nil {
+		o.http = o.newHTTP()
+	}
+	o.http.Upstream(p)
+}
+
+// Observe observes the server's next bytes, after they were forwarded.
+func (o *Observer) Observe(p []byte) {
+	if len(p) == 0 || o.done {
+		o.pos += int64(len(p))
+		return
+	}
+	if o.mode == Auto {
+		o.mode = Raw
+		if bytes.HasPrefix([]byte("HTTP/"), p[:min(len(p), 5)]) {
+			o.mode = HTTP
+		}
+	}
+	if o.mode == Raw {
+		if o.body == nil {
+			o.body = o.newBody(0, 0, "", -1, false)
+		}
+		o.feed(p)
+		o.pos += int64(len(p))
+		if o.body.ended {
+			o.done = true
+		}
+		return
+	}
+	o.mu.Lock()
+	if o.http == nil {
+		o.http = o.newHTTP()
+	}
+	o.http.Downstream(p) // calls back into onResponse, onBody, onEnd
+	failed := o.http.Failed() != nil
+	o.mu.Unlock()
+	o.pos += int64(len(p))
+	if failed {
+		o.done = true
+		o.body = nil
+	}
+}
+
+// EOF tells the Observer the server closed its side.
+func (o *Observer) EOF() {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.http != nil {
+		o.http.EOF()
+	}
+}
+
+// Opaque returns how many of the server's next bytes the Observer needs
+// not see (the rest of an mdat): the caller may forward them without
+// copying them through user space and report them with Skip. -1 means
+// it needs no more bytes at all; 0 that it must see the next ones.
+func (o *Observer) Opaque() int64 {
+	if o.done {
+		return -1
+	}
+	if o.body == nil {
+		return 0
+	}
+	walk := int64(-1)
+	if !o.body.ended {
+		walk = o.body.w.Opaque()
+	}
+	if o.mode == Raw {
+		return walk
+	}
+	o.mu.Lock()
+	left := o.http.BodyLeft()
+	o.mu.Unlock()
+	switch {
+	case left == 0 || walk == 0:
+		return 0
+	case left < 0:
+		return walk
+	case walk < 0:
+		return left
+	}
+	return min(left, walk)
+}
+
+// Skip accounts for n server bytes forwarded without being shown; n must
+// not exceed Opaque (unless Opaque is -1).
+func (o *Observer) Skip(n int64) {
+	if n <= 0 {
+		return
+	}
+	if !o.done && o.body != nil {
+		if !o.body.ended {
+			o.body.w.Skip(n)
+		}
+		if o.mode == HTTP {
+			o.mu.Lock()
+			o.http.SkipBody(n)
+			o.mu.Unlock()
+		}
+	}
+	o.pos += n
+}
+
+func (o *Observer) newHTTP() *HTTPStream {
+	return &HTTPStream{OnResponse: o.onResponse, OnBody: o.onBody, OnEnd: o.onEnd}
+}
+
+// onResponse starts following a response body. Requires o.mu held.
+func (o *Observer) onResponse(r *Response) {
+	o.body, o.plan = nil, nil
+	if r.NoBody() || (r.Status != 200 && r.Status != 206) {
+		return
+	}
+	start, size := int64(0), r.Length
+	if r.Status == 206 {
+		if r.RangeStart < 0 {
+			return
+		}
+		start, size = r.RangeStart, r.RangeTotal
+	}
+	key := resourceKey(r.Request)
+	ct := strings.ToLower(r.ContentType)
+	mp4ct := strings.HasPrefix(ct, "video/mp4") || strings.HasPrefix(ct, "audio/mp4") ||
+		strings.HasPrefix(ct, "application/mp4") || strings.HasPrefix(ct, "video/quicktime")
+	o.body = o.newBody(r.BodyOffset, start, key, size, mp4ct)
+	if m := o.opts.Cache.Get(key, size); m != nil {
+		o.body.movie = m
+		o.startPlan(o.body)
+	}
+}
+
+// onBody feeds a body piece. Requires o.mu held.
+func (o *Observer) onBody(r *Response, off int64, data []byte) {
+	b := o.body
+	if b == nil {
+		return
+	}
+	o.feed(data)
+}
+
+// onEnd ends a response body. Requires o.mu held.
+func (o *Observer) onEnd(r *Response) {
+	o.body, o.plan = nil, nil
+}
+
+func (o *Observer) newBody(base, start int64, key string, size int64, mp4ct bool) *body {
+	b := &body{base: base, start: start, key: key, size: size, mp4ct: mp4ct}
+	b.w = Walker{
+		MaxKeep: o.opts.MaxKeep,
+		Keep: func(x Box) bool {
+			return x.Type == "moov" || (x.Type == "moof" && b.movie != nil && b.movie.Fragmented)
+		},
+		OnBox:  func(x Box) { o.onBox(b, x) },
+		OnKept: func(x Box, payload []byte) { o.onKept(b, x, payload) },
+	}
+	return b
+}
+
+// startPlan plans a body whose movie is known, or at the default rate a
+// video whose movie is not known yet.
+func (o *Observer) startPlan(b *body) {
+	if b.movie != nil {
+		if !b.video {
+			b.video = true
+			o.stats.Videos.Add(1)
+		}
+		o.plan = newPlan(b.movie, b.base, b.start, o.opts.Pace)
+		o.stats.Plans.Add(1)
+		o.stats.BurstBytes.Add(o.plan.BurstBytes())
+		o.stats.PlannedRate.Add(o.plan.Bitrate)
+		if !b.movie.Fragmented {
+			b.ended = true // the tables say all there is to know
+		}
+		return
+	}
+	o.stats.fallback(FallbackMoovUnknown)
+	o.plan = defaultPlan(b.base, b.start, o.opts.Pace)
+}
+
+// feed shows a body piece to its walker.
+func (o *Observer) feed(p []byte) {
+	b := o.body
+	if b == nil || b.ended {
+		return
+	}
+	b.w.Feed(p)
+	if err := b.w.Failed(); err != nil && !b.ended {
+		b.ended = true
+		switch {
+		case !b.video && b.start > 0 && b.mp4ct && o.plan == nil:
+			// A Range inside an MP4 whose moov is not known (yet).
+			o.startPlan(b)
+		case !b.video:
+			// Not MP4 at all: nothing to pace.
+		case errors.Is(err, ErrBoxTooBig):
+			o.giveUp(FallbackTooLarge)
+		default:
+			o.giveUp(FallbackMalformed)
+		}
+	}
+}
+
+// giveUp counts a fallback and drops the plan made from this body's boxes:
+// its bytes go at the connection's normal limits.
+func (o *Observer) giveUp(reason string) {
+	o.stats.fallback(reason)
+	o.plan = nil
+	o.body.ended = true
+}
+
+func (o *Observer) onBox(b *body, x Box) {
+	if b.ended {
+		return // gave up inside the piece being fed
+	}
+	if x.Offset == 0 && b.start == 0 && !b.video {
+		b.video = true
+		o.stats.Videos.Add(1)
+	}
+	if x.Type == "mdat" && b.movie == nil && o.plan == nil && b.start == 0 {
+		o.startPlan(b) // media before the moov: the default rate until known
+	}
+}
+
+func (o *Observer) onKept(b *body, x Box, payload []byte) {
+	if b.ended {
+		return
+	}
+	switch x.Type {
+	case "moov":
+		if b.movie != nil {
+			return
+		}
+		m, err := DecodeMoov(payload, b.start+x.Offset, x.Header)
+		if err != nil {
+			if !b.video { // a tail Range that starts with a moov
+				b.video = true
+				o.stats.Videos.Add(1)
+			}
+			o.giveUp(fallbackReason(err))
+			return
+		}
+		b.movie = m
+		if !m.Fragmented {
+			o.opts.Cache.Put(b.key, b.size, m)
+		}
+		if x.Offset == 0 && b.start > 0 {
+			b.ended = true // a tail Range for the moov: learned, nothing to pace
+			return
+		}
+		if o.plan == nil || o.plan.Movie == nil {
+			o.startPlan(b)
+		}
+	case "moof":
+		if err := b.movie.AddMoof(payload, b.start+x.Offset); err != nil {
+			o.giveUp(fallbackReason(err))
+		}
+	}
+}
+
+func fallbackReason(err error) string {
+	switch {
+	case errors.Is(err, ErrEncrypted):
+		return FallbackEncrypted
+	case errors.Is(err, ErrNoMedia):
+		return FallbackNoMedia
+	}
+	return FallbackMalformed
+}
+
+// resourceKey names the file a request asks for: host and path, without
+// the query (signed URLs differ per viewer for the same file).
+func resourceKey(r Request) string {
+	t := r.Target
+	if i := strings.Index(t, "://"); i >= 0 { // absolute-form
+		t = t[i+3:]
+		if j := strings.IndexByte(t, '/'); j >= 0 {
+			t = t[j:]
+		}
+	}
+	if i := strings.IndexAny(t, "?#"); i >= 0 {
+		t = t[:i]
+	}
+	if t == "" || r.Host == "" && !strings.HasPrefix(t, "/") {
+		return ""
+	}
+	return strings.ToLower(r.Host) + t
+}
+
+// Cache keeps the movies learned from responses, by resource (host and
+// path), least recently used first out. Safe for concurrent use; a nil
+// *Cache keeps nothing.
+type Cache struct {
+	mu    sync.Mutex
+	max   int
+	ll    *list.List
+	byKey map[string]*list.Element
+}
+
+type cacheEntry struct {
+	key   string
+	size  int64
+	movie *Movie
+}
+
+// NewCache returns a Cache of at most max movies (each at most MaxPoints
+// curve points, about 130 KiB). max <= 0 returns nil: no cache.
+func NewCache(max int) *Cache {
+	if max <= 0 {
+		return nil
+	}
+	return &Cache{max: max, ll: list.New(), byKey: map[string]*list.Element{}}
+}
+
+// Get returns the movie kept for key if its file size matches size (either
+// may be -1, unknown), or nil.
+func (c *Cache) Get(key string, size int64) *Movie {
+	if c == nil || key == "" {
+		return nil
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e, ok := c.byKey[key]
+	if !ok {
+		return nil
+	}
+	ent := e.Value.(*cacheEntry)
+	if size >= 0 && ent.size >= 0 && size != ent.size {
+		return nil
+	}
+	c.ll.MoveToFront(e)
+	return ent.movie
+}
+
+// Put keeps movie for key, a file of size bytes (-1 if unknown).
+func (c *Cache) Put(key string, size int64, m *Movie) {
+	if c == nil || key == "" {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if e, ok := c.byKey[key]; ok {
+		e.Value = &cacheEntry{key: key, size: size, movie: m}
+		c.ll.MoveToFront(e)
+		return
+	}
+	c.byKey[key] = c.ll.PushFront(&cacheEntry{key: key, size: size, movie: m})
+	for c.ll.Len() > c.max {
+		old := c.ll.Back()
+		c.ll.Remove(old)
+		delete(c.byKey, old.Value.(*cacheEntry).key)
+	}
+}
+
+// Len returns how many movies are kept.
+func (c *Cache) Len() int {
+	if c == nil {
+		return 0
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.ll.Len()
+}
