@@ -5,7 +5,6 @@ import (
 	"math"
 	"slices"
 	"time"
-
 )
 
 // Bounds on what a Movie holds, whatever its boxes claim.
@@ -60,7 +59,7 @@ type Movie struct {
 	Fragmented bool  // the moov announces fragments (mvex)
 	MoovEnd    int64 // offset just past the moov
 
-	curve []point // sorted by Off; At never decreases
+	curve []point           // sorted by Off; At never decreases
 	trex  map[uint32]trex   // fragment defaults by track ID
 	scale map[uint32]uint32 // timescale by track ID, for the tracks followed
 }
@@ -193,4 +192,3 @@ func ticks(t uint64, scale uint32) time.Duration {
 	}
 	return time.Duration(s * float64(time.Second))
 }
-
