@@ -84,6 +84,8 @@ type Listener struct {
 	Conn ConnLimits
 	// Links names the links every connection of this listener crosses.
 	Links []string
+	// MP4 paces MP4 video downloads.
+	MP4 MP4
 }
 
 // ConnLimits are the per-connection limits of a listener.
@@ -309,7 +311,7 @@ func (d *decoder) listeners(v any, links []Link) []Listener {
 	addrs := map[string]string{}
 	for i, item := range list {
 		path := "listeners[" + strconv.Itoa(i) + "]"
-		m := d.object(path, item, "name", "listen", "upstream", "links", "timeouts", "chunk", "conn")
+		m := d.object(path, item, "name", "listen", "upstream", "links", "timeouts", "chunk", "conn", "mp4")
 		if m == nil {
 			continue
 		}
@@ -326,6 +328,7 @@ func (d *decoder) listeners(v any, links []Link) []Listener {
 		l.Conn.Up = d.dirLimit(path+".conn.up", cl["up"], l.Chunk, false)
 		l.Conn.Down = d.dirLimit(path+".conn.down", cl["down"], l.Chunk, true)
 		l.Links = d.linkRefs(path+".links", m["links"], links)
+		l.MP4 = d.mp4(path+".mp4", m["mp4"])
 
 		if prev, dup := names[l.Name]; dup && l.Name != "" {
 			d.failf(path+".name", "%q is already the name of %s", l.Name, prev)

@@ -64,6 +64,7 @@ func Diff(old, next *Config) []string {
 		field(p+"timeouts.connect", o.Timeouts.Connect.String(), n.Timeouts.Connect.String())
 		field(p+"timeouts.idle", o.Timeouts.Idle.String(), n.Timeouts.Idle.String())
 		field(p+"chunk", o.Chunk.String(), n.Chunk.String())
+		field(p+"mp4", fmt.Sprintf("%+v", o.MP4), fmt.Sprintf("%+v", n.MP4))
 		for _, d := range []struct {
 			name string
 			a, b DirLimit

@@ -16,6 +16,16 @@ func (c *Config) YAML() ([]byte, error) {
 		Burst        string `yaml:"burst,omitempty"`
 		KernelPacing *bool  `yaml:"kernel_pacing,omitempty"`
 	}
+	type mp4 struct {
+		Enabled      bool    `yaml:"enabled"`
+		Mode         string  `yaml:"mode"`
+		Factor       float64 `yaml:"factor"`
+		BurstSeconds float64 `yaml:"burst_seconds"`
+		Floor        string  `yaml:"floor"`
+		Ceil         string  `yaml:"ceil"`
+		DefaultRate  string  `yaml:"default_rate"`
+		CacheEntries int     `yaml:"cache_entries"`
+	}
 	type listener struct {
 		Name     string   `yaml:"name"`
 		Listen   string   `yaml:"listen"`
@@ -27,6 +37,7 @@ func (c *Config) YAML() ([]byte, error) {
 			Up   dir `yaml:"up"`
 			Down dir `yaml:"down"`
 		} `yaml:"conn"`
+		MP4 *mp4 `yaml:"mp4,omitempty"`
 	}
 	mkDir := func(d DirLimit, down bool) dir {
 		out := dir{Rate: d.Rate.String()}
@@ -121,6 +132,13 @@ func (c *Config) YAML() ([]byte, error) {
 			Chunk:    l.Chunk.String(),
 		}
 		ol.Conn.Up, ol.Conn.Down = mkDir(l.Conn.Up, false), mkDir(l.Conn.Down, true)
+		if l.MP4 != (MP4{}) {
+			ol.MP4 = &mp4{
+				Enabled: l.MP4.Enabled, Mode: l.MP4.Mode, Factor: l.MP4.Factor, BurstSeconds: l.MP4.Burst.Seconds(),
+				Floor: l.MP4.Floor.String(), Ceil: l.MP4.Ceil.String(), DefaultRate: l.MP4.DefaultRate.String(),
+				CacheEntries: l.MP4.CacheEntries,
+			}
+		}
 		o.Listeners = append(o.Listeners, ol)
 	}
 	return yaml.Marshal(o)

@@ -185,6 +185,25 @@ func (w *Walker) Opaque() int64 {
 	return w.left
 }
 
+// Need returns how many of the next bytes the Walker must see before it
+// knows more: the rest of a box it keeps, or of a box header. It is 0 when
+// the next bytes are opaque, the length of the stream is unknown, or it
+// failed.
+func (w *Walker) Need() int64 {
+	switch {
+	case w.err != nil:
+		return 0
+	case !w.in:
+		if w.hn >= 8 && binary.BigEndian.Uint32(w.hdr[:4]) == 1 {
+			return int64(16 - w.hn)
+		}
+		return int64(8 - w.hn)
+	case w.keeps && w.left > 0:
+		return w.left
+	}
+	return 0
+}
+
 // Skip accounts for n bytes fed around the Walker; n must be at most
 // Opaque (any n once it failed or in a box to the end of the stream).
 func (w *Walker) Skip(n int64) {

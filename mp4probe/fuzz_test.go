@@ -46,7 +46,7 @@ func FuzzDecodeMoov(f *testing.F) {
 				t.Fatalf("curve not increasing at %d", i)
 			}
 		}
-		p := newPlan(m, 0, 0, Pace{Factor: 1.25, Burst: time.Second, Floor: 1000, Ceil: 1 << 30})
+		p := NewPlan(m, 0, 0, Pace{Factor: 1.25, Burst: time.Second, Floor: 1000, Ceil: 1 << 30})
 		prev := time.Duration(0)
 		for off := int64(0); off < m.MediaBytes()+1000; off += 1 + m.MediaBytes()/64 {
 			d := p.Due(off)

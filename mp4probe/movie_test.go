@@ -152,7 +152,7 @@ func TestVBRCurveFollowsTheScene(t *testing.T) {
 	// Pacing at 1.25 × the average rate after a 2-s burst would stall
 	// there; the curve's plan never does.
 	pace := Pace{Factor: 1.25, Burst: 2 * time.Second}
-	p := newPlan(m, 0, 0, pace)
+	p := NewPlan(m, 0, 0, pace)
 	avg := float64(m.Bitrate()) * 1.25
 	stalls := 0
 	for _, pt := range m.curve {
@@ -218,7 +218,7 @@ func TestDecodeMoovBadInput(t *testing.T) {
 func TestPlan(t *testing.T) {
 	_, m := movieOf(t, readFixture(t, "faststart"), 1)
 	pace := Pace{Factor: 1.25, Burst: 2 * time.Second}
-	p := newPlan(m, 0, 0, pace)
+	p := NewPlan(m, 0, 0, pace)
 	if p.BurstEnd < m.MoovEnd || p.BurstEnd != m.BytesFor(2*time.Second) {
 		t.Fatalf("BurstEnd %d; want the bytes for 2 s, %d (moov ends at %d)", p.BurstEnd, m.BytesFor(2*time.Second), m.MoovEnd)
 	}
@@ -245,14 +245,14 @@ func TestPlan(t *testing.T) {
 	}
 	// A ceil slower than the video makes the end later; a floor faster
 	// than it makes it sooner.
-	slow := newPlan(m, 0, 0, Pace{Factor: 1.25, Burst: 2 * time.Second, Ceil: m.Bitrate() / 2})
-	fast := newPlan(m, 0, 0, Pace{Factor: 1.25, Burst: 2 * time.Second, Floor: m.Bitrate() * 4})
+	slow := NewPlan(m, 0, 0, Pace{Factor: 1.25, Burst: 2 * time.Second, Ceil: m.Bitrate() / 2})
+	fast := NewPlan(m, 0, 0, Pace{Factor: 1.25, Burst: 2 * time.Second, Floor: m.Bitrate() * 4})
 	if slow.Due(end) <= p.Due(end) || fast.Due(end) >= p.Due(end) {
 		t.Fatalf("Due(end): ceil %v, none %v, floor %v; want ceil > none > floor", slow.Due(end), p.Due(end), fast.Due(end))
 	}
 	// A Range that starts at 4 s bursts 2 s of media from there.
 	mid := m.BytesFor(4 * time.Second)
-	r := newPlan(m, 500, mid, pace)
+	r := NewPlan(m, 500, mid, pace)
 	if r.BurstEnd != m.BytesFor(r.media0+2*time.Second) || r.Due(500) != 0 {
 		t.Fatalf("Range plan: BurstEnd %d media0 %v", r.BurstEnd, r.media0)
 	}

@@ -85,12 +85,12 @@ type Observer struct {
 
 	mu   sync.Mutex // guards http, whose pairing queue both directions touch
 	http *HTTPStream
-	mode Mode
+	mode Mode // set by the Observe goroutine under mu
 
-	pos  int64 // server bytes observed or skipped
-	body *body // the body being walked, nil outside one
-	plan *Plan // the current plan, nil when unpaced
-	done bool  // nothing more to learn
+	pos  int64       // server bytes observed or skipped
+	body *body       // the body being walked, nil outside one
+	plan *Plan       // the current plan, nil when unpaced
+	done atomic.Bool // nothing more to learn
 }
 
 // body is one MP4 candidate: a response body, or the raw stream.
@@ -124,13 +124,13 @@ func (o *Observer) Pos() int64 { return o.pos }
 // Done reports that the Observer has nothing more to learn from this
 // connection (not MP4, not HTTP, or it gave up): the caller may stop
 // showing it bytes. A plan in force stays in force.
-func (o *Observer) Done() bool { return o.done }
+func (o *Observer) Done() bool { return o.done.Load() }
 
 // Up observes bytes the client sent (requests, for an HTTP stream).
 func (o *Observer) Up(p []byte) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	if o.mode == Raw || o.done {
+	if o.mode == Raw || o.done.Load() {
 		return
 	}
 	if o.http == nil {
@@ -141,15 +141,18 @@ func (o *Observer) Up(p []byte) {
 
 // Observe observes the server's next bytes, after they were forwarded.
 func (o *Observer) Observe(p []byte) {
-	if len(p) == 0 || o.done {
+	if len(p) == 0 || o.done.Load() {
 		o.pos += int64(len(p))
 		return
 	}
 	if o.mode == Auto {
-		o.mode = Raw
+		m := Raw
 		if bytes.HasPrefix([]byte("HTTP/"), p[:min(len(p), 5)]) {
-			o.mode = HTTP
+			m = HTTP
 		}
+		o.mu.Lock()
+		o.mode = m
+		o.mu.Unlock()
 	}
 	if o.mode == Raw {
 		if o.body == nil {
@@ -158,7 +161,7 @@ func (o *Observer) Observe(p []byte) {
 		o.feed(p)
 		o.pos += int64(len(p))
 		if o.body.ended {
-			o.done = true
+			o.done.Store(true)
 		}
 		return
 	}
@@ -171,7 +174,7 @@ func (o *Observer) Observe(p []byte) {
 	o.mu.Unlock()
 	o.pos += int64(len(p))
 	if failed {
-		o.done = true
+		o.done.Store(true)
 		o.body = nil
 	}
 }
@@ -190,7 +193,7 @@ func (o *Observer) EOF() {
 // copying them through user space and report them with Skip. -1 means
 // it needs no more bytes at all; 0 that it must see the next ones.
 func (o *Observer) Opaque() int64 {
-	if o.done {
+	if o.done.Load() {
 		return -1
 	}
 	if o.body == nil {
@@ -217,13 +220,41 @@ func (o *Observer) Opaque() int64 {
 	return min(left, walk)
 }
 
+// Need returns how many of the server's next bytes the Observer must see
+// before it can plan further (the rest of a moov or moof, or of a box
+// header), or 0 if it cannot tell. A caller that paces moves at most these
+// before asking the plan again, so no media bytes go under a plan that the
+// box before them would have changed.
+func (o *Observer) Need() int64 {
+	switch {
+	case o.done.Load():
+		return 0
+	case o.body == nil && (o.mode != HTTP || o.pos == 0):
+		return 8 // the first box header (or "HTTP/")
+	case o.body == nil:
+		return 1024 // a response head, most of one or all
+	case o.body.ended:
+		return 0
+	}
+	n := o.body.w.Need()
+	if o.mode == HTTP {
+		o.mu.Lock()
+		left := o.http.BodyLeft()
+		o.mu.Unlock()
+		if left > 0 {
+			n = min(n, left)
+		}
+	}
+	return n
+}
+
 // Skip accounts for n server bytes forwarded without being shown; n must
 // not exceed Opaque (unless Opaque is -1).
 func (o *Observer) Skip(n int64) {
 	if n <= 0 {
 		return
 	}
-	if !o.done && o.body != nil {
+	if !o.done.Load() && o.body != nil {
 		if !o.body.ended {
 			o.body.w.Skip(n)
 		}
@@ -299,7 +330,7 @@ func (o *Observer) startPlan(b *body) {
 			b.video = true
 			o.stats.Videos.Add(1)
 		}
-		o.plan = newPlan(b.movie, b.base, b.start, o.opts.Pace)
+		o.plan = NewPlan(b.movie, b.base, b.start, o.opts.Pace)
 		o.stats.Plans.Add(1)
 		o.stats.BurstBytes.Add(o.plan.BurstBytes())
 		o.stats.PlannedRate.Add(o.plan.Bitrate)

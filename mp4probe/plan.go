@@ -62,8 +62,10 @@ type Plan struct {
 	media0 time.Duration // media time of the first byte
 }
 
-// newPlan plans a body that starts at file offset start, stream offset base.
-func newPlan(m *Movie, base, start int64, pace Pace) *Plan {
+// NewPlan plans a body of movie m that starts at file offset start and at
+// stream offset base (where an Observer counts it): full speed to the end of
+// the moov, if the body holds it, and Burst of media from start; then paced.
+func NewPlan(m *Movie, base, start int64, pace Pace) *Plan {
 	p := &Plan{Movie: m, Base: base, Start: start, Bitrate: m.Bitrate(), pace: pace}
 	p.media0, _ = m.NeedAt(start)
 	p.BurstEnd = max(start, m.BytesFor(p.media0+pace.Burst))

@@ -72,7 +72,7 @@ func TestCopyGrantAllocates(t *testing.T) {
 			if _, err := inW.Write(msg); err != nil {
 				t.Fatal(err)
 			}
-			if n, err := p.copyGrant(size); n != int64(size) || err != nil {
+			if n, err := p.copyGrant(size, nil); n != int64(size) || err != nil {
 				t.Fatalf("copyGrant(%d) = %d, %v", size, n, err)
 			}
 			if _, err := io.ReadFull(outR, got); err != nil {

@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/sluiceproxy/sluice/mp4probe"
 	"github.com/sluiceproxy/sluice/shaper"
 )
 
@@ -94,6 +95,8 @@ type conn struct {
 	// reads it.
 	lastActive atomic.Int64
 	running    atomic.Int32 // pumps still running
+
+	obs *mp4probe.Observer // set at accept when the listener paces MP4
 
 	pumps [2]pump
 }

@@ -46,6 +46,10 @@ type pump struct {
 	avail  int   // set by ready: bytes queued on src
 	rerr   error // set by ready: io.EOF or the socket's error
 
+	// pacer is set, before the conn is listed, when an MP4 Observer
+	// watches the conn (both directions).
+	pacer *pacer
+
 	// err is how the direction ended: nil after a clean half-close. Set
 	// before the pump's exit is counted in conn.running.
 	err error
@@ -82,9 +86,12 @@ func (p *pump) pump() {
 // the error.
 func (p *pump) run() error {
 	var err error
-	if p.srcRaw != nil {
+	switch {
+	case p.pacer != nil:
+		err = p.copyObserved()
+	case p.srcRaw != nil:
 		err = p.copySplice()
-	} else {
+	default:
 		err = p.copyBuffer()
 	}
 	if err == nil {
@@ -113,7 +120,7 @@ func (p *pump) copySplice() error {
 		}
 		var n int64
 		if want <= maxCopy && (p.taken != nil || len(p.members) > 0) {
-			n, err = p.copyGrant(want)
+			n, err = p.copyGrant(want, nil)
 		} else {
 			p.lr.N = int64(want)
 			n, err = p.dstTCP.ReadFrom(&p.lr) // splice(2) for TCP → TCP
@@ -175,16 +182,24 @@ func copyBytes(b any) []byte {
 	return b.(*[64 << 10]byte)[:]
 }
 
-// copyGrant moves want bytes, already queued on src, through a pooled
-// buffer, and returns how many were written. Like a splice that meets the
-// end of src, it returns fewer than want and no error when src ended. It
-// allocates nothing.
-func (p *pump) copyGrant(want int) (int64, error) {
+// copyGrant moves want bytes through a pooled buffer and returns how many
+// were written; observe, if not nil, is shown them once written. On the
+// splice path the bytes are already queued on src; on the user-space path
+// it reads once, what src has. Like a splice that meets the end of src, it
+// returns fewer than want and no error when src ended. It allocates
+// nothing.
+func (p *pump) copyGrant(want int, observe func([]byte)) (int64, error) {
 	pool := &copyPools[copyClass(want)]
 	b := pool.Get()
 	defer pool.Put(b)
 	buf := copyBytes(b)[:want]
-	n, err := io.ReadFull(p.src, buf)
+	var n int
+	var err error
+	if p.srcRaw != nil {
+		n, err = io.ReadFull(p.src, buf)
+	} else {
+		n, err = p.src.Read(buf)
+	}
 	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
 		err = nil
 	}
@@ -192,6 +207,9 @@ func (p *pump) copyGrant(want int) (int64, error) {
 		w, werr := p.dst.Write(buf[:n])
 		if werr != nil {
 			return int64(w), werr
+		}
+		if observe != nil {
+			observe(buf[:n])
 		}
 	}
 	return int64(n), err

@@ -57,6 +57,8 @@ type ListenerConfig struct {
 	// Links names the links (of Options.Links) every connection of this
 	// listener crosses.
 	Links []string
+	// MP4 paces MP4 video downstream; the zero value paces nothing.
+	MP4 MP4Config
 	// Listener, when set, is an already-open socket to serve instead of
 	// binding Addr (systemd socket activation); Addr then only names it.
 	// The Server owns it from New or Reconfigure on.
@@ -203,6 +205,9 @@ func normalize(ls []ListenerConfig) ([]ListenerConfig, error) {
 		}
 		if l.Chunk <= 0 {
 			l.Chunk = DefaultChunk
+		}
+		if err := l.MP4.validate(); err != nil {
+			return nil, fmt.Errorf("listener %q: %w", l.Name, err)
 		}
 		if err := l.Limits.validate(); err != nil {
 			return nil, fmt.Errorf("listener %q: %w", l.Name, err)
@@ -597,6 +602,9 @@ func (s *Server) newConn(l *listener, c *net.TCPConn) *conn {
 	st.accepted.Add(1)
 	cn := &conn{srv: s, l: l, cfg: cfg, stats: st, id: s.nextID.Add(1), client: c, start: time.Now()}
 	cn.limits = *l.limits.Load() // what serve applies once the upstream is dialed; listed meanwhile
+	if cn.obs = st.mp4.observer(cfg.MP4); cn.obs != nil {
+		cn.pumps[Up].pacer, cn.pumps[Down].pacer = &pacer{obs: cn.obs}, &pacer{obs: cn.obs}
+	}
 	s.joinLinks(cn)
 	cn.touch()
 	s.conns[cn] = struct{}{}

@@ -17,6 +17,7 @@ type listenerStats struct {
 	results  [len(results)]atomic.Uint64
 	bytes    [2]atomic.Int64 // moved by ended connections, per Dir
 	waited   [2]atomic.Int64 // nanoseconds ended connections waited for tokens, per Dir
+	mp4      mp4State
 }
 
 // statsFor returns the counters of a listener name, making them on first
@@ -40,6 +41,10 @@ func (st *listenerStats) ended(c *conn, result string) {
 		if g := c.pumps[d].gate.Load(); g != nil {
 			st.waited[d].Add(int64(g.Stats().Waited))
 		}
+	}
+	if pc := c.pumps[Down].pacer; pc != nil {
+		st.mp4.waited.Add(pc.waited.Load())
+		st.mp4.paced.Add(pc.paced.Load())
 	}
 }
 
@@ -67,6 +72,8 @@ type ListenerStats struct {
 	// Waiting is the number of directions of live connections waiting for
 	// tokens now, per direction.
 	Waiting [2]int
+	// MP4 are the MP4 pacing counters; zero when the listener never paced.
+	MP4 MP4Stats
 }
 
 // Stats returns the counters of every listener name the Server has served,
@@ -86,6 +93,7 @@ func (s *Server) Stats() []ListenerStats {
 			ls.Bytes[d] = st.bytes[d].Load()
 			ls.Waited[d] = time.Duration(st.waited[d].Load())
 		}
+		ls.MP4 = st.mp4.snapshot()
 		out = append(out, ls)
 		return &out[len(out)-1]
 	}
@@ -110,6 +118,10 @@ func (s *Server) Stats() []ListenerStats {
 	for c := range s.conns {
 		ls := byName[c.cfg.Name]
 		ls.Active++
+		if pc := c.pumps[Down].pacer; pc != nil {
+			ls.MP4.Waited += time.Duration(pc.waited.Load())
+			ls.MP4.PacedBytes += pc.paced.Load()
+		}
 		for d := range c.pumps {
 			ls.Bytes[d] += c.pumps[d].bytes.Load()
 			if g := c.pumps[d].gate.Load(); g != nil {

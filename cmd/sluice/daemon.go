@@ -22,6 +22,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/sluiceproxy/sluice/config"
+	"github.com/sluiceproxy/sluice/mp4probe"
 	"github.com/sluiceproxy/sluice/proxy"
 	"github.com/sluiceproxy/sluice/shaper"
 )
@@ -311,10 +312,25 @@ func (d *sluiced) listenerConfigs(cfg *config.Config) []proxy.ListenerConfig {
 				KernelPacing: l.Conn.Down.KernelPacing,
 			},
 			Links:    l.Links,
+			MP4:      mp4Config(l.MP4),
 			Listener: d.activated[l.Name],
 		})
 	}
 	return out
+}
+
+// mp4Config turns a listener's mp4 block into the proxy's.
+func mp4Config(m config.MP4) proxy.MP4Config {
+	mode := map[string]mp4probe.Mode{"auto": mp4probe.Auto, "http": mp4probe.HTTP, "raw": mp4probe.Raw}[m.Mode]
+	return proxy.MP4Config{
+		Enabled: m.Enabled,
+		Mode:    mode,
+		Pace: mp4probe.Pace{
+			Factor: m.Factor, Burst: m.Burst,
+			Floor: int64(m.Floor), Ceil: int64(m.Ceil), Default: int64(m.DefaultRate),
+		},
+		CacheEntries: m.CacheEntries,
+	}
 }
 
 // linkConfigs turns the config's links into the proxy's.

@@ -1,0 +1,93 @@
+package config
+
+import (
+	"math"
+	"strconv"
+	"time"
+)
+
+// MP4 paces MP4 video a listener forwards downstream: the metadata and the
+// first BurstSeconds of media at full speed, then each byte by the time the
+// video's own timeline needs it, divided by Factor. See docs/mp4.md.
+type MP4 struct {
+	// Enabled turns MP4 pacing on. Default false.
+	Enabled bool
+	// Mode is what the upstream's bytes are: "auto" (HTTP/1.x responses if
+	// they start with "HTTP/", else a raw file; the default), "http" or
+	// "raw".
+	Mode string
+	// Factor multiplies the video's rate: 1.25 sends a second of media in
+	// 0.8 s. Default 1.25; from 1 to 10.
+	Factor float64
+	// Burst is the media time sent at full speed after the metadata
+	// (burst_seconds in the file, in seconds). Default 2s; 0 to 600s.
+	Burst time.Duration
+	// Floor is the slowest pace; zero means none. Ceil is the fastest;
+	// zero means none.
+	Floor, Ceil Rate
+	// DefaultRate paces a video whose bitrate is not known yet (moov at the
+	// end, not learned before); zero leaves such a video unpaced. Default 0.
+	DefaultRate Rate
+	// CacheEntries bounds the movies kept per listener to pace later Range
+	// requests for the same file (moov-at-end files, seeks). Default 256;
+	// 0 keeps none.
+	CacheEntries int
+}
+
+// MP4 defaults.
+const (
+	DefaultMP4Factor       = 1.25
+	DefaultMP4Burst        = 2 * time.Second
+	DefaultMP4CacheEntries = 256
+	MaxMP4Burst            = 600 * time.Second
+	MaxMP4CacheEntries     = 100_000
+)
+
+// mp4 reads a listener's mp4 block.
+func (d *decoder) mp4(path string, v any) MP4 {
+	m := d.object(path, v, "enabled", "mode", "factor", "burst_seconds", "floor", "ceil", "default_rate", "cache_entries")
+	c := MP4{
+		Enabled:      d.boolean(path+".enabled", m["enabled"], false),
+		Mode:         d.oneOf(path+".mode", m["mode"], "auto", "auto", "http", "raw"),
+		Factor:       d.number(path+".factor", m["factor"], DefaultMP4Factor, 1, 10),
+		Floor:        d.rate(path+".floor", m["floor"]),
+		Ceil:         d.rate(path+".ceil", m["ceil"]),
+		DefaultRate:  d.rate(path+".default_rate", m["default_rate"]),
+		CacheEntries: d.integer(path+".cache_entries", m["cache_entries"], DefaultMP4CacheEntries, 0, MaxMP4CacheEntries),
+	}
+	secs := d.number(path+".burst_seconds", m["burst_seconds"], DefaultMP4Burst.Seconds(), 0, MaxMP4Burst.Seconds())
+	c.Burst = time.Duration(secs * float64(time.Second))
+	if c.Floor != 0 && c.Ceil != 0 && c.Floor > c.Ceil {
+		d.failf(path+".floor", "%s is above ceil %s: want floor <= ceil", c.Floor, c.Ceil)
+	}
+	return c
+}
+
+// number reads a decimal number from lo to hi.
+func (d *decoder) number(path string, v any, def, lo, hi float64) float64 {
+	var f float64
+	switch x := v.(type) {
+	case nil:
+		return def
+	case int:
+		f = float64(x)
+	case int64:
+		f = float64(x)
+	case float64:
+		f = x
+	case string:
+		var err error
+		if f, err = strconv.ParseFloat(x, 64); err != nil {
+			d.failf(path, "want a number from %g to %g, got %s", lo, hi, describe(v))
+			return def
+		}
+	default:
+		d.failf(path, "want a number from %g to %g, got %s", lo, hi, describe(v))
+		return def
+	}
+	if math.IsNaN(f) || f < lo || f > hi {
+		d.failf(path, "want a number from %g to %g, got %g", lo, hi, f)
+		return def
+	}
+	return f
+}
