@@ -204,6 +204,20 @@ type ListenerJSON struct {
 	WaitedDownSec float64 `json:"waited_down_seconds"`
 	WaitingUp     int     `json:"waiting_up"`
 	WaitingDown   int     `json:"waiting_down"`
+	// MP4 is present for a listener that paces MP4 or once did.
+	MP4 *MP4JSON `json:"mp4,omitempty"`
+}
+
+// MP4JSON are a listener's MP4 pacing counters.
+type MP4JSON struct {
+	Enabled    bool             `json:"enabled"`
+	Videos     int64            `json:"videos"`
+	Plans      int64            `json:"plans"`
+	BurstBytes int64            `json:"burst_bytes"`
+	Fallbacks  map[string]int64 `json:"fallbacks"`
+	Cached     int              `json:"cached_movies"`
+	WaitedSec  float64          `json:"pace_wait_seconds"`
+	PacedBytes int64            `json:"paced_bytes"`
 }
 
 func (a *Admin) listeners(*http.Request) (any, error) {
@@ -217,6 +231,12 @@ func (a *Admin) listeners(*http.Request) (any, error) {
 			WaitedUpSec: s.Waited[Up].Seconds(), WaitedDownSec: s.Waited[Down].Seconds(),
 			WaitingUp: s.Waiting[Up], WaitingDown: s.Waiting[Down],
 		})
+		if m := s.MP4; s.MP4Enabled || m.Videos > 0 {
+			out[len(out)-1].MP4 = &MP4JSON{
+				Enabled: s.MP4Enabled, Videos: m.Videos, Plans: m.Plans, BurstBytes: m.BurstBytes,
+				Fallbacks: m.Fallbacks, Cached: m.Cached, WaitedSec: m.Waited.Seconds(), PacedBytes: m.PacedBytes,
+			}
+		}
 	}
 	return out, nil
 }

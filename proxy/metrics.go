@@ -2,6 +2,8 @@ package proxy
 
 import (
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/sluiceproxy/sluice/mp4probe"
 )
 
 // Collector exports a Server's counters as Prometheus metrics, read at
@@ -14,6 +16,8 @@ type Collector struct {
 	bytes, accepted, ended, active, waited, waiting, rate, burst *prometheus.Desc
 
 	linkBytes, linkBorrowed, linkRate, linkTokens, linkWaiting, linkKeys, linkConns *prometheus.Desc
+
+	mp4Videos, mp4Plans, mp4Burst, mp4Fallbacks, mp4Cached, mp4Waited, mp4Paced *prometheus.Desc
 }
 
 // NewCollector returns a Collector for srv; register it on a registry.
@@ -39,13 +43,22 @@ func NewCollector(srv *Server) *Collector {
 		linkWaiting:  d("link_connections_waiting", "Connections waiting for a link's grant now.", "link", "direction"),
 		linkKeys:     d("link_keys_active", "Keys with connections on a link.", "link", "direction"),
 		linkConns:    d("link_connections", "Connections seated on a link.", "link", "direction"),
+
+		mp4Videos:    d("mp4_videos_total", "MP4 bodies (responses or raw streams) a listener saw.", "listener"),
+		mp4Plans:     d("mp4_plans_total", "MP4 bodies paced from their own metadata.", "listener"),
+		mp4Burst:     d("mp4_burst_bytes_total", "Bytes MP4 plans let through at full speed (metadata and the first seconds).", "listener"),
+		mp4Fallbacks: d("mp4_fallbacks_total", "MP4 bodies not paced from their metadata, by reason (moov_unknown: paced at the default rate; others: the normal limits).", "listener", "reason"),
+		mp4Cached:    d("mp4_cached_movies", "Movies a listener keeps to pace later Range requests.", "listener"),
+		mp4Waited:    d("mp4_pace_wait_seconds_total", "Time connections held bytes back to follow MP4 plans.", "listener"),
+		mp4Paced:     d("mp4_paced_bytes_total", "Bytes sent while an MP4 plan was in force.", "listener"),
 	}
 }
 
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.bytes, c.accepted, c.ended, c.active, c.waited, c.waiting, c.rate, c.burst,
-		c.linkBytes, c.linkBorrowed, c.linkRate, c.linkTokens, c.linkWaiting, c.linkKeys, c.linkConns} {
+		c.linkBytes, c.linkBorrowed, c.linkRate, c.linkTokens, c.linkWaiting, c.linkKeys, c.linkConns,
+		c.mp4Videos, c.mp4Plans, c.mp4Burst, c.mp4Fallbacks, c.mp4Cached, c.mp4Waited, c.mp4Paced} {
 		ch <- d
 	}
 }
@@ -72,6 +85,17 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.active, prometheus.GaugeValue, float64(ls.Active), ls.Name)
 		for _, r := range results {
 			ch <- prometheus.MustNewConstMetric(c.ended, prometheus.CounterValue, float64(ls.Ended[r]), ls.Name, r)
+		}
+		if m := ls.MP4; ls.MP4Enabled || m.Videos > 0 {
+			ch <- prometheus.MustNewConstMetric(c.mp4Videos, prometheus.CounterValue, float64(m.Videos), ls.Name)
+			ch <- prometheus.MustNewConstMetric(c.mp4Plans, prometheus.CounterValue, float64(m.Plans), ls.Name)
+			ch <- prometheus.MustNewConstMetric(c.mp4Burst, prometheus.CounterValue, float64(m.BurstBytes), ls.Name)
+			for _, r := range mp4probe.FallbackReasons {
+				ch <- prometheus.MustNewConstMetric(c.mp4Fallbacks, prometheus.CounterValue, float64(m.Fallbacks[r]), ls.Name, r)
+			}
+			ch <- prometheus.MustNewConstMetric(c.mp4Cached, prometheus.GaugeValue, float64(m.Cached), ls.Name)
+			ch <- prometheus.MustNewConstMetric(c.mp4Waited, prometheus.CounterValue, m.Waited.Seconds(), ls.Name)
+			ch <- prometheus.MustNewConstMetric(c.mp4Paced, prometheus.CounterValue, float64(m.PacedBytes), ls.Name)
 		}
 		lims := [2]struct{ rate, burst int64 }{{ls.Limits.Up.Rate, ls.Limits.Up.Burst}, {ls.Limits.Down.Rate, ls.Limits.Down.Burst}}
 		for d := range ls.Bytes {

@@ -72,8 +72,10 @@ type ListenerStats struct {
 	// Waiting is the number of directions of live connections waiting for
 	// tokens now, per direction.
 	Waiting [2]int
-	// MP4 are the MP4 pacing counters; zero when the listener never paced.
-	MP4 MP4Stats
+	// MP4Enabled reports whether the listener paces MP4 now; MP4 are its
+	// counters.
+	MP4Enabled bool
+	MP4        MP4Stats
 }
 
 // Stats returns the counters of every listener name the Server has served,
@@ -101,6 +103,7 @@ func (s *Server) Stats() []ListenerStats {
 		cfg := l.cfg.Load()
 		ls := add(cfg.Name)
 		ls.Addr, ls.Upstream, ls.Limits = l.ln.Addr().String(), cfg.Upstream, *l.limits.Load()
+		ls.MP4Enabled = cfg.MP4.Enabled
 	}
 	var gone []string
 	for name := range s.stats {
