@@ -185,6 +185,17 @@ func (w *Walker) Opaque() int64 {
 	return w.left
 }
 
+// Resume makes a new Walker start inside a box of type typ with left bytes
+// of it still to come: a stream that starts in the middle of a file, where
+// the file's layout is known from elsewhere. It must be called before Feed.
+func (w *Walker) Resume(typ string, left int64) {
+	if w.off != 0 || w.boxes != 0 || left <= 0 {
+		return
+	}
+	w.boxes = 1
+	w.cur, w.in, w.left = Box{Type: typ, Offset: -1, Size: -1}, true, left
+}
+
 // Need returns how many of the next bytes the Walker must see before it
 // knows more: the rest of a box it keeps, or of a box header. It is 0 when
 // the next bytes are opaque, the length of the stream is unknown, or it

@@ -104,6 +104,7 @@ type body struct {
 	video bool // counted as a video
 	mp4ct bool // the response said it is MP4
 	ended bool // walker done (failed, or nothing more to learn)
+	media bool // an mdat came before any moov
 }
 
 // NewObserver returns an Observer for one connection.
@@ -292,6 +293,14 @@ func (o *Observer) onResponse(r *Response) {
 	if m := o.opts.Cache.Get(key, size); m != nil {
 		o.body.movie = m
 		o.startPlan(o.body)
+		return
+	}
+	// A Range inside the media of a file whose moov comes after it (a
+	// player's tail request, aligned to its own blocks rather than to the
+	// moov): walk from where the media ends, as an earlier response showed.
+	if h := o.opts.Cache.Hint(key, size); start > 0 && h > start {
+		o.body.w.Resume("mdat", h-start)
+		o.body.media = true
 	}
 }
 
@@ -382,8 +391,14 @@ func (o *Observer) onBox(b *body, x Box) {
 		b.video = true
 		o.stats.Videos.Add(1)
 	}
-	if x.Type == "mdat" && b.movie == nil && o.plan == nil && b.start == 0 {
-		o.startPlan(b) // media before the moov: the default rate until known
+	if x.Type == "mdat" && b.movie == nil {
+		b.media = true
+		if x.Size > 0 {
+			o.opts.Cache.PutHint(b.key, b.size, b.start+x.End())
+		}
+		if o.plan == nil && b.start == 0 {
+			o.startPlan(b) // media before the moov: the default rate until known
+		}
 	}
 }
 
@@ -409,8 +424,10 @@ func (o *Observer) onKept(b *body, x Box, payload []byte) {
 		if !m.Fragmented {
 			o.opts.Cache.Put(b.key, b.size, m)
 		}
-		if x.Offset == 0 && b.start > 0 {
-			b.ended = true // a tail Range for the moov: learned, nothing to pace
+		if b.media || (x.Offset == 0 && b.start > 0) {
+			// The moov after the media, or a tail Range for it: learned
+			// for later requests, nothing left to pace here.
+			b.ended = true
 			return
 		}
 		if o.plan == nil || o.plan.Movie == nil {
@@ -465,7 +482,8 @@ type Cache struct {
 type cacheEntry struct {
 	key   string
 	size  int64
-	movie *Movie
+	movie *Movie // nil while only the hint is known
+	next  int64  // file offset just past the first mdat, 0 if unknown
 }
 
 // NewCache returns a Cache of at most max movies (each at most MaxPoints
@@ -485,6 +503,15 @@ func (c *Cache) Get(key string, size int64) *Movie {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	ent := c.get(key, size)
+	if ent == nil {
+		return nil
+	}
+	return ent.movie
+}
+
+// get returns the entry for key if its size matches. Requires c.mu held.
+func (c *Cache) get(key string, size int64) *cacheEntry {
 	e, ok := c.byKey[key]
 	if !ok {
 		return nil
@@ -494,7 +521,35 @@ func (c *Cache) Get(key string, size int64) *Movie {
 		return nil
 	}
 	c.ll.MoveToFront(e)
-	return ent.movie
+	return ent
+}
+
+// Hint returns where the first mdat of the file key ends, as an earlier
+// response showed, or 0.
+func (c *Cache) Hint(key string, size int64) int64 {
+	if c == nil || key == "" {
+		return 0
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if ent := c.get(key, size); ent != nil {
+		return ent.next
+	}
+	return 0
+}
+
+// PutHint records where the first mdat of the file key ends.
+func (c *Cache) PutHint(key string, size, next int64) {
+	if c == nil || key == "" {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if ent := c.get(key, size); ent != nil {
+		ent.next = next
+		return
+	}
+	c.put(&cacheEntry{key: key, size: size, next: next})
 }
 
 // Put keeps movie for key, a file of size bytes (-1 if unknown).
@@ -504,12 +559,21 @@ func (c *Cache) Put(key string, size int64, m *Movie) {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if e, ok := c.byKey[key]; ok {
-		e.Value = &cacheEntry{key: key, size: size, movie: m}
+	var next int64
+	if ent := c.get(key, size); ent != nil {
+		next = ent.next
+	}
+	c.put(&cacheEntry{key: key, size: size, movie: m, next: next})
+}
+
+// put adds or replaces an entry. Requires c.mu held.
+func (c *Cache) put(ent *cacheEntry) {
+	if e, ok := c.byKey[ent.key]; ok {
+		e.Value = ent
 		c.ll.MoveToFront(e)
 		return
 	}
-	c.byKey[key] = c.ll.PushFront(&cacheEntry{key: key, size: size, movie: m})
+	c.byKey[ent.key] = c.ll.PushFront(ent)
 	for c.ll.Len() > c.max {
 		old := c.ll.Back()
 		c.ll.Remove(old)
@@ -517,12 +581,19 @@ func (c *Cache) Put(key string, size int64, m *Movie) {
 	}
 }
 
-// Len returns how many movies are kept.
+// Len returns how many movies are kept (files known only by a hint are not
+// counted).
 func (c *Cache) Len() int {
 	if c == nil {
 		return 0
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.ll.Len()
+	n := 0
+	for e := c.ll.Front(); e != nil; e = e.Next() {
+		if e.Value.(*cacheEntry).movie != nil {
+			n++
+		}
+	}
+	return n
 }

@@ -121,10 +121,16 @@ func TestObserverMoovAtEnd(t *testing.T) {
 	if n := stats.Fallbacks(FallbackMoovUnknown); n != 1 {
 		t.Fatalf("moov_unknown fallbacks %d, want 1", n)
 	}
-	// 2: the tail Range: the moov is learned, nothing is paced.
-	o = conn(fmt.Sprintf("%d-", moovOff), moovOff)
+	// 2: the tail Range, from a block boundary before the moov (as
+	// Chromium asks): the moov is learned where the first response said the
+	// media ends; nothing is paced.
+	tail := moovOff &^ (32<<10 - 1)
+	o = conn(fmt.Sprintf("%d-", tail), tail)
 	if cache.Len() != 1 || o.Plan() != nil {
 		t.Fatalf("after the tail Range: cache %d, plan %+v; want 1 movie, no plan", cache.Len(), o.Plan())
+	}
+	if n := stats.Plans.Load(); n != 0 {
+		t.Fatalf("%d plans from the tail Range, want none", n)
 	}
 	// 3: from 0 again: planned from the moov, as soon as the head is seen.
 	o = NewObserver(Options{Pace: testPace, Cache: cache, Stats: stats})
