@@ -16,6 +16,18 @@ if ! command -v nginx >/dev/null || [ ! -e /usr/lib/nginx/modules/ngx_stream_mod
   fi
 fi
 
+for a in "$@"; do
+  if [ "$a" = -mp4 ] && ! command -v ffmpeg >/dev/null; then
+    if [ "$(id -u)" = 0 ]; then
+      apt-get update -qq
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ffmpeg >/dev/null
+    else
+      echo "bench: -mp4 needs ffmpeg: sudo apt-get install ffmpeg" >&2
+      exit 1
+    fi
+  fi
+done
+
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 go build -o "$out/sluice" ./cmd/sluice
@@ -23,6 +35,6 @@ go build -o "$out/loadbench" ./bench/loadbench
 mkdir -p bench/results
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
 mode=core
-for a in "$@"; do case "$a" in -shape) mode=shape ;; -links) mode=links ;; esac; done
+for a in "$@"; do case "$a" in -shape) mode=shape ;; -links) mode=links ;; -mp4) mode=mp4 ;; esac; done
 "$out/loadbench" -sluice "$out/sluice" -nginx "$(command -v nginx)" -runs 3 \
   -json "bench/results/$mode-$stamp.json" "$@"

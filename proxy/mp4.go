@@ -141,11 +141,10 @@ func (p *pump) pace(want int) (int, error) {
 	}
 	pos := pc.obs.Pos()
 	elapsed := now.Sub(pc.start)
-	limit := max(elapsed, plan.Due(pos)) + paceStep
-	g := want
-	if plan.Due(pos+int64(g)) > limit {
-		// The most bytes due by limit, by bisection (Due never decreases).
-		lo, hi := min(want, paceMin), want
+	// The most of the want bytes that are due by limit (Due never
+	// decreases, so bisection finds it).
+	dueBy := func(limit time.Duration) int {
+		lo, hi := 0, want
 		for lo < hi {
 			mid := lo + (hi-lo+1)/2
 			if plan.Due(pos+int64(mid)) <= limit {
@@ -154,8 +153,15 @@ func (p *pump) pace(want int) (int, error) {
 				hi = mid - 1
 			}
 		}
-		g = lo
+		return lo
 	}
+	// Bytes already due go at once (the burst region, or a pump that fell
+	// behind); else the next paceStep's worth, when the last of them is due.
+	g := dueBy(elapsed)
+	if g >= min(want, paceMin) {
+		return g, nil
+	}
+	g = max(dueBy(max(elapsed, plan.Due(pos))+paceStep), min(want, paceMin))
 	wait := plan.Due(pos+int64(g)) - elapsed
 	if wait <= 0 {
 		return g, nil

@@ -43,6 +43,7 @@ var (
 	jsonOut   = flag.String("json", "", "also write the raw results to this file")
 	shape     = flag.Bool("shape", false, "measure per-connection shaping instead of the proxy core")
 	links     = flag.Bool("links", false, "measure shared link budgets instead of the proxy core")
+	mp4       = flag.Bool("mp4", false, "measure MP4 pacing against nginx limit_rate_after + limit_rate (needs ffmpeg)")
 	linkScale = flag.Int("link-scale", 9000, "-links: connections in the scale case; 0 skips it")
 	shapeRate = flag.Int64("shape-rate", 0, "-shape: measure only one connection at this rate, bytes/s")
 	only      = flag.String("only", "", "-shape: run only the cases and proxies whose names contain this")
@@ -100,6 +101,9 @@ func run() error {
 	}
 	if *links {
 		return runLinks(dir, src.Addr().String(), echo.Addr().String())
+	}
+	if *mp4 {
+		return runMP4(dir)
 	}
 	return runCore(dir, src.Addr().String(), echo.Addr().String())
 }
