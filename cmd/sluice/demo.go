@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/sluiceproxy/sluice/config"
+	"github.com/sluiceproxy/sluice/mp4probe"
 	"github.com/sluiceproxy/sluice/proxy"
 	"github.com/sluiceproxy/sluice/shaper"
 )
@@ -31,7 +32,16 @@ const (
 	demoBulk      = 2         // clients on "bulk"
 	demoLinkRate  = 5_000_000 // bytes/s down on the shared link (40 Mbit/s): less than the 7 MB/s asked
 	demoAssured   = 1_000_000 // bytes/s each listener is assured on the link (8 Mbit/s)
+	demoViewers   = 2         // clients on "movie"
 )
+
+func sumValues(m map[string]int64) int64 {
+	var n int64
+	for _, v := range m {
+		n += v
+	}
+	return n
+}
 
 // runDemo starts an origin, a sluice in front of it and a few clients, all
 // on loopback in this process, and shows live what the shaping does. Half
@@ -54,6 +64,20 @@ func runDemo(ctx context.Context, w io.Writer, d time.Duration) error {
 		serveOrigin(origin, &wg)
 	}()
 
+	movie := demoMovie(demoMovieSeconds, demoMovieRate, demoMovieFPS)
+	pace := mp4probe.Pace{Factor: demoMovieFactor, Burst: demoMovieBurst}
+	probe := mp4probe.NewObserver(mp4probe.Options{Mode: mp4probe.Raw, Pace: pace})
+	probe.Observe(movie)
+	plan := probe.Plan()
+	if plan == nil {
+		return errors.New("demo video: no plan")
+	}
+	movieLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	defer serveMovie(movieLn, movie).Close()
+
 	lim := func(down, up int64) proxy.ConnLimits {
 		return proxy.ConnLimits{Down: shaper.Limit{Rate: down, Burst: 64 << 10}, Up: shaper.Limit{Rate: up}, KernelPacing: true}
 	}
@@ -64,6 +88,8 @@ func runDemo(ctx context.Context, w io.Writer, d time.Duration) error {
 		Listeners: []proxy.ListenerConfig{
 			{Name: "video", Addr: "127.0.0.1:0", Upstream: origin.Addr().String(), Limits: lim(demoVideoRate, 0), Links: line},
 			{Name: "bulk", Addr: "127.0.0.1:0", Upstream: origin.Addr().String(), Limits: lim(demoBulkRate, demoBulkRate), Links: line},
+			{Name: "movie", Addr: "127.0.0.1:0", Upstream: movieLn.Addr().String(),
+				MP4: proxy.MP4Config{Enabled: true, Mode: mp4probe.HTTP, Pace: pace, CacheEntries: 16}},
 		}})
 	if err != nil {
 		return err
@@ -94,6 +120,10 @@ func runDemo(ctx context.Context, w io.Writer, d time.Duration) error {
 	fmt.Fprintf(w, "  bulk  %s: %d clients, %s per connection, each way\n", srv.Addr("bulk"), demoBulk, fmtBits(demoBulkRate))
 	fmt.Fprintf(w, "  link line: %s down for both, each listener a key assured %s; they ask for more than the line has,\n", fmtBits(demoLinkRate), fmtBits(demoAssured))
 	fmt.Fprintf(w, "    so bulk keeps its %s (under its assured rate) and video shares the rest\n", fmtBits(demoBulk*demoBulkRate))
+	fmt.Fprintf(w, "  movie %s: %d viewers of a %d-s, %s MP4 from an HTTP origin, paced: the metadata and %v of media at once,\n",
+		srv.Addr("movie"), demoViewers, demoMovieSeconds, fmtBits(demoMovieRate), demoMovieBurst)
+	fmt.Fprintf(w, "    then %g× the video's own rate (%s), so a viewer who quits early has not pulled the whole file\n",
+		demoMovieFactor, fmtBits(demoMovieFactor*demoMovieRate))
 	fmt.Fprintf(w, "  admin API %s (token %s): try `sluice top --admin %s` in another terminal\n\n", admin.base, token, admin.base)
 
 	cctx, stop := context.WithCancel(ctx)
@@ -112,6 +142,16 @@ func runDemo(ctx context.Context, w io.Writer, d time.Duration) error {
 				bad.Add(1)
 				fmt.Fprintf(w, "client on %s: %v\n", name, err)
 			}
+		}()
+	}
+
+	viewers := make([]*viewer, demoViewers)
+	for i := range viewers {
+		viewers[i] = &viewer{}
+		clients.Add(1)
+		go func() {
+			defer clients.Done()
+			viewers[i].watch(cctx, srv.Addr("movie").String(), movie, plan.BurstEnd)
 		}()
 	}
 
@@ -160,6 +200,23 @@ func runDemo(ctx context.Context, w io.Writer, d time.Duration) error {
 	}
 	stop()
 	clients.Wait()
+	watched := time.Since(start)
+	for i, v := range viewers {
+		if v.err != nil {
+			bad.Add(1)
+			fmt.Fprintf(w, "viewer %d: %v\n", i+1, v.err)
+			continue
+		}
+		fmt.Fprintf(w, "viewer %d: the metadata and first %v of video (%d kB) in %v; quit after %v with %.1f of the file's %.1f MB\n",
+			i+1, demoMovieBurst, plan.BurstEnd/1000, time.Duration(v.burst.Load()).Round(time.Millisecond),
+			watched.Round(time.Second), float64(v.got.Load())/1e6, float64(len(movie))/1e6)
+	}
+	for _, ls := range srv.Stats() {
+		if ls.Name == "movie" {
+			fmt.Fprintf(w, "movie: %d videos seen, %d paced from their metadata, %d fallbacks; without pacing each viewer would have had the whole file in a fraction of a second\n",
+				ls.MP4.Videos, ls.MP4.Plans, sumValues(ls.MP4.Fallbacks))
+		}
+	}
 	if n := bad.Load(); n > 0 {
 		return fmt.Errorf("%d clients saw corrupt bytes", n)
 	}

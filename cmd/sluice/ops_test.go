@@ -517,7 +517,7 @@ func TestDemo(t *testing.T) {
 		t.Fatalf("demo: exit %d: %s\n%s", code, stderr.String(), stdout.String())
 	}
 	out := stdout.String()
-	for _, want := range []string{"PUT /v1/links/line/limits", "DELETE /v1/conns/", "LINK", "demo done: every byte"} {
+	for _, want := range []string{"PUT /v1/links/line/limits", "DELETE /v1/conns/", "LINK", "viewer 1: the metadata", "2 paced from their metadata", "demo done: every byte"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("demo output lacks %q:\n%s", want, out)
 		}
@@ -576,7 +576,7 @@ admin: {listen: '127.0.0.1:0'}
 links:
   line: {down: {rate: %s}, keys: {by: source_ip, rate: 1Mbit, overrides: [{key: 127.0.0.1, weight: 2}]}}
 listeners:
-  - {name: t, listen: '127.0.0.1:0', upstream: '%s', links: [line], conn: {down: {rate: 80Mbit}}}
+  - {name: t, listen: '127.0.0.1:0', upstream: '%s', links: [line], conn: {down: {rate: 80Mbit}}, mp4: {enabled: true}}
 shutdown: {drain: 1s}
 `, rate, ln.Addr())
 	}
@@ -638,7 +638,7 @@ shutdown: {drain: 1s}
 	if err := json.Unmarshal(dash, &d); err != nil {
 		t.Fatalf("grafana-dashboard.json: %v", err)
 	}
-	names := regexp.MustCompile(`\b(sluice|go|process)_[a-z_]+`)
+	names := regexp.MustCompile(`\b(sluice|go|process)_[a-z0-9_]+`)
 	for _, pn := range d.Panels {
 		for _, tg := range pn.Targets {
 			for _, name := range names.FindAllString(tg.Expr, -1) {
