@@ -36,8 +36,8 @@ func chromium(t *testing.T) string {
 type playerResult struct {
 	Why       string  `json:"why"`
 	StartedMS float64 `json:"started_ms"` // from page load to the first "playing"
-	Waiting   int     `json:"waiting"`   // "waiting" events after playback started
-	Played    float64 `json:"played"`    // currentTime at the report
+	Waiting   int     `json:"waiting"`    // "waiting" events after playback started
+	Played    float64 `json:"played"`     // currentTime at the report
 	Error     string  `json:"error"`
 }
 
