@@ -212,7 +212,9 @@ func (p *pump) copyObserved() error {
 			want = min(avail, maxMove)
 		}
 		opaque := int64(0)
-		if p.dir == Down {
+		if p.dir == Up {
+			want = min(want, maxCopy) // requests go through a buffer to be shown
+		} else {
 			opaque = obs.Opaque()
 			if opaque == 0 {
 				want = min(want, maxCopy) // bytes to show go through a buffer
@@ -221,6 +223,9 @@ func (p *pump) copyObserved() error {
 				}
 			} else if opaque > 0 {
 				want = int(min(int64(want), opaque))
+			}
+			if p.srcRaw == nil {
+				want = min(want, maxCopy) // no splice: every byte goes through a buffer
 			}
 			var err error
 			if want, err = p.pace(want); err != nil {

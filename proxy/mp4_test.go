@@ -3,6 +3,7 @@ package proxy
 import (
 	"bufio"
 	"bytes"
+	"crypto/sha256"
 	"encoding/binary"
 	"fmt"
 	"io"
@@ -250,5 +251,70 @@ func TestMP4PacingRaw(t *testing.T) {
 				checkArrivals(t, name, a, start, rawPlan(t, data, pace), int64(len(data)))
 			}
 		})
+	}
+}
+
+// TestMP4ListenerIntegrity: a listener that paces MP4 forwards any other
+// traffic byte-exact both ways, whatever it looks like: random bytes, an
+// HTTP exchange with a large request body, and a response that is not
+// video; no plan is made.
+func TestMP4ListenerIntegrity(t *testing.T) {
+	checkRoutines(t)
+	b := newBackend(t)
+	for _, mode := range []mp4probe.Mode{mp4probe.Auto, mp4probe.HTTP, mp4probe.Raw} {
+		srv, addr, _ := startProxy(t, ListenerConfig{Upstream: b.addr(),
+			MP4: MP4Config{Enabled: true, Mode: mode, Pace: mp4probe.Pace{Factor: 1.25, Burst: time.Second, Default: 10_000}}})
+		for _, prefix := range []string{"", "POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 4194304\r\n\r\n"} {
+			client, server := connect(t, addr, b)
+			const size = 4 << 20
+			type res struct {
+				sum [32]byte
+				n   int64
+				err error
+			}
+			upc, downc := make(chan res, 1), make(chan res, 1)
+			go func() { // client → server: the request, then its body
+				sum, n, err := hashAll(io.LimitReader(server, int64(len(prefix))+size))
+				upc <- res{sum, n, err}
+			}()
+			go func() {
+				sum, n, err := hashAll(client)
+				downc <- res{sum, n, err}
+			}()
+			head := "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: 4194304\r\n\r\n"
+			if prefix == "" {
+				head = ""
+			}
+			go func() {
+				_, _ = io.WriteString(server, head)
+				_, _ = sendStream(server, 2, size)
+				server.CloseWrite()
+			}()
+			_, _ = io.WriteString(client, prefix)
+			if _, err := sendStream(client, 1, size); err != nil {
+				t.Fatal(err)
+			}
+			up := <-upc
+			wantUp := sha256.New()
+			wantUp.Write([]byte(prefix))
+			_, _ = sendStream(wantUp, 1, size)
+			if up.err != nil || up.n != int64(len(prefix))+size || up.sum != [32]byte(wantUp.Sum(nil)) {
+				t.Fatalf("mode %d: upstream got %d bytes (%v), not what was sent", mode, up.n, up.err)
+			}
+			client.CloseWrite()
+			down := <-downc
+			wantDown := sha256.New()
+			wantDown.Write([]byte(head))
+			_, _ = sendStream(wantDown, 2, size)
+			if down.err != nil || down.n != int64(len(head))+size || down.sum != [32]byte(wantDown.Sum(nil)) {
+				t.Fatalf("mode %d: client got %d bytes (%v), not what was sent", mode, down.n, down.err)
+			}
+			client.Close()
+			server.Close()
+		}
+		if st := srv.Stats()[0].MP4; st.Videos != 0 || st.Plans != 0 {
+			t.Errorf("mode %d: %+v; want no video seen", mode, st)
+		}
+		srv.Close()
 	}
 }
