@@ -131,8 +131,14 @@ func playInChromium(t *testing.T, bin, name string) {
 	if res.Why != "ended" || res.Error != "" {
 		t.Fatalf("playback ended with %q %q; chromium said:\n%s", res.Why, res.Error, out.String())
 	}
-	if res.StartedMS < 0 || res.StartedMS > 1000 {
-		t.Errorf("playback started after %.0f ms, want within 1 s", res.StartedMS)
+	// A moov-at-end file costs the player a tail request and a new
+	// connection before it can start: a second more is allowed for it.
+	limit := 1000.0
+	if name == "moovend" {
+		limit = 2000
+	}
+	if res.StartedMS < 0 || res.StartedMS > limit {
+		t.Errorf("playback started after %.0f ms, want within %.0f ms", res.StartedMS, limit)
 	}
 	if res.Waiting != 0 {
 		t.Errorf("%d waiting events during playback, want none", res.Waiting)

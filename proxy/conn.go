@@ -28,6 +28,9 @@ const (
 	keyResult   = "result"
 	keyBytesUp  = "bytes_up"
 	keyBytesDn  = "bytes_down"
+	keyMP4Plans = "mp4_plans"
+	keyMP4Rate  = "mp4_rate_bytes_per_second"
+	keyMP4Burst = "mp4_burst_bytes"
 )
 
 // Dir is a direction of a proxied connection.
@@ -372,6 +375,12 @@ func (c *conn) logDone(result string, err error) {
 		slog.Int64(keyBytesDn, c.pumps[Down].bytes.Load()),
 		slog.Duration(keyDur, time.Since(c.start)),
 		slog.String(keyResult, result),
+	}
+	if pc := c.pumps[Down].pacer; pc != nil && pc.plans > 0 {
+		// The MP4 plans the download followed; the last one's video rate
+		// (bytes/s, or the default rate) and burst region.
+		attrs = append(attrs, slog.Int(keyMP4Plans, pc.plans), slog.Int64(keyMP4Rate, pc.lastRate),
+			slog.Int64(keyMP4Burst, pc.lastBurst))
 	}
 	if err != nil {
 		attrs = append(attrs, slog.Any(keyErr, err))

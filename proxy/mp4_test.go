@@ -94,7 +94,7 @@ func TestMP4PacingHTTP(t *testing.T) {
 	}))
 	defer origin.Close()
 	pace := mp4probe.Pace{Factor: 2, Burst: 2 * time.Second}
-	srv, addr, _ := startProxy(t, ListenerConfig{Upstream: origin.Listener.Addr().String(),
+	srv, addr, logs := startProxy(t, ListenerConfig{Upstream: origin.Listener.Addr().String(),
 		MP4: MP4Config{Enabled: true, Mode: mp4probe.HTTP, Pace: pace, CacheEntries: 4}})
 	c := dial(t, addr)
 	defer c.Close()
@@ -169,6 +169,9 @@ sluice_mp4_cached_movies{listener="t"} 1
 	if problems, err := testutil.GatherAndLint(reg); err != nil || len(problems) > 0 {
 		t.Errorf("promlint: %v %v", problems, err)
 	}
+	c.Close()
+	waitLog(t, logs, "conn done", "mp4_plans=2", fmt.Sprintf("mp4_rate_bytes_per_second=%d", whole.Bitrate),
+		fmt.Sprintf("mp4_burst_bytes=%d", seek.BurstBytes()))
 }
 
 // fileServer is a raw TCP upstream that sends a file to each connection and

@@ -59,6 +59,7 @@ func makeFixture(dir string, f mp4Fixture) (string, error) {
 type mp4Result struct {
 	BurstSec   float64 // time for the plan's burst region to arrive
 	Steady     float64 // rate after the burst ÷ the video's bitrate
+	SteadyRest float64 // rate after the burst ÷ the bitrate of the media after the burst
 	WinMin     float64 // 1-s windows after the burst ÷ bitrate
 	WinMed     float64
 	WinMax     float64
@@ -182,8 +183,8 @@ http {
 		}
 	}
 	fmt.Printf("\nMP4 pacing, factor %g, burst %v, median of %d runs (bitrate-relative figures ÷ the file's average rate)\n", factor, burst, *runs)
-	fmt.Printf("%-8s %-7s %8s %7s %6s %6s %6s %7s %8s %8s %8s %8s %6s\n",
-		"fixture", "target", "burst s", "steady", "win lo", "win md", "win hi", "gap ms", "start s", "quit MB", "need MB", "total s", "exact")
+	fmt.Printf("%-8s %-7s %8s %7s %6s %6s %6s %6s %7s %8s %8s %8s %8s %6s\n",
+		"fixture", "target", "burst s", "steady", "rest", "win lo", "win md", "win hi", "gap ms", "start s", "quit MB", "need MB", "total s", "exact")
 	for _, f := range fxs {
 		need := float64(f.plan.Movie.BytesFor(10*time.Second)) / 1e6 // what 10 s of playback takes
 		for _, t := range targets {
@@ -193,8 +194,9 @@ http {
 			for _, r := range rs {
 				exact = exact && r.ByteExact
 			}
-			fmt.Printf("%-8s %-7s %8.3f %7.3f %6.2f %6.2f %6.2f %7.0f %8.2f %8.2f %8.2f %8.2f %6v\n", f.name, t.name,
+			fmt.Printf("%-8s %-7s %8.3f %7.3f %6.3f %6.2f %6.2f %6.2f %7.0f %8.2f %8.2f %8.2f %8.2f %6v\n", f.name, t.name,
 				m(func(r mp4Result) float64 { return r.BurstSec }), m(func(r mp4Result) float64 { return r.Steady }),
+				m(func(r mp4Result) float64 { return r.SteadyRest }),
 				m(func(r mp4Result) float64 { return r.WinMin }), m(func(r mp4Result) float64 { return r.WinMed }),
 				m(func(r mp4Result) float64 { return r.WinMax }), m(func(r mp4Result) float64 { return r.GapMS }),
 				m(func(r mp4Result) float64 { return r.StartSec }), m(func(r mp4Result) float64 { return r.QuitMB }),
@@ -273,6 +275,9 @@ func downloadMP4(addr, name string, data []byte, plan *mp4probe.Plan, rate int64
 	r.QuitMB = float64(bytesAt(10*time.Second)) / 1e6
 	if end > burstAt {
 		r.Steady = float64(total-plan.BurstEnd) / (end - burstAt).Seconds() / float64(rate)
+		at, _ := plan.Movie.NeedAt(plan.BurstEnd)
+		rest := float64(plan.Movie.MediaBytes()-plan.BurstEnd) / (plan.Movie.Duration - at).Seconds()
+		r.SteadyRest = float64(total-plan.BurstEnd) / (end - burstAt).Seconds() / rest
 	}
 	var wins []float64
 	for t := burstAt; t+time.Second <= end; t += time.Second {
