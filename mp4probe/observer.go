@@ -127,6 +127,14 @@ func (o *Observer) Pos() int64 { return o.pos }
 // showing it bytes. A plan in force stays in force.
 func (o *Observer) Done() bool { return o.done.Load() }
 
+// WantsUp reports whether the Observer still needs the client's bytes: not
+// for a raw stream, nor once it is done. Safe to call with Up.
+func (o *Observer) WantsUp() bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.mode != Raw && !o.done.Load()
+}
+
 // Up observes bytes the client sent (requests, for an HTTP stream).
 func (o *Observer) Up(p []byte) {
 	o.mu.Lock()

@@ -198,7 +198,7 @@ func (p *pump) pace(want int) (int, error) {
 func (p *pump) copyObserved() error {
 	obs := p.pacer.obs
 	for {
-		if obs.Done() && (p.dir == Up || obs.Plan() == nil) {
+		if p.dir == Up && !obs.WantsUp() || p.dir == Down && obs.Done() && obs.Plan() == nil {
 			if p.srcRaw != nil {
 				return p.copySplice()
 			}
