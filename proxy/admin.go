@@ -214,10 +214,19 @@ type MP4JSON struct {
 	Videos     int64            `json:"videos"`
 	Plans      int64            `json:"plans"`
 	BurstBytes int64            `json:"burst_bytes"`
+	// MeanRate is the mean of the planned videos' rates, bytes/s.
+	MeanRate int64 `json:"mean_video_rate"`
 	Fallbacks  map[string]int64 `json:"fallbacks"`
 	Cached     int              `json:"cached_movies"`
 	WaitedSec  float64          `json:"pace_wait_seconds"`
 	PacedBytes int64            `json:"paced_bytes"`
+}
+
+func meanRate(m MP4Stats) int64 {
+	if m.Plans == 0 {
+		return 0
+	}
+	return m.PlannedRate / m.Plans
 }
 
 func (a *Admin) listeners(*http.Request) (any, error) {
@@ -233,7 +242,7 @@ func (a *Admin) listeners(*http.Request) (any, error) {
 		})
 		if m := s.MP4; s.MP4Enabled || m.Videos > 0 {
 			out[len(out)-1].MP4 = &MP4JSON{
-				Enabled: s.MP4Enabled, Videos: m.Videos, Plans: m.Plans, BurstBytes: m.BurstBytes,
+				Enabled: s.MP4Enabled, Videos: m.Videos, Plans: m.Plans, BurstBytes: m.BurstBytes, MeanRate: meanRate(m),
 				Fallbacks: m.Fallbacks, Cached: m.Cached, WaitedSec: m.Waited.Seconds(), PacedBytes: m.PacedBytes,
 			}
 		}

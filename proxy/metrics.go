@@ -17,7 +17,7 @@ type Collector struct {
 
 	linkBytes, linkBorrowed, linkRate, linkTokens, linkWaiting, linkKeys, linkConns *prometheus.Desc
 
-	mp4Videos, mp4Plans, mp4Burst, mp4Fallbacks, mp4Cached, mp4Waited, mp4Paced *prometheus.Desc
+	mp4Videos, mp4Plans, mp4Burst, mp4Fallbacks, mp4Cached, mp4Waited, mp4Paced, mp4Rate *prometheus.Desc
 }
 
 // NewCollector returns a Collector for srv; register it on a registry.
@@ -51,6 +51,7 @@ func NewCollector(srv *Server) *Collector {
 		mp4Cached:    d("mp4_cached_movies", "Movies a listener keeps to pace later Range requests.", "listener"),
 		mp4Waited:    d("mp4_pace_wait_seconds_total", "Time connections held bytes back to follow MP4 plans.", "listener"),
 		mp4Paced:     d("mp4_paced_bytes_total", "Bytes sent while an MP4 plan was in force.", "listener"),
+		mp4Rate:      d("mp4_plan_video_rate_bytes_per_second", "Average rates of the videos MP4 plans were made for (sum and count: their mean).", "listener"),
 	}
 }
 
@@ -58,7 +59,7 @@ func NewCollector(srv *Server) *Collector {
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.bytes, c.accepted, c.ended, c.active, c.waited, c.waiting, c.rate, c.burst,
 		c.linkBytes, c.linkBorrowed, c.linkRate, c.linkTokens, c.linkWaiting, c.linkKeys, c.linkConns,
-		c.mp4Videos, c.mp4Plans, c.mp4Burst, c.mp4Fallbacks, c.mp4Cached, c.mp4Waited, c.mp4Paced} {
+		c.mp4Videos, c.mp4Plans, c.mp4Burst, c.mp4Fallbacks, c.mp4Cached, c.mp4Waited, c.mp4Paced, c.mp4Rate} {
 		ch <- d
 	}
 }
@@ -96,6 +97,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(c.mp4Cached, prometheus.GaugeValue, float64(m.Cached), ls.Name)
 			ch <- prometheus.MustNewConstMetric(c.mp4Waited, prometheus.CounterValue, m.Waited.Seconds(), ls.Name)
 			ch <- prometheus.MustNewConstMetric(c.mp4Paced, prometheus.CounterValue, float64(m.PacedBytes), ls.Name)
+			ch <- prometheus.MustNewConstSummary(c.mp4Rate, uint64(m.Plans), float64(m.PlannedRate), nil, ls.Name)
 		}
 		lims := [2]struct{ rate, burst int64 }{{ls.Limits.Up.Rate, ls.Limits.Up.Burst}, {ls.Limits.Down.Rate, ls.Limits.Down.Burst}}
 		for d := range ls.Bytes {

@@ -80,8 +80,9 @@ func (m *mp4State) cached() int {
 type MP4Stats struct {
 	// Videos counts MP4 bodies seen; Plans those paced from their metadata.
 	Videos, Plans int64
-	// BurstBytes sums the plans' full-speed regions.
-	BurstBytes int64
+	// BurstBytes sums the plans' full-speed regions; PlannedRate their
+	// videos' average rates (bytes/s), so PlannedRate/Plans is the mean.
+	BurstBytes, PlannedRate int64
 	// Fallbacks counts videos paced at the default rate (moov_unknown) or
 	// forwarded at the normal limits only, by reason
 	// ([mp4probe.FallbackReasons]).
@@ -97,6 +98,7 @@ type MP4Stats struct {
 func (m *mp4State) snapshot() MP4Stats {
 	s := MP4Stats{
 		Videos: m.stats.Videos.Load(), Plans: m.stats.Plans.Load(), BurstBytes: m.stats.BurstBytes.Load(),
+		PlannedRate: m.stats.PlannedRate.Load(),
 		Fallbacks: map[string]int64{}, Cached: m.cached(),
 		Waited: time.Duration(m.waited.Load()), PacedBytes: m.paced.Load(),
 	}

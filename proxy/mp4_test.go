@@ -161,9 +161,14 @@ sluice_mp4_burst_bytes_total{listener="t"} %d
 # HELP sluice_mp4_cached_movies Movies a listener keeps to pace later Range requests.
 # TYPE sluice_mp4_cached_movies gauge
 sluice_mp4_cached_movies{listener="t"} 1
-`, whole.BurstBytes()+seek.BurstBytes())
+# HELP sluice_mp4_plan_video_rate_bytes_per_second Average rates of the videos MP4 plans were made for (sum and count: their mean).
+# TYPE sluice_mp4_plan_video_rate_bytes_per_second summary
+sluice_mp4_plan_video_rate_bytes_per_second_sum{listener="t"} %d
+sluice_mp4_plan_video_rate_bytes_per_second_count{listener="t"} 2
+`, whole.BurstBytes()+seek.BurstBytes(), 2*whole.Bitrate)
 	if err := testutil.GatherAndCompare(reg, strings.NewReader(expect), "sluice_mp4_videos_total",
-		"sluice_mp4_plans_total", "sluice_mp4_burst_bytes_total", "sluice_mp4_cached_movies"); err != nil {
+		"sluice_mp4_plans_total", "sluice_mp4_burst_bytes_total", "sluice_mp4_cached_movies",
+		"sluice_mp4_plan_video_rate_bytes_per_second"); err != nil {
 		t.Error(err)
 	}
 	if problems, err := testutil.GatherAndLint(reg); err != nil || len(problems) > 0 {
