@@ -210,12 +210,12 @@ type ListenerJSON struct {
 
 // MP4JSON are a listener's MP4 pacing counters.
 type MP4JSON struct {
-	Enabled    bool             `json:"enabled"`
-	Videos     int64            `json:"videos"`
-	Plans      int64            `json:"plans"`
-	BurstBytes int64            `json:"burst_bytes"`
+	Enabled    bool  `json:"enabled"`
+	Videos     int64 `json:"videos"`
+	Plans      int64 `json:"plans"`
+	BurstBytes int64 `json:"burst_bytes"`
 	// MeanRate is the mean of the planned videos' rates, bytes/s.
-	MeanRate int64 `json:"mean_video_rate"`
+	MeanRate   int64            `json:"mean_video_rate"`
 	Fallbacks  map[string]int64 `json:"fallbacks"`
 	Cached     int              `json:"cached_movies"`
 	WaitedSec  float64          `json:"pace_wait_seconds"`

@@ -99,7 +99,7 @@ func (m *mp4State) snapshot() MP4Stats {
 	s := MP4Stats{
 		Videos: m.stats.Videos.Load(), Plans: m.stats.Plans.Load(), BurstBytes: m.stats.BurstBytes.Load(),
 		PlannedRate: m.stats.PlannedRate.Load(),
-		Fallbacks: map[string]int64{}, Cached: m.cached(),
+		Fallbacks:   map[string]int64{}, Cached: m.cached(),
 		Waited: time.Duration(m.waited.Load()), PacedBytes: m.paced.Load(),
 	}
 	for _, r := range mp4probe.FallbackReasons {
