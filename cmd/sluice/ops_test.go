@@ -653,3 +653,49 @@ shutdown: {drain: 1s}
 	server.Close()
 	p.wait(t, 10*time.Second)
 }
+
+// TestMP4ThroughConfig runs the real binary with an mp4 block in front of
+// an HTTP origin: the video arrives byte-exact, its burst at once and the
+// rest paced by the plan, and the metrics and the conn's log line say so.
+func TestMP4ThroughConfig(t *testing.T) {
+	defer test.TimeOut(60 * time.Second).Stop()
+	movie := demoMovie(8, 250_000, 25)
+	ln := listenBackend(t)
+	hs := serveMovie(ln, movie)
+	defer hs.Close()
+	path := writeConfig(t, fmt.Sprintf(`log: {format: json}
+admin: {listen: '127.0.0.1:0'}
+listeners:
+  - {name: v, listen: '127.0.0.1:0', upstream: '%s', mp4: {enabled: true, factor: 4, burst_seconds: 2, floor: 100KB/s}}
+`, ln.Addr()))
+	p := startCmd(t, exec.Command(sluiceBin, "run", "--config", path))
+	addr := p.waitLine(t, "listening", map[string]any{"listener": "v"})["addr"].(string)
+
+	start := time.Now()
+	v := &viewer{}
+	v.watch(context.Background(), addr, movie, 1)
+	took := time.Since(start)
+	if v.err != nil || v.got.Load() != int64(len(movie)) {
+		t.Fatalf("got %d of %d bytes: %v", v.got.Load(), len(movie), v.err)
+	}
+	// The plan: 2 s of media at once (the curve counts whole 1-s chunks:
+	// 3 s), then the other 5 s at 4×: about 1.25 s.
+	if took < time.Second || took > 3*time.Second {
+		t.Errorf("the 8-s video took %v, want about 1.25 s", took)
+	}
+	resp, err := http.Get(p.adminURL(t) + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{`sluice_mp4_videos_total{listener="v"} 1`, `sluice_mp4_plans_total{listener="v"} 1`,
+		`sluice_mp4_fallbacks_total{listener="v",reason="malformed"} 0`} {
+		if !bytes.Contains(metrics, []byte(want)) {
+			t.Errorf("metrics lack %s", want)
+		}
+	}
+	p.waitLine(t, "conn done", map[string]any{"listener": "v", "mp4_plans": 1.0, "mp4_rate_bytes_per_second": 250000.0})
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	p.wait(t, 10*time.Second)
+}
