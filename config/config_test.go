@@ -25,7 +25,7 @@ func TestLoadExample(t *testing.T) {
 				Up:   DirLimit{Burst: 8192},
 				Down: DirLimit{Rate: 12_500_000, Burst: 64 << 10, KernelPacing: true},
 			},
-			MP4: MP4{Mode: "auto", Factor: DefaultMP4Factor, Burst: DefaultMP4Burst, CacheEntries: DefaultMP4CacheEntries},
+			MP4: MP4{Mode: "auto", Factor: DefaultMP4Factor, Burst: DefaultMP4Burst, CacheEntries: DefaultMP4CacheEntries, MetadataBudget: DefaultMP4Budget},
 		}},
 		Shutdown: Shutdown{Drain: 30 * time.Second},
 	}

@@ -25,6 +25,7 @@ func (c *Config) YAML() ([]byte, error) {
 		Ceil         string  `yaml:"ceil"`
 		DefaultRate  string  `yaml:"default_rate"`
 		CacheEntries int     `yaml:"cache_entries"`
+		Budget       string  `yaml:"metadata_budget"`
 	}
 	type listener struct {
 		Name     string   `yaml:"name"`
@@ -136,7 +137,7 @@ func (c *Config) YAML() ([]byte, error) {
 			ol.MP4 = &mp4{
 				Enabled: l.MP4.Enabled, Mode: l.MP4.Mode, Factor: l.MP4.Factor, BurstSeconds: l.MP4.Burst.Seconds(),
 				Floor: l.MP4.Floor.String(), Ceil: l.MP4.Ceil.String(), DefaultRate: l.MP4.DefaultRate.String(),
-				CacheEntries: l.MP4.CacheEntries,
+				CacheEntries: l.MP4.CacheEntries, Budget: l.MP4.MetadataBudget.String(),
 			}
 		}
 		o.Listeners = append(o.Listeners, ol)

@@ -32,6 +32,10 @@ type MP4 struct {
 	// requests for the same file (moov-at-end files, seeks). Default 256;
 	// 0 keeps none.
 	CacheEntries int
+	// MetadataBudget bounds the moov and moof bytes the listener's
+	// connections buffer at once (a video over it goes at the normal
+	// limits). Default 64MiB; from 1MiB.
+	MetadataBudget Size
 }
 
 // MP4 defaults.
@@ -41,19 +45,23 @@ const (
 	DefaultMP4CacheEntries = 256
 	MaxMP4Burst            = 600 * time.Second
 	MaxMP4CacheEntries     = 100_000
+	DefaultMP4Budget       = 64 << 20
+	MinMP4Budget           = 1 << 20
+	MaxMP4Budget           = 1 << 40
 )
 
 // mp4 reads a listener's mp4 block.
 func (d *decoder) mp4(path string, v any) MP4 {
-	m := d.object(path, v, "enabled", "mode", "factor", "burst_seconds", "floor", "ceil", "default_rate", "cache_entries")
+	m := d.object(path, v, "enabled", "mode", "factor", "burst_seconds", "floor", "ceil", "default_rate", "cache_entries", "metadata_budget")
 	c := MP4{
-		Enabled:      d.boolean(path+".enabled", m["enabled"], false),
-		Mode:         d.oneOf(path+".mode", m["mode"], "auto", "auto", "http", "raw"),
-		Factor:       d.number(path+".factor", m["factor"], DefaultMP4Factor, 1, 10),
-		Floor:        d.rate(path+".floor", m["floor"]),
-		Ceil:         d.rate(path+".ceil", m["ceil"]),
-		DefaultRate:  d.rate(path+".default_rate", m["default_rate"]),
-		CacheEntries: d.integer(path+".cache_entries", m["cache_entries"], DefaultMP4CacheEntries, 0, MaxMP4CacheEntries),
+		Enabled:        d.boolean(path+".enabled", m["enabled"], false),
+		Mode:           d.oneOf(path+".mode", m["mode"], "auto", "auto", "http", "raw"),
+		Factor:         d.number(path+".factor", m["factor"], DefaultMP4Factor, 1, 10),
+		Floor:          d.rate(path+".floor", m["floor"]),
+		Ceil:           d.rate(path+".ceil", m["ceil"]),
+		DefaultRate:    d.rate(path+".default_rate", m["default_rate"]),
+		CacheEntries:   d.integer(path+".cache_entries", m["cache_entries"], DefaultMP4CacheEntries, 0, MaxMP4CacheEntries),
+		MetadataBudget: d.size(path+".metadata_budget", m["metadata_budget"], DefaultMP4Budget, MinMP4Budget, MaxMP4Budget),
 	}
 	secs := d.number(path+".burst_seconds", m["burst_seconds"], DefaultMP4Burst.Seconds(), 0, MaxMP4Burst.Seconds())
 	c.Burst = time.Duration(secs * float64(time.Second))

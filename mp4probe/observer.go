@@ -31,10 +31,11 @@ const (
 	FallbackTooLarge    = "too_large"    // a moov or moof above MaxKeep
 	FallbackNoMedia     = "no_media"     // no audio or video samples
 	FallbackMoovUnknown = "moov_unknown" // moov after the media, not learned before
+	FallbackBusy        = "busy"         // the shared metadata Budget was spent
 )
 
 // FallbackReasons lists every fallback reason, for metrics.
-var FallbackReasons = []string{FallbackMalformed, FallbackEncrypted, FallbackTooLarge, FallbackNoMedia, FallbackMoovUnknown}
+var FallbackReasons = []string{FallbackMalformed, FallbackEncrypted, FallbackTooLarge, FallbackNoMedia, FallbackMoovUnknown, FallbackBusy}
 
 // Stats count what the Observers that share them saw. Safe for concurrent
 // use; the zero value is ready.
@@ -72,6 +73,9 @@ type Options struct {
 	Stats *Stats
 	// MaxKeep bounds a moov or moof buffered; 0 means DefaultMaxKeep.
 	MaxKeep int64
+	// Budget, if not nil, bounds what all the Observers sharing it buffer
+	// at once.
+	Budget *Budget
 }
 
 // Observer watches the two directions of one proxied connection and plans
@@ -91,6 +95,7 @@ type Observer struct {
 	body *body       // the body being walked, nil outside one
 	plan *Plan       // the current plan, nil when unpaced
 	done atomic.Bool // nothing more to learn
+	held int64       // bytes of opts.Budget held for the box being kept
 }
 
 // body is one MP4 candidate: a response body, or the raw stream.
@@ -188,6 +193,16 @@ func (o *Observer) Observe(p []byte) {
 	}
 }
 
+// Close gives back what the Observer holds of its Budget. Call it once the
+// connection ended; the Observer must not be used after.
+func (o *Observer) Close() { o.release() }
+
+// release gives back the Budget held for a kept box.
+func (o *Observer) release() {
+	o.opts.Budget.give(o.held)
+	o.held = 0
+}
+
 // EOF tells the Observer the server closed its side.
 func (o *Observer) EOF() {
 	o.mu.Lock()
@@ -282,6 +297,7 @@ func (o *Observer) newHTTP() *HTTPStream {
 
 // onResponse starts following a response body. Requires o.mu held.
 func (o *Observer) onResponse(r *Response) {
+	o.release()
 	o.body, o.plan = nil, nil
 	if r.NoBody() || (r.Status != 200 && r.Status != 206) {
 		return
@@ -323,6 +339,7 @@ func (o *Observer) onBody(r *Response, off int64, data []byte) {
 
 // onEnd ends a response body. Requires o.mu held.
 func (o *Observer) onEnd(r *Response) {
+	o.release()
 	o.body, o.plan = nil, nil
 }
 
@@ -331,7 +348,19 @@ func (o *Observer) newBody(base, start int64, key string, size int64, mp4ct bool
 	b.w = Walker{
 		MaxKeep: o.opts.MaxKeep,
 		Keep: func(x Box) bool {
-			return x.Type == "moov" || (x.Type == "moof" && b.movie != nil && b.movie.Fragmented)
+			if b.ended || !(x.Type == "moov" || (x.Type == "moof" && b.movie != nil && b.movie.Fragmented)) {
+				return false
+			}
+			n := x.Size - int64(x.Header)
+			if x.Size < 0 || n > o.maxKeep() {
+				return true // the Walker refuses it: too large
+			}
+			if !o.opts.Budget.take(n) {
+				o.giveUp(FallbackBusy)
+				return false
+			}
+			o.held += n
+			return true
 		},
 		OnBox:  func(x Box) { o.onBox(b, x) },
 		OnKept: func(x Box, payload []byte) { o.onKept(b, x, payload) },
@@ -367,6 +396,9 @@ func (o *Observer) feed(p []byte) {
 		return
 	}
 	b.w.Feed(p)
+	if err := b.w.Failed(); err != nil {
+		o.release()
+	}
 	if err := b.w.Failed(); err != nil && !b.ended {
 		b.ended = true
 		switch {
@@ -411,6 +443,7 @@ func (o *Observer) onBox(b *body, x Box) {
 }
 
 func (o *Observer) onKept(b *body, x Box, payload []byte) {
+	defer o.release() // the payload is not kept past this call
 	if b.ended {
 		return
 	}
@@ -446,6 +479,13 @@ func (o *Observer) onKept(b *body, x Box, payload []byte) {
 			o.giveUp(fallbackReason(err))
 		}
 	}
+}
+
+func (o *Observer) maxKeep() int64 {
+	if o.opts.MaxKeep > 0 {
+		return o.opts.MaxKeep
+	}
+	return DefaultMaxKeep
 }
 
 func fallbackReason(err error) string {

@@ -322,3 +322,40 @@ func TestCacheEvictsLeastRecentlyUsed(t *testing.T) {
 		t.Fatal("a nil cache kept something")
 	}
 }
+
+// TestObserverBudget: Observers sharing a Budget buffer at most its size of
+// metadata at once; one that would go over gives its body up as "busy"; a
+// decoded moov or a closed Observer gives its share back.
+func TestObserverBudget(t *testing.T) {
+	data := readFixture(t, "faststart")
+	moov, _ := keptBoxes(data)
+	budget := NewBudget(int64(len(moov)) + 100) // room for one moov
+	stats := new(Stats)
+	newObs := func() *Observer {
+		return NewObserver(Options{Mode: Raw, Pace: testPace, Stats: stats, Budget: budget})
+	}
+	moovAt := bytes.Index(data, []byte("moov")) + 4
+	a, b := newObs(), newObs()
+	a.Observe(data[:moovAt+10]) // a holds the moov's share
+	b.Observe(data[:moovAt+10])
+	if got := stats.Fallbacks(FallbackBusy); got != 1 {
+		t.Fatalf("busy fallbacks %d, want 1 (b over the budget)", got)
+	}
+	if left := budget.Left(); left != 100 {
+		t.Fatalf("budget left %d while a keeps the moov, want 100", left)
+	}
+	a.Observe(data[moovAt+10:])
+	if a.Plan() == nil || budget.Left() != int64(len(moov))+100 {
+		t.Fatalf("after a's moov: plan %v, budget left %d", a.Plan(), budget.Left())
+	}
+	b.Observe(data[moovAt+10:])
+	if b.Plan() != nil || b.Pos() != int64(len(data)) {
+		t.Fatal("b, given up as busy, planned or lost count")
+	}
+	c := newObs()
+	c.Observe(data[:moovAt+10])
+	c.Close() // the connection ended inside the moov
+	if left := budget.Left(); left != int64(len(moov))+100 {
+		t.Fatalf("budget left %d after Close, want all of it", left)
+	}
+}

@@ -295,6 +295,9 @@ func (c *conn) finish() {
 	}
 	c.client.Close()
 	c.up.Close()
+	if c.obs != nil {
+		c.obs.Close() // gives back the metadata budget it held
+	}
 	c.logDone(result, err)
 	c.srv.forget(c, result)
 }

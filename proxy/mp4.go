@@ -26,6 +26,10 @@ type MP4Config struct {
 	// CacheEntries bounds the movies a listener keeps to pace later Range
 	// requests for the same file; zero keeps none.
 	CacheEntries int
+	// MetadataBudget bounds the moov and moof bytes the listener's
+	// connections buffer at once; zero means no bound beyond 16 MiB per
+	// connection.
+	MetadataBudget int64
 }
 
 func (m MP4Config) validate() error {
@@ -38,8 +42,8 @@ func (m MP4Config) validate() error {
 		return errors.New("mp4 burst, floor, ceil and default rate must not be negative")
 	case m.Pace.Floor > 0 && m.Pace.Ceil > 0 && m.Pace.Floor > m.Pace.Ceil:
 		return fmt.Errorf("mp4 floor %d B/s is above ceil %d B/s", m.Pace.Floor, m.Pace.Ceil)
-	case m.CacheEntries < 0:
-		return errors.New("mp4 cache entries must not be negative")
+	case m.CacheEntries < 0 || m.MetadataBudget < 0:
+		return errors.New("mp4 cache entries and metadata budget must not be negative")
 	}
 	return nil
 }
@@ -51,8 +55,10 @@ type mp4State struct {
 	mu       sync.Mutex
 	cache    *mp4probe.Cache // guarded by mu; nil when CacheEntries is 0
 	cacheMax int             // guarded by mu
-	waited   atomic.Int64    // nanoseconds ended connections waited for the pace
-	paced    atomic.Int64    // bytes ended connections sent under a plan
+	budget   *mp4probe.Budget
+	budgetN  int64        // guarded by mu
+	waited   atomic.Int64 // nanoseconds ended connections waited for the pace
+	paced    atomic.Int64 // bytes ended connections sent under a plan
 }
 
 // observer returns a new connection's Observer, or nil when cfg disables
@@ -65,9 +71,15 @@ func (m *mp4State) observer(cfg MP4Config) *mp4probe.Observer {
 	if m.cacheMax != cfg.CacheEntries {
 		m.cache, m.cacheMax = mp4probe.NewCache(cfg.CacheEntries), cfg.CacheEntries
 	}
-	cache := m.cache
+	if m.budgetN != cfg.MetadataBudget {
+		m.budget, m.budgetN = nil, cfg.MetadataBudget
+		if cfg.MetadataBudget > 0 {
+			m.budget = mp4probe.NewBudget(cfg.MetadataBudget)
+		}
+	}
+	cache, budget := m.cache, m.budget
 	m.mu.Unlock()
-	return mp4probe.NewObserver(mp4probe.Options{Mode: cfg.Mode, Pace: cfg.Pace, Cache: cache, Stats: &m.stats})
+	return mp4probe.NewObserver(mp4probe.Options{Mode: cfg.Mode, Pace: cfg.Pace, Cache: cache, Stats: &m.stats, Budget: budget})
 }
 
 func (m *mp4State) cached() int {

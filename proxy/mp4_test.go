@@ -95,7 +95,7 @@ func TestMP4PacingHTTP(t *testing.T) {
 	defer origin.Close()
 	pace := mp4probe.Pace{Factor: 2, Burst: 2 * time.Second}
 	srv, addr, logs := startProxy(t, ListenerConfig{Upstream: origin.Listener.Addr().String(),
-		MP4: MP4Config{Enabled: true, Mode: mp4probe.HTTP, Pace: pace, CacheEntries: 4}})
+		MP4: MP4Config{Enabled: true, Mode: mp4probe.HTTP, Pace: pace, CacheEntries: 4, MetadataBudget: 1 << 20}})
 	c := dial(t, addr)
 	defer c.Close()
 	br := bufio.NewReader(c)
@@ -175,6 +175,10 @@ sluice_mp4_plan_video_rate_bytes_per_second_count{listener="t"} 2
 		t.Errorf("promlint: %v %v", problems, err)
 	}
 	c.Close()
+	srv.mu.Lock()
+	budget := srv.stats["t"].mp4.budget
+	srv.mu.Unlock()
+	eventually(t, func() bool { return budget.Left() == 1<<20 }) // nothing held once the conn ended
 	waitLog(t, logs, "conn done", "mp4_plans=2", fmt.Sprintf("mp4_rate_bytes_per_second=%d", whole.Bitrate),
 		fmt.Sprintf("mp4_burst_bytes=%d", seek.BurstBytes()))
 }

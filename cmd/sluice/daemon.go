@@ -329,7 +329,8 @@ func mp4Config(m config.MP4) proxy.MP4Config {
 			Factor: m.Factor, Burst: m.Burst,
 			Floor: int64(m.Floor), Ceil: int64(m.Ceil), Default: int64(m.DefaultRate),
 		},
-		CacheEntries: m.CacheEntries,
+		CacheEntries:   m.CacheEntries,
+		MetadataBudget: int64(m.MetadataBudget),
 	}
 }
 
