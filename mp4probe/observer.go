@@ -348,7 +348,8 @@ func (o *Observer) newBody(base, start int64, key string, size int64, mp4ct bool
 	b.w = Walker{
 		MaxKeep: o.opts.MaxKeep,
 		Keep: func(x Box) bool {
-			if b.ended || !(x.Type == "moov" || (x.Type == "moof" && b.movie != nil && b.movie.Fragmented)) {
+			wanted := x.Type == "moov" || (x.Type == "moof" && b.movie != nil && b.movie.Fragmented)
+			if b.ended || !wanted {
 				return false
 			}
 			n := x.Size - int64(x.Header)
