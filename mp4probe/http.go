@@ -1,12 +1,3 @@
-// Package mp4probe watches a byte stream that a proxy forwards and learns
-// what it needs to pace MP4 video: the framing of HTTP/1.x responses (so the
-// MP4 inside a response body is found) and the top-level MP4 boxes of that
-// body. It is a passive, incremental observer: it is handed each piece of
-// the stream after the piece was forwarded, never delays or alters bytes,
-// and buffers only bounded amounts. Malformed input makes it give up on the
-// stream (Failed reports why), never panic.
-//
-// This package knows nothing of sockets, proxies or rates.
 package mp4probe
 
 import (

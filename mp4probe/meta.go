@@ -174,7 +174,13 @@ func DecodeMoov(payload []byte, off int64, hdr int) (*Movie, error) {
 			t.shift -= int64(float64(t.emptyDur) * float64(t.scale) / float64(movieScale))
 		}
 		m.scale[t.id] = t.scale
-		tr := Track{ID: t.id, Handler: t.handler, Timescale: t.scale, Samples: t.stszN, Duration: ticks(t.dur, t.scale)}
+		// The presented duration: the edit list's start (AAC priming, B-frame
+		// delay) is not shown.
+		dur := t.dur
+		if t.shift > 0 && uint64(t.shift) < dur {
+			dur -= uint64(t.shift)
+		}
+		tr := Track{ID: t.id, Handler: t.handler, Timescale: t.scale, Samples: t.stszN, Duration: ticks(dur, t.scale)}
 		n := len(all)
 		if all, err = t.appendSamples(all); err != nil {
 			return nil, fmt.Errorf("track %d: %w", t.id, err)

@@ -87,7 +87,7 @@ func TestMovieMatchesFFprobe(t *testing.T) {
 			if m == nil {
 				t.Fatal("no movie learned")
 			}
-			if d, w := m.Duration.Seconds(), num(t, want.Duration); math.Abs(d-w) > 0.05 {
+			if d, w := m.Duration.Seconds(), num(t, want.Duration); math.Abs(d-w) > 0.02 {
 				t.Errorf("duration %.3f s, ffprobe %.3f s", d, w)
 			}
 			if len(m.Tracks) != len(want.Streams) {
