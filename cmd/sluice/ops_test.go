@@ -252,6 +252,31 @@ func stream(w io.Writer, seed uint64, size int) error {
 	return nil
 }
 
+// holdLast writes through to w but holds the stream's last byte until hold
+// is closed.
+type holdLast struct {
+	w    io.Writer
+	left int64 // bytes of the stream still to write
+	hold <-chan struct{}
+}
+
+func (h *holdLast) Write(p []byte) (int, error) {
+	if int64(len(p)) < h.left {
+		n, err := h.w.Write(p)
+		h.left -= int64(n)
+		return n, err
+	}
+	n, err := h.w.Write(p[:len(p)-1])
+	h.left -= int64(n)
+	if err != nil {
+		return n, err
+	}
+	<-h.hold
+	m, err := h.w.Write(p[len(p)-1:])
+	h.left -= int64(m)
+	return n + m, err
+}
+
 // TestReloadUnderLoad: 100 reloads (by SIGHUP and by the admin API, some
 // changing rates and listeners, some invalid) during 200 live shaped
 // transfers: every transfer completes byte-exact, none is dropped, and the
@@ -261,9 +286,15 @@ func TestReloadUnderLoad(t *testing.T) {
 	const (
 		transfers = 200
 		reloads   = 100
-		size      = 3 << 20 // 6–12 s at the configured rates: longer than the reloads take, even on a slow machine
+		size      = 3 << 20 // 6–12 s at the configured rates, and the last byte waits for the reloads
 	)
 	origin := listenBackend(t)
+	// Each transfer's last byte waits for the reloads to be done, so every
+	// transfer is live through all of them however slow the machine.
+	reloadsDone := make(chan struct{})
+	var closeOnce sync.Once
+	endReloads := func() { closeOnce.Do(func() { close(reloadsDone) }) }
+	t.Cleanup(endReloads)
 	go func() {
 		for {
 			c, err := origin.Accept()
@@ -276,7 +307,7 @@ func TestReloadUnderLoad(t *testing.T) {
 				if _, err := io.ReadFull(c, seed[:]); err != nil {
 					return
 				}
-				_ = stream(c, binary.LittleEndian.Uint64(seed[:]), size)
+				_ = stream(&holdLast{w: c, left: size, hold: reloadsDone}, binary.LittleEndian.Uint64(seed[:]), size)
 			}()
 		}
 	}()
@@ -393,10 +424,11 @@ shutdown: {drain: 30s}
 	if err := admin.do(context.Background(), "GET", "/v1/listeners", nil, &ls); err != nil {
 		t.Fatal(err)
 	}
-	if ls[0].Active == 0 {
-		t.Fatal("every transfer ended before the reloads did: the test proved nothing; make transfers longer")
+	if ls[0].Active != transfers {
+		t.Fatalf("%d of %d transfers live after the reloads, want all (each holds its last byte until now)", ls[0].Active, transfers)
 	}
 	t.Logf("%d reloads (%d invalid) done with %d transfers still running", reloads, invalid, ls[0].Active)
+	endReloads()
 	wg.Wait()
 	close(errs)
 	for err := range errs {
@@ -517,7 +549,7 @@ func TestDemo(t *testing.T) {
 		t.Fatalf("demo: exit %d: %s\n%s", code, stderr.String(), stdout.String())
 	}
 	out := stdout.String()
-	for _, want := range []string{"PUT /v1/links/line/limits", "DELETE /v1/conns/", "LINK", "viewer 1: the metadata", "2 paced from their metadata", "demo done: every byte"} {
+	for _, want := range []string{"PUT /v1/links/line/limits", "DELETE /v1/conns/", "LINK", "MP4    VIDEOS", "viewer 1: the metadata", "2 paced from their metadata", "demo done: every byte"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("demo output lacks %q:\n%s", want, out)
 		}

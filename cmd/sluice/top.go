@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"slices"
 	"strconv"
@@ -24,6 +25,7 @@ type topView struct {
 	lastLink map[string]int64
 	lastLis  map[string][2]int64
 	lastConn map[uint64][2]int64
+	lastMP4  map[string]int64 // paced bytes per listener
 }
 
 // frame polls once and renders a frame. Rates need two polls: the first
@@ -101,6 +103,36 @@ func (v *topView) frame(ctx context.Context) (string, error) {
 	}
 	_ = tw.Flush()
 
+	// MP4 pacing, for listeners that do it.
+	mp4 := map[string]int64{}
+	tw = tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
+	for _, l := range ls {
+		m := l.MP4
+		if m == nil {
+			continue
+		}
+		if len(mp4) == 0 {
+			fmt.Fprintln(tw, "\nMP4\tVIDEOS\tPLANS\tMEAN VIDEO\tPACED NOW\tHELD BACK\tFALLBACKS\tCACHED")
+		}
+		mp4[l.Name] = m.PacedBytes
+		paced := "-"
+		if p, ok := v.lastMP4[l.Name]; ok && !first && dt > 0 {
+			paced = fmtBits(float64(m.PacedBytes-p) / dt)
+		}
+		var fb []string
+		for _, r := range slices.Sorted(maps.Keys(m.Fallbacks)) {
+			if m.Fallbacks[r] > 0 {
+				fb = append(fb, fmt.Sprintf("%s %d", r, m.Fallbacks[r]))
+			}
+		}
+		if len(fb) == 0 {
+			fb = []string{"0"}
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%s\t%.1fs\t%s\t%d\n", l.Name, m.Videos, m.Plans, fmtBits(float64(m.MeanRate)),
+			paced, m.WaitedSec, strings.Join(fb, ", "), m.Cached)
+	}
+	_ = tw.Flush()
+
 	// The busiest connections by current down rate, then up rate.
 	type row struct {
 		c      proxy.ConnJSON
@@ -150,7 +182,7 @@ func (v *topView) frame(ctx context.Context) (string, error) {
 	}
 	_ = tw.Flush()
 	fmt.Fprintf(&b, "\n* waiting for tokens: held at its own limit or a link's. Rates in bits per second.\n")
-	v.last, v.lastLis, v.lastConn, v.lastLink = now, lis, conns, lk
+	v.last, v.lastLis, v.lastConn, v.lastLink, v.lastMP4 = now, lis, conns, lk, mp4
 	return b.String(), nil
 }
 
