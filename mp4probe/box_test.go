@@ -108,6 +108,10 @@ func FuzzWalker(f *testing.F) {
 	f.Add(append(box("ftyp", []byte("isom"), false, false), box("moov", []byte("m"), false, false)...), uint8(3))
 	f.Add(append(box("ftyp", nil, false, false), box("mdat", []byte("xx"), true, false)...), uint8(1))
 	f.Add(box("moof", []byte("f"), false, true), uint8(7))
+	for _, name := range fixtures { // the fixtures' first boxes
+		data := readFixture(f, name)
+		f.Add(data[:min(len(data), 8<<10)], uint8(len(name)))
+	}
 	f.Fuzz(func(t *testing.T, stream []byte, split uint8) {
 		const maxKeep = 1 << 10
 		var whole, pieces walkLog

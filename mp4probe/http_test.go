@@ -141,6 +141,8 @@ func FuzzHTTPStream(f *testing.F) {
 	f.Add("", "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n", uint8(1))
 	f.Add("HEAD / HTTP/1.1\r\n\r\n", "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", uint8(2))
 	f.Add("POST / HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi", "HTTP/1.0 200 OK\r\n\r\nbody", uint8(5))
+	head := fmt.Sprintf("HTTP/1.1 206 Partial Content\r\nContent-Type: video/mp4\r\nContent-Range: bytes 0-4095/%d\r\nContent-Length: 4096\r\n\r\n", 4096)
+	f.Add("GET /v.mp4 HTTP/1.1\r\nHost: h\r\nRange: bytes=0-4095\r\n\r\n", head+string(readFixture(f, "faststart")[:4096]), uint8(9))
 	f.Fuzz(func(t *testing.T, up, down string, split uint8) {
 		var whole, pieces recorder
 		a, b := whole.stream(), pieces.stream()
