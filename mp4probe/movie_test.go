@@ -273,3 +273,35 @@ func TestDefaultPlan(t *testing.T) {
 		t.Fatalf("Due(a second past the burst) = %v", d)
 	}
 }
+
+// TestFragmentedPlanBurst: a fragmented movie's plan is made from a moov
+// with no samples; the burst still covers Burst of media as the fragments
+// arrive, and floor and ceil count from its end.
+func TestFragmentedPlanBurst(t *testing.T) {
+	data := readFixture(t, "fragmented")
+	pace := Pace{Factor: 1.25, Burst: 2 * time.Second, Ceil: 1000}
+	o := NewObserver(Options{Mode: Raw, Pace: pace})
+	var first *Plan
+	for p := data; len(p) > 0; {
+		n := min(len(p), 1000)
+		o.Observe(p[:n])
+		p = p[n:]
+		if first == nil && o.Plan() != nil {
+			first = o.Plan()
+		}
+	}
+	p := o.Plan()
+	if p == nil || p != first {
+		t.Fatal("no plan, or a second one")
+	}
+	want := p.Movie.BytesFor(2 * time.Second)
+	if p.PacedFrom() != want || want <= p.BurstEnd {
+		t.Fatalf("paced from %d, want the bytes for 2 s, %d (BurstEnd %d)", p.PacedFrom(), want, p.BurstEnd)
+	}
+	if d := p.Due(want); d != 0 {
+		t.Fatalf("Due(end of the burst) = %v despite a 1000 B/s ceil, want 0", d)
+	}
+	if d := p.Due(want + 1000); d < time.Second-time.Millisecond {
+		t.Fatalf("Due(1000 bytes past the burst) = %v, want 1 s at the ceil", d)
+	}
+}

@@ -52,7 +52,8 @@ type Plan struct {
 	// Observer; Start is the file offset of that first byte (a Range
 	// response starts inside the file).
 	Base, Start int64
-	// BurstEnd is the file offset where pacing starts.
+	// BurstEnd is the file offset where pacing starts, as far as the movie
+	// was known when the plan was made; see PacedFrom.
 	BurstEnd int64
 	// Bitrate is the movie's average rate, or the default rate, in bytes
 	// per second.
@@ -87,18 +88,30 @@ func defaultPlan(base, start int64, pace Pace) *Plan {
 	}
 }
 
-// BurstBytes is the size of the burst region, from the body's first byte.
-func (p *Plan) BurstBytes() int64 { return p.BurstEnd - p.Start }
+// PacedFrom returns the file offset where pacing starts. For a fragmented
+// movie, the fragments learned since the plan was made may put it past
+// BurstEnd: Burst of media is sent at once however it is fragmented.
+func (p *Plan) PacedFrom() int64 {
+	if p.Movie == nil || !p.Movie.Fragmented {
+		return p.BurstEnd
+	}
+	return max(p.BurstEnd, p.Movie.BytesFor(p.media0+p.pace.Burst))
+}
+
+// BurstBytes is the size of the burst region, from the body's first byte,
+// as far as the movie is known.
+func (p *Plan) BurstBytes() int64 { return p.PacedFrom() - p.Start }
 
 // Due returns how long after the body's first byte was sent the stream's
 // bytes before offset pos (as counted by the Observer) may all have been
 // sent. It is 0 in the burst region and never decreases with pos.
 func (p *Plan) Due(pos int64) time.Duration {
 	off := p.Start + pos - p.Base
-	if off <= p.BurstEnd {
+	from := p.PacedFrom()
+	if off <= from {
 		return 0
 	}
-	paced := float64(off - p.BurstEnd) // bytes since the burst
+	paced := float64(off - from) // bytes since the burst
 	var d float64                      // seconds
 	if p.Movie == nil {
 		d = paced / float64(p.Bitrate)

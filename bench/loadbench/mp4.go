@@ -36,9 +36,12 @@ var mp4Fixtures = []mp4Fixture{
 		[]string{"-b:v", "1M", "-maxrate", "1M", "-bufsize", "500k"}},
 	{"vbr", "testsrc2=size=640x360:rate=25,noise=alls=60:allf=t+u:enable='between(t,6,12)+between(t,20,22)'",
 		[]string{"-crf", "28", "-maxrate", "6M", "-bufsize", "6M"}},
+	{"frag", "testsrc2=size=640x360:rate=25",
+		[]string{"-b:v", "1M", "-maxrate", "1M", "-bufsize", "500k", "-movflags", "+frag_keyframe+empty_moov+default_base_moof"}},
 }
 
-// makeFixture writes a fixture with ffmpeg (H.264 + AAC, moov first).
+// makeFixture writes a fixture with ffmpeg (H.264 + AAC, moov first, or
+// fragmented).
 func makeFixture(dir string, f mp4Fixture) (string, error) {
 	path := filepath.Join(dir, f.name+".mp4")
 	args := []string{"-hide_banner", "-loglevel", "error", "-y",
@@ -46,7 +49,10 @@ func makeFixture(dir string, f mp4Fixture) (string, error) {
 		"-t", fmt.Sprint(mp4Seconds), "-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p",
 		"-g", "50", "-keyint_min", "50", "-sc_threshold", "0"}
 	args = append(args, f.args...)
-	args = append(args, "-c:a", "aac", "-b:a", "128k", "-movflags", "+faststart", path)
+	if !slices.Contains(args, "-movflags") {
+		args = append(args, "-movflags", "+faststart")
+	}
+	args = append(args, "-c:a", "aac", "-b:a", "128k", path)
 	cmd := exec.Command("ffmpeg", args...)
 	cmd.Stderr = os.Stderr
 	if err := cmd.Run(); err != nil {
@@ -105,9 +111,9 @@ func runMP4(dir string) error {
 		if plan == nil || plan.Movie == nil {
 			return fmt.Errorf("%s: no plan", f.name)
 		}
-		fxs = append(fxs, fixture{f, path, data, plan, plan.Bitrate, plan.BurstEnd})
+		fxs = append(fxs, fixture{f, path, data, plan, plan.Bitrate, plan.PacedFrom()})
 		fmt.Printf("fixture %s: %.1f MB, %.0f kbit/s average, burst region %.0f kB (moov + %v)\n",
-			f.name, float64(len(data))/1e6, float64(plan.Bitrate)*8/1e3, float64(plan.BurstEnd)/1e3, burst)
+			f.name, float64(len(data))/1e6, float64(plan.Bitrate)*8/1e3, float64(plan.PacedFrom())/1e3, burst)
 	}
 
 	// One nginx: a plain static origin, and a server that paces each file
@@ -270,14 +276,15 @@ func downloadMP4(addr, name string, data []byte, plan *mp4probe.Plan, rate int64
 		return arr[i-1].total
 	}
 	end := arr[len(arr)-1].at
-	burstAt := timeOf(plan.BurstEnd)
+	burstEnd := plan.PacedFrom()
+	burstAt := timeOf(burstEnd)
 	r.BurstSec, r.TotalSec = burstAt.Seconds(), end.Seconds()
 	r.QuitMB = float64(bytesAt(10*time.Second)) / 1e6
 	if end > burstAt {
-		r.Steady = float64(total-plan.BurstEnd) / (end - burstAt).Seconds() / float64(rate)
-		at, _ := plan.Movie.NeedAt(plan.BurstEnd)
-		rest := float64(plan.Movie.MediaBytes()-plan.BurstEnd) / (plan.Movie.Duration - at).Seconds()
-		r.SteadyRest = float64(total-plan.BurstEnd) / (end - burstAt).Seconds() / rest
+		r.Steady = float64(total-burstEnd) / (end - burstAt).Seconds() / float64(rate)
+		at, _ := plan.Movie.NeedAt(burstEnd)
+		rest := float64(plan.Movie.MediaBytes()-burstEnd) / (plan.Movie.Duration - at).Seconds()
+		r.SteadyRest = float64(total-burstEnd) / (end - burstAt).Seconds() / rest
 	}
 	var wins []float64
 	for t := burstAt; t+time.Second <= end; t += time.Second {
@@ -288,7 +295,7 @@ func downloadMP4(addr, name string, data []byte, plan *mp4probe.Plan, rate int64
 		r.WinMin, r.WinMed, r.WinMax = wins[0], wins[len(wins)/2], wins[len(wins)-1]
 	}
 	for i := 1; i < len(arr); i++ {
-		if arr[i-1].total >= plan.BurstEnd {
+		if arr[i-1].total >= burstEnd {
 			r.GapMS = max(r.GapMS, float64(arr[i].at-arr[i-1].at)/1e6)
 		}
 	}
