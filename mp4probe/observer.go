@@ -44,7 +44,8 @@ type Stats struct {
 	Plans      atomic.Int64 // plans made from a movie's metadata
 	BurstBytes atomic.Int64 // bytes planned at full speed, all plans
 	// PlannedRate sums the bitrates (bytes/s) of the plans made, so
-	// PlannedRate/Plans is their average.
+	// PlannedRate/Plans is their average. A fragmented movie's burst and
+	// rate are counted when its plan ends (they grow with its fragments).
 	PlannedRate atomic.Int64
 	fallbacks   sync.Map // reason → *atomic.Int64
 }
@@ -195,7 +196,10 @@ func (o *Observer) Observe(p []byte) {
 
 // Close gives back what the Observer holds of its Budget. Call it once the
 // connection ended; the Observer must not be used after.
-func (o *Observer) Close() { o.release() }
+func (o *Observer) Close() {
+	o.release()
+	o.setPlan(nil)
+}
 
 // release gives back the Budget held for a kept box.
 func (o *Observer) release() {
@@ -298,7 +302,8 @@ func (o *Observer) newHTTP() *HTTPStream {
 // onResponse starts following a response body. Requires o.mu held.
 func (o *Observer) onResponse(r *Response) {
 	o.release()
-	o.body, o.plan = nil, nil
+	o.setPlan(nil)
+	o.body = nil
 	if r.NoBody() || (r.Status != 200 && r.Status != 206) {
 		return
 	}
@@ -340,7 +345,8 @@ func (o *Observer) onBody(r *Response, off int64, data []byte) {
 // onEnd ends a response body. Requires o.mu held.
 func (o *Observer) onEnd(r *Response) {
 	o.release()
-	o.body, o.plan = nil, nil
+	o.setPlan(nil)
+	o.body = nil
 }
 
 func (o *Observer) newBody(base, start int64, key string, size int64, mp4ct bool) *body {
@@ -377,17 +383,28 @@ func (o *Observer) startPlan(b *body) {
 			b.video = true
 			o.stats.Videos.Add(1)
 		}
-		o.plan = NewPlan(b.movie, b.base, b.start, o.opts.Pace)
+		o.setPlan(NewPlan(b.movie, b.base, b.start, o.opts.Pace))
 		o.stats.Plans.Add(1)
-		o.stats.BurstBytes.Add(o.plan.BurstBytes())
-		o.stats.PlannedRate.Add(o.plan.Bitrate)
 		if !b.movie.Fragmented {
+			o.stats.BurstBytes.Add(o.plan.BurstBytes())
+			o.stats.PlannedRate.Add(o.plan.Bitrate)
 			b.ended = true // the tables say all there is to know
 		}
 		return
 	}
 	o.stats.fallback(FallbackMoovUnknown)
-	o.plan = defaultPlan(b.base, b.start, o.opts.Pace)
+	o.setPlan(defaultPlan(b.base, b.start, o.opts.Pace))
+}
+
+// setPlan replaces the current plan. A fragmented movie's burst and rate
+// are only known as its fragments come, so they are counted when its plan
+// ends.
+func (o *Observer) setPlan(p *Plan) {
+	if old := o.plan; old != nil && old.Movie != nil && old.Movie.Fragmented {
+		o.stats.BurstBytes.Add(old.BurstBytes())
+		o.stats.PlannedRate.Add(old.Movie.Bitrate())
+	}
+	o.plan = p
 }
 
 // feed shows a body piece to its walker.
@@ -420,7 +437,7 @@ func (o *Observer) feed(p []byte) {
 // its bytes go at the connection's normal limits.
 func (o *Observer) giveUp(reason string) {
 	o.stats.fallback(reason)
-	o.plan = nil
+	o.setPlan(nil)
 	o.body.ended = true
 }
 

@@ -56,7 +56,8 @@ type Plan struct {
 	// was known when the plan was made; see PacedFrom.
 	BurstEnd int64
 	// Bitrate is the movie's average rate, or the default rate, in bytes
-	// per second.
+	// per second, as known when the plan was made: 0 for a fragmented movie,
+	// whose Movie.Bitrate grows with its fragments.
 	Bitrate int64
 
 	pace   Pace
@@ -112,7 +113,7 @@ func (p *Plan) Due(pos int64) time.Duration {
 		return 0
 	}
 	paced := float64(off - from) // bytes since the burst
-	var d float64                      // seconds
+	var d float64                // seconds
 	if p.Movie == nil {
 		d = paced / float64(p.Bitrate)
 	} else {

@@ -381,9 +381,14 @@ func (c *conn) logDone(result string, err error) {
 	}
 	if pc := c.pumps[Down].pacer; pc != nil && pc.plans > 0 {
 		// The MP4 plans the download followed; the last one's video rate
-		// (bytes/s, or the default rate) and burst region.
-		attrs = append(attrs, slog.Int(keyMP4Plans, pc.plans), slog.Int64(keyMP4Rate, pc.lastRate),
-			slog.Int64(keyMP4Burst, pc.lastBurst))
+		// (bytes/s, or the default rate) and burst region, as known at the
+		// end (a fragmented movie's grow with its fragments).
+		rate := pc.last.Bitrate
+		if pc.last.Movie != nil {
+			rate = pc.last.Movie.Bitrate()
+		}
+		attrs = append(attrs, slog.Int(keyMP4Plans, pc.plans), slog.Int64(keyMP4Rate, rate),
+			slog.Int64(keyMP4Burst, pc.last.BurstBytes()))
 	}
 	if err != nil {
 		attrs = append(attrs, slog.Any(keyErr, err))

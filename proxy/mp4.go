@@ -129,11 +129,9 @@ type pacer struct {
 	// waited and paced are read by Stats while the pump runs.
 	waited atomic.Int64 // nanoseconds held back
 	paced  atomic.Int64 // bytes moved under a plan
-	// plans followed and the last one's rate and burst, for the conn's log
-	// line (read after the pump ended).
-	plans     int
-	lastRate  int64
-	lastBurst int64
+	// plans followed, for the conn's log line (read after the pump ended).
+	plans int
+	last  *mp4probe.Plan
 }
 
 // Pacing grants: each is the bytes due within paceStep of the schedule,
@@ -158,7 +156,7 @@ func (p *pump) pace(want int) (int, error) {
 	if plan != pc.plan {
 		pc.plan, pc.start = plan, now
 		pc.plans++
-		pc.lastRate, pc.lastBurst = plan.Bitrate, plan.BurstBytes()
+		pc.last = plan
 	}
 	pos := pc.obs.Pos()
 	elapsed := now.Sub(pc.start)

@@ -111,9 +111,9 @@ func runMP4(dir string) error {
 		if plan == nil || plan.Movie == nil {
 			return fmt.Errorf("%s: no plan", f.name)
 		}
-		fxs = append(fxs, fixture{f, path, data, plan, plan.Bitrate, plan.PacedFrom()})
+		fxs = append(fxs, fixture{f, path, data, plan, plan.Movie.Bitrate(), plan.PacedFrom()})
 		fmt.Printf("fixture %s: %.1f MB, %.0f kbit/s average, burst region %.0f kB (moov + %v)\n",
-			f.name, float64(len(data))/1e6, float64(plan.Bitrate)*8/1e3, float64(plan.PacedFrom())/1e3, burst)
+			f.name, float64(len(data))/1e6, float64(plan.Movie.Bitrate())*8/1e3, float64(plan.PacedFrom())/1e3, burst)
 	}
 
 	// One nginx: a plain static origin, and a server that paces each file
