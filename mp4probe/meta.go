@@ -10,10 +10,7 @@ import (
 // The moov and moof decoders below read only the boxes pacing needs, in
 // place: every count a box claims is checked against the bytes the box
 // holds before it is used, so memory and work are bounded by the payload
-// whatever it claims. (A general MP4 library would decode every box; the
-// one evaluated allocated what a child box's header claimed before
-// checking it against its parent, which a hostile stream turns into
-// gigabytes.)
+// whatever it claims.
 
 // children calls fn with the type and payload of each box in p, a
 // container's payload. It fails on a box whose size does not fit.
@@ -159,7 +156,11 @@ func DecodeMoov(payload []byte, off int64, hdr int) (*Movie, error) {
 	if err != nil {
 		return nil, err
 	}
-	var all []sample
+	chunks := 0
+	for _, t := range traks {
+		chunks += t.chunksN
+	}
+	all := make([]sample, 0, min(chunks, MaxSamples))
 	for _, t := range traks {
 		if t.handler != "vide" && t.handler != "soun" {
 			continue // text, hints, metadata: players don't wait for them

@@ -1,6 +1,7 @@
 package mp4probe
 
 import (
+	"cmp"
 	"errors"
 	"math"
 	"slices"
@@ -144,15 +145,9 @@ func (m *Movie) addSamples(all []sample) {
 	for _, s := range all {
 		pts = append(pts, point{Off: s.off + s.size, At: s.at})
 	}
-	slices.SortStableFunc(pts, func(a, b point) int {
-		switch {
-		case a.Off < b.Off:
-			return -1
-		case a.Off > b.Off:
-			return 1
-		}
-		return 0
-	})
+	// Ties need no order: the suffix minimum below leaves the earliest
+	// time first among equal offsets.
+	slices.SortFunc(pts, func(a, b point) int { return cmp.Compare(a.Off, b.Off) })
 	for i := len(pts) - 2; i >= 0; i-- {
 		pts[i].At = min(pts[i].At, pts[i+1].At)
 	}
