@@ -414,10 +414,11 @@ func (o *Observer) feed(p []byte) {
 		return
 	}
 	b.w.Feed(p)
-	if err := b.w.Failed(); err != nil {
-		o.release()
+	err := b.w.Failed()
+	if err != nil {
+		o.release() // a box being kept will not be finished
 	}
-	if err := b.w.Failed(); err != nil && !b.ended {
+	if err != nil && !b.ended {
 		b.ended = true
 		switch {
 		case !b.video && b.start > 0 && b.mp4ct && o.plan == nil:
@@ -539,10 +540,11 @@ func resourceKey(r Request) string {
 // path), least recently used first out. Safe for concurrent use; a nil
 // *Cache keeps nothing.
 type Cache struct {
-	mu    sync.Mutex
-	max   int
-	ll    *list.List
-	byKey map[string]*list.Element
+	mu     sync.Mutex
+	max    int
+	ll     *list.List
+	byKey  map[string]*list.Element
+	movies int // entries with a movie, not only a hint
 }
 
 type cacheEntry struct {
@@ -634,16 +636,24 @@ func (c *Cache) Put(key string, size int64, m *Movie) {
 
 // put adds or replaces an entry. Requires c.mu held.
 func (c *Cache) put(ent *cacheEntry) {
+	if ent.movie != nil {
+		c.movies++
+	}
 	if e, ok := c.byKey[ent.key]; ok {
+		if e.Value.(*cacheEntry).movie != nil {
+			c.movies--
+		}
 		e.Value = ent
 		c.ll.MoveToFront(e)
 		return
 	}
 	c.byKey[ent.key] = c.ll.PushFront(ent)
 	for c.ll.Len() > c.max {
-		old := c.ll.Back()
-		c.ll.Remove(old)
-		delete(c.byKey, old.Value.(*cacheEntry).key)
+		old := c.ll.Remove(c.ll.Back()).(*cacheEntry)
+		delete(c.byKey, old.key)
+		if old.movie != nil {
+			c.movies--
+		}
 	}
 }
 
@@ -655,11 +665,5 @@ func (c *Cache) Len() int {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	n := 0
-	for e := c.ll.Front(); e != nil; e = e.Next() {
-		if e.Value.(*cacheEntry).movie != nil {
-			n++
-		}
-	}
-	return n
+	return c.movies
 }

@@ -316,6 +316,22 @@ func TestCacheEvictsLeastRecentlyUsed(t *testing.T) {
 	if c.Get("b", 1) != nil || c.Get("a", 1) != a || c.Get("d", -1) != d || c.Len() != 2 {
 		t.Fatal("the cache kept the wrong movies")
 	}
+	// Len counts movies, not hints: a hint takes a place (evicting a), a
+	// movie put on it counts, a replaced movie does not count twice.
+	c.PutHint("h", 1, 100)
+	if c.Len() != 1 || c.Hint("h", 1) != 100 || c.Get("a", 1) != nil {
+		t.Fatalf("after a hint: Len %d, hint %d", c.Len(), c.Hint("h", 1))
+	}
+	c.Put("h", 1, a)
+	c.Put("h", 1, b)
+	if c.Len() != 2 || c.Get("h", 1) != b || c.Hint("h", 1) != 100 {
+		t.Fatalf("after movies on the hint: Len %d", c.Len())
+	}
+	c.PutHint("x", 1, 5)
+	c.PutHint("y", 1, 5) // evicts d, then h: hints only remain
+	if c.Len() != 0 {
+		t.Fatalf("Len %d with only hints kept, want 0", c.Len())
+	}
 	var nilCache *Cache
 	nilCache.Put("a", 1, a)
 	if nilCache.Get("a", 1) != nil || NewCache(0) != nil {

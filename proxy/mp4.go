@@ -163,6 +163,9 @@ func (p *pump) pace(want int) (int, error) {
 	// The most of the want bytes that are due by limit (Due never
 	// decreases, so bisection finds it).
 	dueBy := func(limit time.Duration) int {
+		if plan.Due(pos+int64(want)) <= limit {
+			return want // the usual case in the burst region: no search
+		}
 		lo, hi := 0, want
 		for lo < hi {
 			mid := lo + (hi-lo+1)/2
@@ -242,9 +245,6 @@ func (p *pump) copyObserved() error {
 				}
 			} else if opaque > 0 {
 				want = int(min(int64(want), opaque))
-			}
-			if p.srcRaw == nil {
-				want = min(want, maxCopy) // no splice: every byte goes through a buffer
 			}
 			var err error
 			if want, err = p.pace(want); err != nil {
