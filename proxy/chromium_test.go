@@ -9,6 +9,8 @@ import (
 	"net/http/httptest"
 	"os"
 	"os/exec"
+	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -75,7 +77,13 @@ func TestMP4Chromium(t *testing.T) {
 // request teaches sluice the moov, and what it asks next is paced by it.
 func playInChromium(t *testing.T, bin, name string) {
 	data := readFixture(t, name)
+	var reqMu sync.Mutex
+	var reqs []string // what the origin was asked, for failure messages
+	start := time.Now()
 	origin := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		reqMu.Lock()
+		reqs = append(reqs, fmt.Sprintf("%v %s %s Range %q from %s", time.Since(start).Round(time.Millisecond), r.Method, r.URL.Path, r.Header.Get("Range"), r.RemoteAddr))
+		reqMu.Unlock()
 		w.Header().Set("Content-Type", "video/mp4")
 		http.ServeContent(w, r, "v.mp4", time.Time{}, bytes.NewReader(data))
 	}))
@@ -145,7 +153,9 @@ func playInChromium(t *testing.T, bin, name string) {
 	}
 	st := srv.Stats()[0].MP4
 	if st.Plans == 0 || st.Waited == 0 {
-		t.Errorf("the video was not paced: %+v", st)
+		reqMu.Lock()
+		t.Errorf("the video was not paced: %+v; the origin was asked:\n%s", st, strings.Join(reqs, "\n"))
+		reqMu.Unlock()
 	}
 	t.Logf("mp4 stats: %+v", st)
 }

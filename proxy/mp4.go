@@ -208,7 +208,7 @@ func (p *pump) pace(want int) (int, error) {
 // raw file it learns each plan from, which pace then follows. Bytes the
 // Observer needs not see (the rest of an mdat) are moved like any others,
 // spliced when large; the rest go through a pooled buffer and are shown to
-// the Observer after they were written. Once the Observer has nothing more
+// the Observer before they are written. Once the Observer has nothing more
 // to learn or pace, the rest of the stream takes the plain path.
 func (p *pump) copyObserved() error {
 	obs := p.pacer.obs

@@ -22,7 +22,7 @@ const spliceSupported = true
 // allocates nothing.
 func (p *pump) readable(fd uintptr) bool {
 	for {
-		n, _, e := unix.Syscall6(unix.SYS_RECVFROM, fd, 0, maxMove,
+		n, _, e := unix.RawSyscall6(unix.SYS_RECVFROM, fd, 0, maxMove,
 			unix.MSG_PEEK|unix.MSG_TRUNC|unix.MSG_DONTWAIT, 0, 0)
 		switch {
 		case e == unix.EAGAIN:

@@ -2,16 +2,23 @@ package shaper
 
 import "time"
 
-// Clock is the time source of a [Gate]: tests inject a fake
+// Clock is the time source of a [Gate] and a [Link]: tests inject a fake
 // ([github.com/sluiceproxy/sluice/shaper/shapertest.Clock]) so that shaping
 // is exact and instant; nil in Options means the real clock.
 type Clock interface {
 	Now() time.Time
 	// AfterFunc calls f in its own goroutine after d, like time.AfterFunc.
 	AfterFunc(d time.Duration, f func()) Timer
+	// NewTimer sends the time on the returned channel after d, like
+	// time.NewTimer: no value sent before a Reset or Stop is received
+	// after it. A waiter woken by the channel is readied directly, with no
+	// goroutine started for it. A Gate waits on it. The real clock's
+	// timers end late on purpose, by up to a quarter of d (see [MaxSlack]);
+	// a fake clock's end exactly.
+	NewTimer(d time.Duration) (Timer, <-chan time.Time)
 }
 
-// Timer is a pending AfterFunc call.
+// Timer is a pending AfterFunc call or timer send.
 type Timer interface {
 	// Stop prevents the call if it has not happened; it reports whether it
 	// did so.
@@ -24,3 +31,40 @@ type realClock struct{}
 
 func (realClock) Now() time.Time                            { return time.Now() }
 func (realClock) AfterFunc(d time.Duration, f func()) Timer { return time.AfterFunc(d, f) }
+func (realClock) NewTimer(d time.Duration) (Timer, <-chan time.Time) {
+	t := time.NewTimer(coalesce(time.Now(), d))
+	return slackTimer{t}, t.C
+}
+
+// slackTimer is a time.Timer whose Reset coalesces.
+type slackTimer struct{ *time.Timer }
+
+func (t slackTimer) Reset(d time.Duration) bool { return t.Timer.Reset(coalesce(time.Now(), d)) }
+
+// MaxSlack bounds how late the real clock's NewTimer may end on purpose.
+const MaxSlack = 8 * time.Millisecond
+
+// coalesce returns how long to wait from now for something due after d:
+// d, plus less than half of it (at most [MaxSlack]), so that the wait ends
+// on a multiple of a power-of-two step of time shared by every Gate. Waits
+// of many Gates then end together, and a process shaping many connections
+// wakes once for a batch of them rather than once per connection: wake-ups,
+// not bytes, are most of the CPU a shaped connection costs. Ending late
+// loses nothing: the tokens that accrue meanwhile stay in the bucket (see
+// [MaxCatchUp]), so rates are kept exactly; only the instant of a grant
+// moves, by less than half the gap between grants.
+func coalesce(now time.Time, d time.Duration) time.Duration {
+	step := time.Duration(1)
+	for step*2 <= min(d/2, MaxSlack) {
+		step *= 2
+	}
+	if step == 1 {
+		return d
+	}
+	at := now.UnixNano() + int64(d)
+	rem := at & int64(step-1)
+	if rem == 0 {
+		return d
+	}
+	return d + step - time.Duration(rem)
+}

@@ -16,6 +16,12 @@
 // sluice's default Burst is one chunk (8 KiB): after a pause a connection
 // gets one chunk at once, then the rate. No hidden extra second of credit.
 //
+// On the real clock a Take that must wait ends on a time grid shared by
+// all Gates, up to half its wait and at most [MaxSlack] late, so that many
+// connections' waits end together (see [Clock]). A busy caller keeps the
+// tokens that accrue meanwhile, so rates stay exact; only the instants of
+// grants move. A fake clock's waits end exactly.
+//
 // Arithmetic is in integers, exact to the byte and the nanosecond: the
 // bucket counts nano-bytes, so refill and wait times carry no rounding
 // drift at any rate from 1 B/s to many GiB/s.
@@ -110,7 +116,7 @@ type Gate struct {
 	lastGrant time.Time // when Take last granted tokens
 
 	timer Timer // guarded by takeMu
-	wake  chan struct{}
+	wake  <-chan time.Time
 
 	unlimited atomic.Bool // mirrors lim.Rate == 0 for lock-free checks
 }
@@ -131,7 +137,6 @@ func NewGate(l Limit, clock Clock) *Gate {
 		nt:      l.Burst * nano,
 		last:    clock.Now(),
 		changed: make(chan struct{}),
-		wake:    make(chan struct{}, 1),
 	}
 	g.unlimited.Store(l.Rate == 0)
 	return g
@@ -223,7 +228,7 @@ func (g *Gate) Take(ctx context.Context, n int) (int, error) {
 		g.mu.Unlock()
 
 		if g.timer == nil {
-			g.timer = g.clock.AfterFunc(d, g.fire)
+			g.timer, g.wake = g.clock.NewTimer(d)
 		} else {
 			g.timer.Reset(d)
 		}
@@ -240,15 +245,6 @@ func (g *Gate) Take(ctx context.Context, n int) (int, error) {
 			return 0, ctx.Err()
 		}
 		g.mu.Lock()
-	}
-}
-
-// fire is the timer's function: it wakes the waiting Take, if any. A stale
-// wake only makes the next Take look at the bucket once more.
-func (g *Gate) fire() {
-	select {
-	case g.wake <- struct{}{}:
-	default:
 	}
 }
 

@@ -41,6 +41,17 @@ type timer struct {
 	at  time.Time
 	f   func()
 	set bool
+	ch  chan time.Time // of a NewTimer: drained by Reset and Stop
+}
+
+// drain empties a NewTimer's channel, as time.Timer does on Reset and Stop.
+func (t *timer) drain() {
+	if t.ch != nil {
+		select {
+		case <-t.ch:
+		default:
+		}
+	}
 }
 
 // Now returns the fake time.
@@ -57,11 +68,28 @@ func (c *Clock) AfterFunc(d time.Duration, f func()) shaper.Timer {
 	return t
 }
 
+// NewTimer arms a timer that sends the fake time on the returned channel
+// at Now()+d. Like a time.Timer's, the channel holds no stale value after a
+// Reset or Stop.
+func (c *Clock) NewTimer(d time.Duration) (shaper.Timer, <-chan time.Time) {
+	ch := make(chan time.Time, 1)
+	t := &timer{c: c, ch: ch}
+	t.f = func() {
+		select {
+		case ch <- c.Now():
+		default:
+		}
+	}
+	t.Reset(d)
+	return t, ch
+}
+
 func (t *timer) Reset(d time.Duration) bool {
 	c := t.c
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	was := t.set
+	t.drain()
 	t.at = c.now.Add(d)
 	if !t.set {
 		t.set = true
@@ -75,6 +103,7 @@ func (t *timer) Stop() bool {
 	c := t.c
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	t.drain()
 	if !t.set {
 		return false
 	}

@@ -1,0 +1,198 @@
+package proxy
+
+import (
+	"os"
+	"runtime"
+	"sync"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// The shaped moves of the splice path read and write with raw system calls
+// inside RawConn callbacks, so that the Go scheduler is not told of them.
+//
+// Why: a shaped pump parks on its gate between grants, and on a quiet
+// process every P is then idle. The runtime's sysmon thread sleeps while
+// all Ps are idle, and every system call a goroutine enters through
+// syscall.Syscall wakes it (so that it could hand the P on, were the call
+// to block); once woken it polls every 20 µs until the Ps are idle again.
+// At 1,000 grants a second that was a third of sluice's CPU at 100 MB/s on
+// the benchmark machine (docs/shaping.md). These calls never block: the
+// sockets are non-blocking, a read asks only for bytes already queued, and
+// a write that would block returns EAGAIN and waits in the netpoller like
+// any other. Each call is bounded by one grant (at most maxPacedGrant), so
+// the P is held for the time of one copy.
+
+// rawRead is the RawConn.Read callback: one read(2) of p.rawBuf.
+func (p *pump) rawRead(fd uintptr) bool {
+	for {
+		n, _, e := unix.RawSyscall(unix.SYS_READ, fd, uintptr(unsafe.Pointer(unsafe.SliceData(p.rawBuf))), uintptr(len(p.rawBuf)))
+		switch e {
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+			return false
+		case 0:
+			p.rawN = int(n)
+		default:
+			p.rawErr = os.NewSyscallError("read", e)
+		}
+		return true
+	}
+}
+
+// rawWrite is the RawConn.Write callback: write(2) until p.rawBuf is all
+// written, waiting for room when the socket is full.
+func (p *pump) rawWrite(fd uintptr) bool {
+	for p.rawN < len(p.rawBuf) {
+		rest := p.rawBuf[p.rawN:]
+		n, _, e := unix.RawSyscall(unix.SYS_WRITE, fd, uintptr(unsafe.Pointer(unsafe.SliceData(rest))), uintptr(len(rest)))
+		switch e {
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+			return false
+		case 0:
+			p.rawN += int(n)
+		default:
+			p.rawErr = os.NewSyscallError("write", e)
+			return true
+		}
+	}
+	return true
+}
+
+// readQueued reads into b from src, whose bytes are known to be queued.
+func (p *pump) readQueued(b []byte) (int, error) {
+	p.rawBuf, p.rawN, p.rawErr = b, 0, nil
+	err := p.srcRaw.Read(p.rawReadFn)
+	p.rawBuf = nil
+	if err != nil {
+		return 0, err
+	}
+	return p.rawN, p.rawErr
+}
+
+// writeAll writes all of b to dst.
+func (p *pump) writeAll(b []byte) (int, error) {
+	p.rawBuf, p.rawN, p.rawErr = b, 0, nil
+	err := p.dstRaw.Write(p.rawWriteFn)
+	p.rawBuf = nil
+	if err != nil {
+		return p.rawN, err
+	}
+	return p.rawN, p.rawErr
+}
+
+// spliceGrant moves up to want queued bytes from src to dst through a pooled
+// pipe with raw splice(2) calls and returns how many it wrote. A pipe that
+// still holds bytes after a failed write is closed, not pooled.
+func (p *pump) spliceGrant(want int) (int64, error) {
+	pp := getPipe()
+	if pp == nil {
+		return p.copyGrant(min(want, maxCopy), nil)
+	}
+	p.pipe, p.rawN, p.rawWant, p.rawErr = pp, 0, want, nil
+	err := p.srcRaw.Read(p.rawSpliceInFn)
+	if err == nil {
+		err = p.rawErr
+	}
+	in := p.rawN
+	var out int
+	if in > 0 && err == nil {
+		p.rawN, p.rawWant = 0, in
+		err = p.dstRaw.Write(p.rawSpliceOutFn)
+		if err == nil {
+			err = p.rawErr
+		}
+		out = p.rawN
+	}
+	p.pipe = nil
+	if out == in {
+		pipePool.Put(pp)
+	} else {
+		pp.close()
+	}
+	return int64(out), err
+}
+
+// rawSpliceIn is the RawConn.Read callback: splice queued bytes into the pipe.
+func (p *pump) rawSpliceIn(fd uintptr) bool {
+	for {
+		n, _, e := unix.RawSyscall6(unix.SYS_SPLICE, fd, 0, uintptr(p.pipe.w), 0,
+			uintptr(p.rawWant), unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+		switch e {
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+			return false
+		case 0:
+			p.rawN = int(n)
+		default:
+			p.rawErr = os.NewSyscallError("splice", e)
+		}
+		return true
+	}
+}
+
+// rawSpliceOut is the RawConn.Write callback: splice the pipe's bytes to
+// dst, waiting for room when the socket is full.
+func (p *pump) rawSpliceOut(fd uintptr) bool {
+	for p.rawN < p.rawWant {
+		n, _, e := unix.RawSyscall6(unix.SYS_SPLICE, uintptr(p.pipe.r), 0, fd, 0,
+			uintptr(p.rawWant-p.rawN), unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+		switch e {
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+			return false
+		case 0:
+			p.rawN += int(n)
+		default:
+			p.rawErr = os.NewSyscallError("splice", e)
+			return true
+		}
+	}
+	return true
+}
+
+// A pipe is a pair of non-blocking pipe ends for spliceGrant.
+type pipe struct {
+	r, w    int
+	cleanup runtime.Cleanup
+}
+
+// close closes a pipe that is not going back to the pool.
+func (pp *pipe) close() {
+	pp.cleanup.Stop()
+	_ = unix.Close(pp.r)
+	_ = unix.Close(pp.w)
+}
+
+// pipeSize is the capacity asked of a pooled pipe: a whole grant fits.
+const pipeSize = 1 << 20
+
+var pipePool = sync.Pool{New: newPipe}
+
+// getPipe returns a pooled pipe, or nil when none can be made (out of
+// descriptors): the caller then copies.
+func getPipe() *pipe {
+	pp, _ := pipePool.Get().(*pipe)
+	return pp
+}
+
+func newPipe() any {
+	var fds [2]int
+	if err := unix.Pipe2(fds[:], unix.O_NONBLOCK|unix.O_CLOEXEC); err != nil {
+		return nil
+	}
+	_, _ = unix.FcntlInt(uintptr(fds[0]), unix.F_SETPIPE_SZ, pipeSize) // a smaller pipe only means shorter moves
+	pp := &pipe{r: fds[0], w: fds[1]}
+	// A pipe the pool drops is closed once unreachable.
+	pp.cleanup = runtime.AddCleanup(pp, func(fds [2]int) {
+		_ = unix.Close(fds[0])
+		_ = unix.Close(fds[1])
+	}, fds)
+	return pp
+}
