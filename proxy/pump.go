@@ -206,11 +206,12 @@ func copyClass(n int) int {
 }
 
 // copyGrant moves want bytes through a pooled buffer and returns how many
-// were written; observe, if not nil, is shown them before they are written. On the
-// splice path the bytes are already queued on src; on the user-space path
-// it reads once, what src has. Like a splice that meets the end of src, it
-// returns fewer than want and no error when src ended. It allocates
-// nothing.
+// were written; observe, if not nil, is shown them before they are
+// written. On the splice path the bytes are already queued on src and are
+// read and written with raw system calls (rawio_linux.go); on the
+// user-space path it reads once, what src has. Like a splice that meets
+// the end of src, it returns fewer than want and no error when src ended.
+// It allocates nothing.
 func (p *pump) copyGrant(want int, observe func([]byte)) (int64, error) {
 	pool := &copyPools[copyClass(want)]
 	b := pool.Get().(*[]byte)
