@@ -21,8 +21,9 @@ import (
 // the benchmark machine (docs/shaping.md). These calls never block: the
 // sockets are non-blocking, a read asks only for bytes already queued, and
 // a write that would block returns EAGAIN and waits in the netpoller like
-// any other. Each call is bounded by one grant (at most maxPacedGrant), so
-// the P is held for the time of one copy.
+// any other. Each call moves at most one grant (a pooled buffer's 64 KiB,
+// or a pipe's 1 MiB), so the P is held for the time of one copy. The
+// buffers are heap memory, which the collector does not move.
 
 // rawRead is the RawConn.Read callback: one read(2) of p.rawBuf.
 func (p *pump) rawRead(fd uintptr) bool {
