@@ -99,13 +99,7 @@ func TestSplicedGrantAfterReset(t *testing.T) {
 		}
 		server.Close()
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for srv.ActiveConns() != 0 && time.Now().Before(deadline) {
-		time.Sleep(5 * time.Millisecond) // polling a count the proxy updates as conns end
-	}
-	if n := srv.ActiveConns(); n != 0 {
-		t.Fatalf("%d conns still active after their clients reset", n)
-	}
+	waitIdle(t, srv)
 
 	client, server := connect(t, addr, b)
 	defer client.Close()
@@ -123,5 +117,121 @@ func TestSplicedGrantAfterReset(t *testing.T) {
 	got, n, err := hashAll(client)
 	if want := <-sent; err != nil || n != size || got != want {
 		t.Fatalf("after resets: %d bytes, hash equal %v, err %v; want %d byte-exact", n, got == want, err, size)
+	}
+}
+
+// TestReadAheadAcrossLimitChanges: bytes a shaped pump read ahead of its
+// grants go out first, in order, when the limit is lifted (the splice path
+// takes over), raised past the copy path (200 MB/s grants are spliced) or
+// set again; and all read-ahead memory is given back when the conn ends.
+func TestReadAheadAcrossLimitChanges(t *testing.T) {
+	defer test.TimeOut(60 * time.Second).Stop()
+	checkRoutines(t)
+	b := newBackend(t)
+	slow := ConnLimits{Down: shaper.Limit{Rate: 1_000_000}}
+	srv, addr, _ := startProxy(t, ListenerConfig{Upstream: b.addr(), Limits: slow})
+	client, server := connect(t, addr, b)
+	defer client.Close()
+	defer server.Close()
+
+	const size = 48 << 20
+	sent := make(chan [32]byte, 1)
+	go func() {
+		h, err := sendStream(server, 5, size)
+		if err != nil {
+			t.Error(err)
+		}
+		server.CloseWrite()
+		sent <- h
+	}()
+	type result struct {
+		h   [32]byte
+		n   int64
+		err error
+	}
+	got := make(chan result, 1)
+	go func() {
+		var r result
+		r.h, r.n, r.err = hashAll(client)
+		got <- r
+	}()
+	for _, lim := range []ConnLimits{{}, slow, {Down: shaper.Limit{Rate: 200_000_000}}, slow, {}} {
+		time.Sleep(300 * time.Millisecond) // letting the pump read ahead at the current limit
+		if err := srv.SetLimits("t", lim); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r := <-got
+	if want := <-sent; r.err != nil || r.n != size || r.h != want {
+		t.Fatalf("%d bytes, hash equal %v, err %v; want %d byte-exact", r.n, r.h == want, r.err, size)
+	}
+	client.Close()
+	waitIdle(t, srv)
+	if left := aheadBudget.Load(); left != AheadBudget {
+		t.Errorf("read-ahead budget %d after the conn ended, want all %d back", left, AheadBudget)
+	}
+}
+
+// TestReadAheadBudget: with the budget spent, shaped grants are read and
+// written exactly; with room for one conn, two conns share it; every byte
+// arrives either way, and the budget is whole again afterwards.
+func TestReadAheadBudget(t *testing.T) {
+	for _, c := range []struct {
+		name   string
+		budget int64
+	}{{"spent", 0}, {"one conn", aheadSize}} {
+		t.Run(c.name, func(t *testing.T) {
+			defer test.TimeOut(60 * time.Second).Stop()
+			checkRoutines(t)
+			aheadBudget.Store(c.budget)
+			defer aheadBudget.Store(AheadBudget)
+			b := newBackend(t)
+			srv, addr, _ := startProxy(t, ListenerConfig{Upstream: b.addr(), Limits: ConnLimits{Down: shaper.Limit{Rate: 8_000_000}}})
+			const size = 4 << 20
+			errs := make(chan error, 2)
+			var conns []*net.TCPConn
+			for seed := range 2 {
+				client, server := connect(t, addr, b)
+				conns = append(conns, client, server)
+				go func() {
+					if _, err := sendStream(server, uint64(seed), size); err != nil {
+						t.Error(err)
+					}
+					server.CloseWrite()
+				}()
+				go func() {
+					h, n, err := hashAll(client)
+					want, _ := sendStream(io.Discard, uint64(seed), size)
+					if err == nil && (n != size || h != want) {
+						err = errors.New("bytes differ")
+					}
+					errs <- err
+				}()
+			}
+			for range 2 {
+				if err := <-errs; err != nil {
+					t.Error(err)
+				}
+			}
+			for _, c := range conns {
+				c.Close()
+			}
+			waitIdle(t, srv)
+			if left := aheadBudget.Load(); left != c.budget {
+				t.Errorf("budget %d after the conns ended, want %d", left, c.budget)
+			}
+		})
+	}
+}
+
+// waitIdle waits until srv has no conns left.
+func waitIdle(t *testing.T, srv *Server) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for srv.ActiveConns() != 0 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond) // polling a count the proxy updates as conns end
+	}
+	if n := srv.ActiveConns(); n != 0 {
+		t.Fatalf("%d conns still active", n)
 	}
 }
