@@ -2,12 +2,16 @@ package proxy
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/pion/transport/v2/test"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/sluiceproxy/sluice/shaper"
 )
@@ -155,6 +159,24 @@ func TestReadAheadAcrossLimitChanges(t *testing.T) {
 		r.h, r.n, r.err = hashAll(client)
 		got <- r
 	}()
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(NewCollector(srv))
+	readAhead := func(want int) error {
+		return testutil.GatherAndCompare(reg, strings.NewReader(fmt.Sprintf(`
+# HELP sluice_read_ahead_bytes Memory shaped connections hold in bytes read ahead of their grants, process-wide (at most 32 MiB).
+# TYPE sluice_read_ahead_bytes gauge
+sluice_read_ahead_bytes %d
+`, want)), "sluice_read_ahead_bytes")
+	}
+	// At 1 MB/s (8 KiB grants) the pump holds its 64 KiB buffer almost
+	// all the time; the gauge shows it.
+	err := readAhead(aheadSize)
+	for deadline := time.Now().Add(5 * time.Second); err != nil && time.Now().Before(deadline); err = readAhead(aheadSize) {
+		time.Sleep(5 * time.Millisecond) // polling a gauge
+	}
+	if err != nil {
+		t.Errorf("while reading ahead: %v", err)
+	}
 	for _, lim := range []ConnLimits{{}, slow, {Down: shaper.Limit{Rate: 200_000_000}}, slow, {}} {
 		time.Sleep(300 * time.Millisecond) // letting the pump read ahead at the current limit
 		if err := srv.SetLimits("t", lim); err != nil {
@@ -169,6 +191,9 @@ func TestReadAheadAcrossLimitChanges(t *testing.T) {
 	waitIdle(t, srv)
 	if left := aheadBudget.Load(); left != AheadBudget {
 		t.Errorf("read-ahead budget %d after the conn ended, want all %d back", left, AheadBudget)
+	}
+	if err := readAhead(0); err != nil {
+		t.Errorf("after the conn ended: %v", err)
 	}
 }
 
