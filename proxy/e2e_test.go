@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"math/rand/v2"
@@ -174,6 +175,41 @@ func sendStream(w io.Writer, seed uint64, size int) ([32]byte, error) {
 	return [32]byte(h.Sum(nil)), nil
 }
 
+// streamResult is what one direction of a transfer sent and received.
+type streamResult struct {
+	sent, got [32]byte
+	n         int64
+	err       error
+}
+
+// transfer sends size bytes of seed's stream on w and half-closes it, while
+// hashing all that r receives; the receiver starts reading after
+// readDelay.
+func transfer(w, r *net.TCPConn, seed uint64, size int, readDelay time.Duration) streamResult {
+	got := make(chan streamResult, 1)
+	go func() {
+		time.Sleep(readDelay) // a stalled receiver, when a test asks for one
+		var res streamResult
+		res.got, res.n, res.err = hashAll(r)
+		got <- res
+	}()
+	sent, err := sendStream(w, seed, size)
+	if err == nil {
+		err = w.CloseWrite()
+	}
+	res := <-got
+	res.sent, res.err = sent, errors.Join(res.err, err)
+	return res
+}
+
+// exact returns an error unless res moved size bytes, byte-exact.
+func (res streamResult) exact(size int) error {
+	if res.err != nil || res.n != int64(size) || res.sent != res.got {
+		return fmt.Errorf("%d bytes, SHA-256 equal %v, err %s; want %d byte-exact", res.n, res.sent == res.got, fmt.Sprint(res.err), size)
+	}
+	return nil
+}
+
 func hashAll(r io.Reader) ([32]byte, int64, error) {
 	h := sha256.New()
 	n, err := io.CopyBuffer(h, r, make([]byte, 256<<10))
@@ -194,49 +230,12 @@ func TestIntegrity256MiB(t *testing.T) {
 	defer client.Close()
 	defer server.Close()
 
-	type result struct {
-		sent, got [32]byte
-		n         int64
-		err       error
-	}
-	run := func(w, r *net.TCPConn, seed uint64, out chan<- result) {
-		var res result
-		var wg sync.WaitGroup
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			res.got, res.n, res.err = hashAll(r)
-		}()
-		sent, err := sendStream(w, seed, size)
-		if err == nil {
-			err = w.CloseWrite()
-		}
-		wg.Wait()
-		res.sent = sent
-		if res.err == nil {
-			res.err = err
-		}
-		out <- res
-	}
-	up, down := make(chan result, 1), make(chan result, 1)
-	go run(client, server, 1, up) // the client's stream, read by the backend
-	go run(server, client, 2, down)
-	resUp, resDown := <-up, <-down
-	for _, c := range []struct {
-		name string
-		result
-	}{
-		{"up (client → backend)", resUp},
-		{"down (backend → client)", resDown},
-	} {
-		if c.err != nil {
-			t.Errorf("%s: %v", c.name, c.err)
-		}
-		if c.n != size {
-			t.Errorf("%s: received %d bytes, want %d", c.name, c.n, size)
-		}
-		if c.sent != c.got {
-			t.Errorf("%s: SHA-256 of received bytes differs from sent", c.name)
+	up := make(chan streamResult, 1)
+	go func() { up <- transfer(client, server, 1, size, 0) }() // the client's stream, read by the backend
+	down := transfer(server, client, 2, size, 0)
+	for name, res := range map[string]streamResult{"up (client → backend)": <-up, "down (backend → client)": down} {
+		if err := res.exact(size); err != nil {
+			t.Errorf("%s: %v", name, err)
 		}
 	}
 	client.Close()

@@ -46,17 +46,14 @@ type pump struct {
 	avail  int   // set by ready: bytes queued on src
 	rerr   error // set by ready: io.EOF or the socket's error
 
-	// Raw reads and writes of shaped grants (rawio_linux.go).
-	dstRaw     syscall.RawConn
-	rawReadFn  func(fd uintptr) bool
-	rawWriteFn func(fd uintptr) bool
-	rawBuf     []byte
-	rawN       int
-	rawErr     error
-
-	rawSpliceInFn, rawSpliceOutFn func(fd uintptr) bool
-	pipe                          *pipe
-	rawWant                       int
+	// A raw move of a shaped grant (rawio_linux.go).
+	dstRaw        syscall.RawConn
+	rawInFn       func(fd uintptr) bool // p.rawIn, bound once
+	rawOutFn      func(fd uintptr) bool // p.rawOut, bound once
+	rawBuf        []byte                // read into and written from; nil with a pipe
+	pipe          *pipe                 // spliced through; nil with rawBuf
+	rawWant, rawN int
+	rawErr        error
 
 	// Bytes read ahead of the grants (copyAhead): ahead[aheadOff:aheadLen]
 	// are read from src and not yet written.
@@ -90,8 +87,7 @@ func (p *pump) init(c *conn, dir Dir, src, dst net.Conn) {
 	p.srcRaw, p.dstRaw, p.dstTCP = raw, draw, dt
 	p.lr.R = st
 	p.ready = p.readable
-	p.rawReadFn, p.rawWriteFn = p.rawRead, p.rawWrite
-	p.rawSpliceInFn, p.rawSpliceOutFn = p.rawSpliceIn, p.rawSpliceOut
+	p.rawInFn, p.rawOutFn = p.rawIn, p.rawOut
 }
 
 // pump is the goroutine of one direction (stack dumps name it). The last of
@@ -280,7 +276,7 @@ func init() { aheadBudget.Store(AheadBudget) }
 func (p *pump) copyAhead(want, avail int) (int64, error) {
 	if p.ahead == nil {
 		if want > aheadSize/4 || avail <= want {
-			return p.copyGrant(min(want, maxCopy), nil) // nothing to gain
+			return p.copyGrant(want, nil) // nothing to gain; want <= maxCopy here
 		}
 		if aheadBudget.Add(-aheadSize) < 0 {
 			aheadBudget.Add(aheadSize)

@@ -25,49 +25,16 @@ import (
 // or a pipe's 1 MiB), so the P is held for the time of one copy. The
 // buffers are heap memory, which the collector does not move.
 
-// rawRead is the RawConn.Read callback: one read(2) of p.rawBuf.
-func (p *pump) rawRead(fd uintptr) bool {
-	for {
-		n, _, e := unix.RawSyscall(unix.SYS_READ, fd, uintptr(unsafe.Pointer(unsafe.SliceData(p.rawBuf))), uintptr(len(p.rawBuf)))
-		switch e {
-		case unix.EINTR:
-			continue
-		case unix.EAGAIN:
-			return false
-		case 0:
-			p.rawN = int(n)
-		default:
-			p.rawErr = os.NewSyscallError("read", e)
-		}
-		return true
-	}
-}
-
-// rawWrite is the RawConn.Write callback: write(2) until p.rawBuf is all
-// written, waiting for room when the socket is full.
-func (p *pump) rawWrite(fd uintptr) bool {
-	for p.rawN < len(p.rawBuf) {
-		rest := p.rawBuf[p.rawN:]
-		n, _, e := unix.RawSyscall(unix.SYS_WRITE, fd, uintptr(unsafe.Pointer(unsafe.SliceData(rest))), uintptr(len(rest)))
-		switch e {
-		case unix.EINTR:
-			continue
-		case unix.EAGAIN:
-			return false
-		case 0:
-			p.rawN += int(n)
-		default:
-			p.rawErr = os.NewSyscallError("write", e)
-			return true
-		}
-	}
-	return true
-}
+// A raw move is set up in the pump's raw fields, then run by rawIn inside
+// srcRaw.Read and by rawOut inside dstRaw.Write: with p.pipe nil it reads
+// into and writes from p.rawBuf; with a pipe it splices src → pipe and
+// pipe → dst. p.rawWant is how many bytes the move is for, p.rawN how many
+// it has moved, p.rawErr a system call's error.
 
 // readQueued reads into b from src, whose bytes are known to be queued.
 func (p *pump) readQueued(b []byte) (int, error) {
-	p.rawBuf, p.rawN, p.rawErr = b, 0, nil
-	err := p.srcRaw.Read(p.rawReadFn)
+	p.rawBuf, p.rawWant, p.rawN, p.rawErr = b, len(b), 0, nil
+	err := p.srcRaw.Read(p.rawInFn)
 	p.rawBuf = nil
 	if err != nil {
 		return 0, err
@@ -77,8 +44,8 @@ func (p *pump) readQueued(b []byte) (int, error) {
 
 // writeAll writes all of b to dst.
 func (p *pump) writeAll(b []byte) (int, error) {
-	p.rawBuf, p.rawN, p.rawErr = b, 0, nil
-	err := p.dstRaw.Write(p.rawWriteFn)
+	p.rawBuf, p.rawWant, p.rawN, p.rawErr = b, len(b), 0, nil
+	err := p.dstRaw.Write(p.rawOutFn)
 	p.rawBuf = nil
 	if err != nil {
 		return p.rawN, err
@@ -94,16 +61,16 @@ func (p *pump) spliceGrant(want int) (int64, error) {
 	if pp == nil {
 		return p.copyGrant(min(want, maxCopy), nil)
 	}
-	p.pipe, p.rawN, p.rawWant, p.rawErr = pp, 0, want, nil
-	err := p.srcRaw.Read(p.rawSpliceInFn)
+	p.pipe, p.rawWant, p.rawN, p.rawErr = pp, want, 0, nil
+	err := p.srcRaw.Read(p.rawInFn)
 	if err == nil {
 		err = p.rawErr
 	}
 	in := p.rawN
 	var out int
 	if in > 0 && err == nil {
-		p.rawN, p.rawWant = 0, in
-		err = p.dstRaw.Write(p.rawSpliceOutFn)
+		p.rawWant, p.rawN = in, 0
+		err = p.dstRaw.Write(p.rawOutFn)
 		if err == nil {
 			err = p.rawErr
 		}
@@ -118,11 +85,17 @@ func (p *pump) spliceGrant(want int) (int64, error) {
 	return int64(out), err
 }
 
-// rawSpliceIn is the RawConn.Read callback: splice queued bytes into the pipe.
-func (p *pump) rawSpliceIn(fd uintptr) bool {
+// rawIn is the RawConn.Read callback: one read or splice of up to rawWant
+// bytes queued on fd.
+func (p *pump) rawIn(fd uintptr) bool {
 	for {
-		n, _, e := unix.RawSyscall6(unix.SYS_SPLICE, fd, 0, uintptr(p.pipe.w), 0,
-			uintptr(p.rawWant), unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+		var n uintptr
+		var e unix.Errno
+		if p.pipe == nil {
+			n, _, e = unix.RawSyscall(unix.SYS_READ, fd, uintptr(unsafe.Pointer(unsafe.SliceData(p.rawBuf))), uintptr(p.rawWant))
+		} else {
+			n, _, e = unix.RawSyscall6(unix.SYS_SPLICE, fd, 0, uintptr(p.pipe.w), 0, uintptr(p.rawWant), unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+		}
 		switch e {
 		case unix.EINTR:
 			continue
@@ -131,18 +104,24 @@ func (p *pump) rawSpliceIn(fd uintptr) bool {
 		case 0:
 			p.rawN = int(n)
 		default:
-			p.rawErr = os.NewSyscallError("splice", e)
+			p.rawErr = os.NewSyscallError(p.rawName("read"), e)
 		}
 		return true
 	}
 }
 
-// rawSpliceOut is the RawConn.Write callback: splice the pipe's bytes to
-// dst, waiting for room when the socket is full.
-func (p *pump) rawSpliceOut(fd uintptr) bool {
+// rawOut is the RawConn.Write callback: writes or splices to fd until
+// rawWant bytes are out, waiting for room when the socket is full.
+func (p *pump) rawOut(fd uintptr) bool {
 	for p.rawN < p.rawWant {
-		n, _, e := unix.RawSyscall6(unix.SYS_SPLICE, uintptr(p.pipe.r), 0, fd, 0,
-			uintptr(p.rawWant-p.rawN), unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+		var n uintptr
+		var e unix.Errno
+		if p.pipe == nil {
+			rest := p.rawBuf[p.rawN:p.rawWant]
+			n, _, e = unix.RawSyscall(unix.SYS_WRITE, fd, uintptr(unsafe.Pointer(unsafe.SliceData(rest))), uintptr(len(rest)))
+		} else {
+			n, _, e = unix.RawSyscall6(unix.SYS_SPLICE, uintptr(p.pipe.r), 0, fd, 0, uintptr(p.rawWant-p.rawN), unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+		}
 		switch e {
 		case unix.EINTR:
 			continue
@@ -151,11 +130,19 @@ func (p *pump) rawSpliceOut(fd uintptr) bool {
 		case 0:
 			p.rawN += int(n)
 		default:
-			p.rawErr = os.NewSyscallError("splice", e)
+			p.rawErr = os.NewSyscallError(p.rawName("write"), e)
 			return true
 		}
 	}
 	return true
+}
+
+// rawName names the system call of the current raw move, for errors.
+func (p *pump) rawName(plain string) string {
+	if p.pipe != nil {
+		return "splice"
+	}
+	return plain
 }
 
 // A pipe is a pair of non-blocking pipe ends for spliceGrant.

@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -17,17 +16,19 @@ import (
 )
 
 // TestShapedMovesWaitForRoom: shaped grants moved by raw reads and writes
-// (8 KiB grants at 8 MB/s) and by raw splices (200 KB grants at 200 MB/s),
-// both ways at once, to receivers that first read nothing for 300 ms, so
-// that every socket fills and the writes wait for room: byte-exact.
+// (read ahead, and not), and by raw splices, both ways at once, to
+// receivers that first read nothing for long enough that every socket
+// fills and the writes wait for room: byte-exact.
 func TestShapedMovesWaitForRoom(t *testing.T) {
 	for _, c := range []struct {
-		name string
-		rate int64
-		size int
+		name  string
+		rate  int64
+		size  int
+		stall time.Duration // over 4 MB at the rate: more than sluice's send buffer takes
 	}{
-		{"copy", 8_000_000, 6 << 20},
-		{"splice", 200_000_000, 96 << 20},
+		{"read-ahead", 12_000_000, 16 << 20, 600 * time.Millisecond}, // 12 KB grants
+		{"copy", 40_000_000, 48 << 20, 300 * time.Millisecond},       // 40 KB grants
+		{"splice", 200_000_000, 96 << 20, 300 * time.Millisecond},    // 200 KB grants
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			defer test.TimeOut(60 * time.Second).Stop()
@@ -38,34 +39,20 @@ func TestShapedMovesWaitForRoom(t *testing.T) {
 			client, server := connect(t, addr, b)
 			defer client.Close()
 			defer server.Close()
-
-			type result struct {
-				sent, got [32]byte
-				n         int64
-				err       error
-			}
-			transfer := func(w, r *net.TCPConn, seed uint64, out chan<- result) {
-				got := make(chan result, 1)
-				go func() {
-					time.Sleep(300 * time.Millisecond) // a stalled receiver, the point of the test
-					var res result
-					res.got, res.n, res.err = hashAll(r)
-					got <- res
-				}()
-				sent, err := sendStream(w, seed, c.size)
-				if err == nil {
-					err = w.CloseWrite()
+			// Small receive buffers, and a stall longer than sluice's
+			// send buffers can absorb: its writes find no room.
+			for _, c := range []*net.TCPConn{client, server} {
+				if err := c.SetReadBuffer(64 << 10); err != nil {
+					t.Fatal(err)
 				}
-				res := <-got
-				res.sent, res.err = sent, errors.Join(res.err, err)
-				out <- res
 			}
-			up, down := make(chan result, 1), make(chan result, 1)
-			go transfer(client, server, 1, up)
-			go transfer(server, client, 2, down)
-			for dir, res := range map[string]result{"up": <-up, "down": <-down} {
-				if res.err != nil || res.n != int64(c.size) || res.sent != res.got {
-					t.Errorf("%s: %d bytes, hash equal %v, err %v; want %d byte-exact", dir, res.n, res.sent == res.got, res.err, c.size)
+
+			up := make(chan streamResult, 1)
+			go func() { up <- transfer(client, server, 1, c.size, c.stall) }()
+			down := transfer(server, client, 2, c.size, c.stall)
+			for dir, res := range map[string]streamResult{"up": <-up, "down": down} {
+				if err := res.exact(c.size); err != nil {
+					t.Errorf("%s: %v", dir, err)
 				}
 			}
 		})
@@ -109,18 +96,8 @@ func TestSplicedGrantAfterReset(t *testing.T) {
 	defer client.Close()
 	defer server.Close()
 	const size = 64 << 20
-	sent := make(chan [32]byte, 1)
-	go func() {
-		h, err := sendStream(server, 9, size)
-		if err != nil {
-			t.Error(err)
-		}
-		server.CloseWrite()
-		sent <- h
-	}()
-	got, n, err := hashAll(client)
-	if want := <-sent; err != nil || n != size || got != want {
-		t.Fatalf("after resets: %d bytes, hash equal %v, err %v; want %d byte-exact", n, got == want, err, size)
+	if err := transfer(server, client, 9, size, 0).exact(size); err != nil {
+		t.Fatalf("after resets: %v", err)
 	}
 }
 
@@ -139,26 +116,8 @@ func TestReadAheadAcrossLimitChanges(t *testing.T) {
 	defer server.Close()
 
 	const size = 48 << 20
-	sent := make(chan [32]byte, 1)
-	go func() {
-		h, err := sendStream(server, 5, size)
-		if err != nil {
-			t.Error(err)
-		}
-		server.CloseWrite()
-		sent <- h
-	}()
-	type result struct {
-		h   [32]byte
-		n   int64
-		err error
-	}
-	got := make(chan result, 1)
-	go func() {
-		var r result
-		r.h, r.n, r.err = hashAll(client)
-		got <- r
-	}()
+	down := make(chan streamResult, 1)
+	go func() { down <- transfer(server, client, 5, size, 0) }()
 	reg := prometheus.NewPedanticRegistry()
 	reg.MustRegister(NewCollector(srv))
 	readAhead := func(want int) error {
@@ -183,9 +142,8 @@ sluice_read_ahead_bytes %d
 			t.Fatal(err)
 		}
 	}
-	r := <-got
-	if want := <-sent; r.err != nil || r.n != size || r.h != want {
-		t.Fatalf("%d bytes, hash equal %v, err %v; want %d byte-exact", r.n, r.h == want, r.err, size)
+	if err := (<-down).exact(size); err != nil {
+		t.Fatal(err)
 	}
 	client.Close()
 	waitIdle(t, srv)
@@ -218,20 +176,7 @@ func TestReadAheadBudget(t *testing.T) {
 			for seed := range 2 {
 				client, server := connect(t, addr, b)
 				conns = append(conns, client, server)
-				go func() {
-					if _, err := sendStream(server, uint64(seed), size); err != nil {
-						t.Error(err)
-					}
-					server.CloseWrite()
-				}()
-				go func() {
-					h, n, err := hashAll(client)
-					want, _ := sendStream(io.Discard, uint64(seed), size)
-					if err == nil && (n != size || h != want) {
-						err = errors.New("bytes differ")
-					}
-					errs <- err
-				}()
+				go func() { errs <- transfer(server, client, uint64(seed), size, 0).exact(size) }()
 			}
 			for range 2 {
 				if err := <-errs; err != nil {

@@ -17,9 +17,7 @@ func setPacingRate(c *net.TCPConn, rate uint64) error { return nil }
 func (p *pump) readQueued(b []byte) (int, error)    { panic("unreachable") }
 func (p *pump) writeAll(b []byte) (int, error)      { panic("unreachable") }
 func (p *pump) spliceGrant(want int) (int64, error) { panic("unreachable") }
-func (p *pump) rawRead(fd uintptr) bool             { panic("unreachable") }
-func (p *pump) rawWrite(fd uintptr) bool            { panic("unreachable") }
-func (p *pump) rawSpliceIn(fd uintptr) bool         { panic("unreachable") }
-func (p *pump) rawSpliceOut(fd uintptr) bool        { panic("unreachable") }
+func (p *pump) rawIn(fd uintptr) bool               { panic("unreachable") }
+func (p *pump) rawOut(fd uintptr) bool              { panic("unreachable") }
 
 type pipe struct{}
