@@ -322,7 +322,7 @@ func TestLateWakeKeepsTheRate(t *testing.T) {
 	defer tk.stop(t)
 	clk.BlockUntil(1) // took the initial 100, waits for the next (due at 100ms)
 	// Wake 10ms late: 110 tokens, 100 granted, 10 kept.
-	clk.Advance(110 * time.Millisecond)
+	clk.Jump(110 * time.Millisecond)
 	clk.BlockUntil(1)
 	if got := tk.got.Load(); got != 200 {
 		t.Fatalf("after a late wake: granted %d, want 200", got)
@@ -337,8 +337,10 @@ func TestLateWakeKeepsTheRate(t *testing.T) {
 	if got := tk.got.Load(); got != 300 {
 		t.Fatalf("granted %d at 200ms, want 300", got)
 	}
-	// Far later than MaxCatchUp: only Burst + 20ms worth is kept.
-	clk.Advance(time.Second)
+	// Far later than MaxCatchUp: only Burst + 20ms worth is kept. (Jump,
+	// not Advance: Advance fires the timer at its due time and may fire the
+	// next one the woken Take arms before it has seen the late instant.)
+	clk.Jump(time.Second)
 	clk.BlockUntil(1)
 	if got := tk.got.Load(); got != 400 {
 		t.Fatalf("granted %d after a 1s-late wake, want 400 (100 + 20 kept)", got)

@@ -169,6 +169,31 @@ func (c *Clock) Advance(d time.Duration) {
 	c.mu.Unlock()
 }
 
+// Jump moves the clock forward by d at once, then runs every timer that
+// fell due meanwhile, in order of due time, all at the new time: a timer
+// that fires late, as on a busy machine. Timers armed by what they wake
+// fall due after the new time and stay pending, so a test sees exactly one
+// late wake-up, whatever the woken goroutines do meanwhile.
+func (c *Clock) Jump(d time.Duration) {
+	c.mu.Lock()
+	c.now = c.now.Add(d)
+	var due []*timer
+	c.timers = slices.DeleteFunc(c.timers, func(t *timer) bool {
+		if t.at.After(c.now) {
+			return false
+		}
+		t.set = false
+		due = append(due, t)
+		return true
+	})
+	slices.SortFunc(due, func(a, b *timer) int { return a.at.Compare(b.at) })
+	c.notify()
+	c.mu.Unlock()
+	for _, t := range due {
+		t.f()
+	}
+}
+
 // AdvanceWith is Advance for tests with waiters goroutines that re-arm a
 // timer whenever they wait (each Take of a [shaper.Gate] does): after each
 // timer fires it waits until waiters timers are armed again, so every woken
