@@ -19,7 +19,7 @@ type Collector struct {
 
 	mp4Videos, mp4Plans, mp4Burst, mp4Fallbacks, mp4Cached, mp4Waited, mp4Paced, mp4Rate *prometheus.Desc
 
-	readAhead *prometheus.Desc
+	readAhead, shapedPipes *prometheus.Desc
 }
 
 // NewCollector returns a Collector for srv; register it on a registry.
@@ -55,7 +55,8 @@ func NewCollector(srv *Server) *Collector {
 		mp4Paced:     d("mp4_paced_bytes_total", "Bytes sent while an MP4 plan was in force.", "listener"),
 		mp4Rate:      d("mp4_plan_video_rate_bytes_per_second", "Average rates of the videos MP4 plans were made for (sum and count: their mean).", "listener"),
 
-		readAhead: d("read_ahead_bytes", "Memory shaped connections hold in bytes read ahead of their grants, process-wide (at most 32 MiB)."),
+		readAhead:   d("read_ahead_bytes", "Memory shaped connections hold in bytes read ahead of their grants, process-wide (at most 32 MiB)."),
+		shapedPipes: d("shaped_pipes", "Pipes shaped connections hold now, process-wide (at most 256; two descriptors each)."),
 	}
 }
 
@@ -63,7 +64,7 @@ func NewCollector(srv *Server) *Collector {
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.bytes, c.accepted, c.ended, c.active, c.waited, c.waiting, c.rate, c.burst,
 		c.linkBytes, c.linkBorrowed, c.linkRate, c.linkTokens, c.linkWaiting, c.linkKeys, c.linkConns,
-		c.mp4Videos, c.mp4Plans, c.mp4Burst, c.mp4Fallbacks, c.mp4Cached, c.mp4Waited, c.mp4Paced, c.mp4Rate, c.readAhead} {
+		c.mp4Videos, c.mp4Plans, c.mp4Burst, c.mp4Fallbacks, c.mp4Cached, c.mp4Waited, c.mp4Paced, c.mp4Rate, c.readAhead, c.shapedPipes} {
 		ch <- d
 	}
 }
@@ -71,6 +72,7 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 // Collect implements prometheus.Collector.
 func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(c.readAhead, prometheus.GaugeValue, float64(AheadBudget-aheadBudget.Load()))
+	ch <- prometheus.MustNewConstMetric(c.shapedPipes, prometheus.GaugeValue, float64(ShapedPipes-pipeBudget.Load()))
 	for _, l := range c.srv.Links(false) {
 		for d, ds := range l.Dirs {
 			if ds == nil {

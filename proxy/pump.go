@@ -54,11 +54,15 @@ type pump struct {
 	pipe          *pipe                 // spliced through; nil with rawBuf
 	rawWant, rawN int
 	rawErr        error
+	rawNoWait     bool // rawIn: return nothing rather than wait
 
-	// Bytes read ahead of the grants (copyAhead): ahead[aheadOff:aheadLen]
-	// are read from src and not yet written.
+	// Bytes read ahead of the grants (moveAhead): ahead[aheadOff:aheadLen]
+	// are read from src and not yet written; or heldN bytes are spliced
+	// from src into held and not yet out. At most one of the two is set.
 	ahead              *[]byte
 	aheadOff, aheadLen int
+	held               *pipe
+	heldN              int
 
 	// pacer is set, before the conn is listed, when an MP4 Observer
 	// watches the conn (both directions).
@@ -145,10 +149,10 @@ func (p *pump) copySplice() error {
 		var n int64
 		shaped := p.taken != nil || len(p.members) > 0
 		switch {
-		case p.ahead != nil || shaped && want <= maxCopy:
+		case p.ahead != nil || p.held != nil || shaped && want <= maxCopy:
 			// Bytes read ahead go first, even when the limit was lifted
 			// or raised meanwhile.
-			n, err = p.copyAhead(want, avail)
+			n, err = p.moveAhead(want, avail)
 		case shaped:
 			n, err = p.spliceGrant(want)
 		default:
@@ -264,27 +268,53 @@ var aheadBudget atomic.Int64
 
 func init() { aheadBudget.Store(AheadBudget) }
 
-// copyAhead moves a shaped grant of want bytes, of the avail bytes known to
+// moveAhead moves a shaped grant of want bytes, of the avail bytes known to
 // be queued on src (read-ahead bytes included), and returns how many were
-// written. It reads up to 64 KiB ahead of its grants into a pooled buffer
-// and writes each grant from there: a read that frees a 10 KB grant's room
-// makes the kernel send the upstream a window update, which on loopback
-// costs as much as the read, so four to eight grants a read cost a fifth
-// less CPU at 50 × 1 MB/s (docs/shaping.md). The buffer is held only while
-// it holds bytes, and only while the process-wide budget allows; without
-// it a grant is read and written exactly.
-func (p *pump) copyAhead(want, avail int) (int64, error) {
-	if p.ahead == nil {
-		if want > aheadSize/4 || avail <= want {
-			return p.copyGrant(want, nil) // nothing to gain; want <= maxCopy here
-		}
-		if aheadBudget.Add(-aheadSize) < 0 {
-			aheadBudget.Add(aheadSize)
-			return p.copyGrant(want, nil)
-		}
-		p.ahead = copyPools[copyClass(aheadSize)].Get().(*[]byte)
-		p.aheadOff, p.aheadLen = 0, 0
+// written. For grants of at most 16 KiB it takes up to 64 KiB from src at
+// once, ahead of its grants, and writes each grant from there: a read that
+// frees a 10 KB grant's room makes the kernel send the upstream a window
+// update, which on loopback costs as much as the read, so four to eight
+// grants a read cost a fifth less CPU at 50 × 1 MB/s (docs/shaping.md).
+//
+// The bytes are held in a pipe while the process-wide pipe budget allows
+// (spliceAhead: no copy through user space), else in a pooled buffer while
+// the read-ahead memory budget allows (copyAhead), else a grant is read
+// and written exactly. Either is held only while it holds bytes.
+func (p *pump) moveAhead(want, avail int) (int64, error) {
+	switch {
+	case p.held != nil:
+		return p.spliceAhead(want, avail)
+	case p.ahead != nil:
+		return p.copyAhead(want, avail)
+	case want > aheadSize/4 || avail <= want:
+		return p.copyGrant(want, nil) // nothing to gain; want <= maxCopy here
 	}
+	if pp := takePipe(); pp != nil {
+		p.held, p.heldN = pp, 0
+		return p.spliceAhead(want, avail)
+	}
+	if aheadBudget.Add(-aheadSize) < 0 {
+		aheadBudget.Add(aheadSize)
+		return p.copyGrant(want, nil)
+	}
+	p.ahead = copyPools[copyClass(aheadSize)].Get().(*[]byte)
+	p.aheadOff, p.aheadLen = 0, 0
+	return p.copyAhead(want, avail)
+}
+
+// ShapedPipes bounds the pipes shaped moves hold at once, process-wide: a
+// pipe is two descriptors, held for the time of a grant's move (longer
+// when the client is slow to read) or while it holds bytes read ahead. 256
+// pipes are 512 descriptors. Beyond it, moves copy through user space.
+const ShapedPipes = 256
+
+// pipeBudget is what is left of ShapedPipes; a variable for tests.
+var pipeBudget atomic.Int64
+
+func init() { pipeBudget.Store(ShapedPipes) }
+
+// copyAhead is moveAhead through the pooled buffer p.ahead.
+func (p *pump) copyAhead(want, avail int) (int64, error) {
 	// Top up when the grant is more than what is left: a grant cut short
 	// would send the conn to the back of a link's queue with less than its
 	// share.
@@ -311,9 +341,13 @@ func (p *pump) copyAhead(want, avail int) (int64, error) {
 	return int64(w), err
 }
 
-// dropAhead gives back the read-ahead buffer and its budget. Bytes still
-// in it are lost with the conn that is failing.
+// dropAhead gives back the read-ahead buffer or pipe and its budget. Bytes
+// still in it are lost with the conn that is failing.
 func (p *pump) dropAhead() {
+	if p.held != nil {
+		putPipe(p.held, p.heldN == 0)
+		p.held, p.heldN = nil, 0
+	}
 	if p.ahead == nil {
 		return
 	}

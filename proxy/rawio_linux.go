@@ -57,36 +57,74 @@ func (p *pump) writeAll(b []byte) (int, error) {
 // pipe with raw splice(2) calls and returns how many it wrote. A pipe that
 // still holds bytes after a failed write is closed, not pooled.
 func (p *pump) spliceGrant(want int) (int64, error) {
-	pp := getPipe()
+	pp := takePipe()
 	if pp == nil {
 		return p.copyGrant(min(want, maxCopy), nil)
 	}
-	p.pipe, p.rawWant, p.rawN, p.rawErr = pp, want, 0, nil
-	err := p.srcRaw.Read(p.rawInFn)
-	if err == nil {
-		err = p.rawErr
-	}
-	in := p.rawN
+	in, err := p.spliceIn(pp, want, false)
 	var out int
 	if in > 0 && err == nil {
-		p.rawWant, p.rawN = in, 0
-		err = p.dstRaw.Write(p.rawOutFn)
-		if err == nil {
-			err = p.rawErr
-		}
-		out = p.rawN
+		out, err = p.spliceOut(pp, in)
 	}
-	p.pipe = nil
-	if out == in {
-		pipePool.Put(pp)
-	} else {
-		pp.close()
-	}
+	putPipe(pp, out == in)
 	return int64(out), err
 }
 
+// spliceAhead is moveAhead through the pipe p.held, which holds p.heldN
+// bytes read ahead. A grant larger than what the pipe holds tops it up
+// first: a grant cut short would send a link's conn to the back of the
+// queue with less than its share.
+func (p *pump) spliceAhead(want, avail int) (int64, error) {
+	if p.heldN < want && avail > p.heldN {
+		// A pipe that holds bytes may be full (its slots, one per
+		// socket buffer spliced in, run out before its bytes do): then
+		// it is drained before it takes more, rather than waiting.
+		n, err := p.spliceIn(p.held, min(avail, aheadSize)-p.heldN, p.heldN > 0)
+		p.heldN += n
+		if err != nil {
+			p.dropAhead()
+			return 0, err
+		}
+	}
+	k := min(want, p.heldN)
+	if k == 0 {
+		p.dropAhead() // src ended; the next peek sees it
+		return 0, nil
+	}
+	w, err := p.spliceOut(p.held, k)
+	p.heldN -= w
+	if p.heldN == 0 || err != nil {
+		p.dropAhead()
+	}
+	return int64(w), err
+}
+
+// spliceIn splices up to n bytes queued on src into pp and returns how many
+// moved. With noWait it returns 0 instead of waiting when none can move.
+func (p *pump) spliceIn(pp *pipe, n int, noWait bool) (int, error) {
+	p.pipe, p.rawWant, p.rawN, p.rawErr, p.rawNoWait = pp, n, 0, nil, noWait
+	err := p.srcRaw.Read(p.rawInFn)
+	p.pipe, p.rawNoWait = nil, false
+	if err == nil {
+		err = p.rawErr
+	}
+	return p.rawN, err
+}
+
+// spliceOut splices n bytes from pp to dst, waiting for room, and returns
+// how many moved.
+func (p *pump) spliceOut(pp *pipe, n int) (int, error) {
+	p.pipe, p.rawWant, p.rawN, p.rawErr = pp, n, 0, nil
+	err := p.dstRaw.Write(p.rawOutFn)
+	p.pipe = nil
+	if err == nil {
+		err = p.rawErr
+	}
+	return p.rawN, err
+}
+
 // rawIn is the RawConn.Read callback: one read or splice of up to rawWant
-// bytes queued on fd.
+// bytes queued on fd. With rawNoWait, nothing to move is not waited for.
 func (p *pump) rawIn(fd uintptr) bool {
 	for {
 		var n uintptr
@@ -100,7 +138,7 @@ func (p *pump) rawIn(fd uintptr) bool {
 		case unix.EINTR:
 			continue
 		case unix.EAGAIN:
-			return false
+			return p.rawNoWait
 		case 0:
 			p.rawN = int(n)
 		default:
@@ -145,7 +183,8 @@ func (p *pump) rawName(plain string) string {
 	return plain
 }
 
-// A pipe is a pair of non-blocking pipe ends for spliceGrant.
+// A pipe is a pair of non-blocking pipe ends for the splices of shaped
+// moves.
 type pipe struct {
 	r, w    int
 	cleanup runtime.Cleanup
@@ -163,11 +202,30 @@ const pipeSize = 1 << 20
 
 var pipePool = sync.Pool{New: newPipe}
 
-// getPipe returns a pooled pipe, or nil when none can be made (out of
-// descriptors): the caller then copies.
-func getPipe() *pipe {
+// takePipe returns a pooled pipe, or nil when the budget is spent or no pipe
+// can be made (out of descriptors): the caller then copies. The caller
+// gives it back with putPipe.
+func takePipe() *pipe {
+	if pipeBudget.Add(-1) < 0 {
+		pipeBudget.Add(1)
+		return nil
+	}
 	pp, _ := pipePool.Get().(*pipe)
+	if pp == nil {
+		pipeBudget.Add(1)
+	}
 	return pp
+}
+
+// putPipe gives back a pipe from takePipe: to the pool when empty, else
+// closed (its bytes belong to a conn that failed).
+func putPipe(pp *pipe, empty bool) {
+	if empty {
+		pipePool.Put(pp)
+	} else {
+		pp.close()
+	}
+	pipeBudget.Add(1)
 }
 
 func newPipe() any {

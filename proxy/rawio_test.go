@@ -16,7 +16,8 @@ import (
 )
 
 // TestShapedMovesWaitForRoom: shaped grants moved by raw reads and writes
-// (read ahead, and not), and by raw splices, both ways at once, to
+// (read ahead, and not), and by raw splices (read ahead into a pipe, and
+// not), both ways at once, to
 // receivers that first read nothing for long enough that every socket
 // fills and the writes wait for room: byte-exact.
 func TestShapedMovesWaitForRoom(t *testing.T) {
@@ -25,14 +26,18 @@ func TestShapedMovesWaitForRoom(t *testing.T) {
 		rate  int64
 		size  int
 		stall time.Duration // over 4 MB at the rate: more than sluice's send buffer takes
+		pipes int64         // pipe budget: 0 makes read-ahead copy
 	}{
-		{"read-ahead", 12_000_000, 16 << 20, 600 * time.Millisecond}, // 12 KB grants
-		{"copy", 40_000_000, 48 << 20, 300 * time.Millisecond},       // 40 KB grants
-		{"splice", 200_000_000, 96 << 20, 300 * time.Millisecond},    // 200 KB grants
+		{"read-ahead", 12_000_000, 16 << 20, 600 * time.Millisecond, ShapedPipes}, // 12 KB grants, spliced ahead
+		{"read-ahead-copy", 12_000_000, 16 << 20, 600 * time.Millisecond, 0},      // the same, copied ahead
+		{"copy", 40_000_000, 48 << 20, 300 * time.Millisecond, ShapedPipes},       // 40 KB grants
+		{"splice", 200_000_000, 96 << 20, 300 * time.Millisecond, ShapedPipes},    // 200 KB grants
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			defer test.TimeOut(60 * time.Second).Stop()
 			checkRoutines(t)
+			pipeBudget.Store(c.pipes)
+			defer pipeBudget.Store(ShapedPipes)
 			b := newBackend(t)
 			lim := shaper.Limit{Rate: c.rate, Burst: 8192}
 			_, addr, _ := startProxy(t, ListenerConfig{Upstream: b.addr(), Limits: ConnLimits{Up: lim, Down: lim}})
@@ -60,113 +65,157 @@ func TestShapedMovesWaitForRoom(t *testing.T) {
 }
 
 // TestSplicedGrantAfterReset: a client that resets while a raw splice
-// waits to write leaves bytes in that splice's pipe. The conn ends, and
-// the next connection, which may draw a pipe from the same pool, still
-// gets its bytes exactly: a pipe that holds bytes is closed, never pooled.
+// waits to write, or while a pipe holds bytes read ahead, leaves bytes in
+// that pipe. The conn ends, and the next connection, which may draw a pipe
+// from the same pool, still gets its bytes exactly: a pipe that holds
+// bytes is closed, never pooled. Every pipe is given back.
 func TestSplicedGrantAfterReset(t *testing.T) {
-	defer test.TimeOut(60 * time.Second).Stop()
-	checkRoutines(t)
-	b := newBackend(t)
-	lim := shaper.Limit{Rate: 200_000_000, Burst: 8192}
-	srv, addr, _ := startProxy(t, ListenerConfig{Upstream: b.addr(), Limits: ConnLimits{Down: lim}})
+	for _, c := range []struct {
+		name string
+		rate int64
+	}{{"grant", 200_000_000}, {"read-ahead", 8_000_000}} {
+		t.Run(c.name, func(t *testing.T) {
+			defer test.TimeOut(60 * time.Second).Stop()
+			checkRoutines(t)
+			b := newBackend(t)
+			lim := shaper.Limit{Rate: c.rate, Burst: 8192}
+			srv, addr, _ := startProxy(t, ListenerConfig{Upstream: b.addr(), Limits: ConnLimits{Down: lim}})
 
-	for round := range 3 {
-		client, server := connect(t, addr, b)
-		sent := make(chan error, 1)
-		go func() {
-			_, err := sendStream(server, uint64(round), 256<<20)
-			sent <- err
-		}()
-		if _, err := io.ReadFull(client, make([]byte, 1<<20)); err != nil {
-			t.Fatal(err)
-		}
-		// Unread bytes make the close a reset; the proxy is mid-grant.
-		if err := client.SetLinger(0); err != nil {
-			t.Fatal(err)
-		}
-		client.Close()
-		if err := <-sent; err == nil {
-			t.Errorf("round %d: the upstream wrote 256 MiB to a reset client without error", round)
-		}
-		server.Close()
-	}
-	waitIdle(t, srv)
+			for round := range 3 {
+				client, server := connect(t, addr, b)
+				sent := make(chan error, 1)
+				go func() {
+					_, err := sendStream(server, uint64(round), 256<<20)
+					sent <- err
+				}()
+				if _, err := io.ReadFull(client, make([]byte, 1<<20)); err != nil {
+					t.Fatal(err)
+				}
+				// Unread bytes make the close a reset; the proxy is mid-grant.
+				if err := client.SetLinger(0); err != nil {
+					t.Fatal(err)
+				}
+				client.Close()
+				if err := <-sent; err == nil {
+					t.Errorf("round %d: the upstream wrote 256 MiB to a reset client without error", round)
+				}
+				server.Close()
+			}
+			waitIdle(t, srv)
 
-	client, server := connect(t, addr, b)
-	defer client.Close()
-	defer server.Close()
-	const size = 64 << 20
-	if err := transfer(server, client, 9, size, 0).exact(size); err != nil {
-		t.Fatalf("after resets: %v", err)
+			client, server := connect(t, addr, b)
+			size := int(min(64<<20, c.rate)) // a second or less
+			if err := transfer(server, client, 9, size, 0).exact(size); err != nil {
+				t.Fatalf("after resets: %v", err)
+			}
+			client.Close()
+			server.Close()
+			waitIdle(t, srv)
+			if left := pipeBudget.Load(); left != ShapedPipes {
+				t.Errorf("pipe budget %d after the conns ended, want all %d back", left, ShapedPipes)
+			}
+		})
 	}
 }
 
 // TestReadAheadAcrossLimitChanges: bytes a shaped pump read ahead of its
-// grants go out first, in order, when the limit is lifted (the splice path
-// takes over), raised past the copy path (200 MB/s grants are spliced) or
-// set again; and all read-ahead memory is given back when the conn ends.
+// grants, into a pipe or a buffer, go out first, in order, when the limit
+// is lifted (the splice path takes over), raised past the copy path
+// (200 MB/s grants are spliced) or set again; and every pipe and all
+// read-ahead memory are given back when the conn ends, as the gauges show.
 func TestReadAheadAcrossLimitChanges(t *testing.T) {
-	defer test.TimeOut(60 * time.Second).Stop()
-	checkRoutines(t)
-	b := newBackend(t)
-	slow := ConnLimits{Down: shaper.Limit{Rate: 1_000_000}}
-	srv, addr, _ := startProxy(t, ListenerConfig{Upstream: b.addr(), Limits: slow})
-	client, server := connect(t, addr, b)
-	defer client.Close()
-	defer server.Close()
-
-	const size = 48 << 20
-	down := make(chan streamResult, 1)
-	go func() { down <- transfer(server, client, 5, size, 0) }()
-	reg := prometheus.NewPedanticRegistry()
-	reg.MustRegister(NewCollector(srv))
-	readAhead := func(want int) error {
-		return testutil.GatherAndCompare(reg, strings.NewReader(fmt.Sprintf(`
-# HELP sluice_read_ahead_bytes Memory shaped connections hold in bytes read ahead of their grants, process-wide (at most 32 MiB).
-# TYPE sluice_read_ahead_bytes gauge
-sluice_read_ahead_bytes %d
-`, want)), "sluice_read_ahead_bytes")
-	}
-	// At 1 MB/s (8 KiB grants) the pump holds its 64 KiB buffer almost
-	// all the time; the gauge shows it.
-	err := readAhead(aheadSize)
-	for deadline := time.Now().Add(5 * time.Second); err != nil && time.Now().Before(deadline); err = readAhead(aheadSize) {
-		time.Sleep(5 * time.Millisecond) // polling a gauge
-	}
-	if err != nil {
-		t.Errorf("while reading ahead: %v", err)
-	}
-	for _, lim := range []ConnLimits{{}, slow, {Down: shaper.Limit{Rate: 200_000_000}}, slow, {}} {
-		time.Sleep(300 * time.Millisecond) // letting the pump read ahead at the current limit
-		if err := srv.SetLimits("t", lim); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := (<-down).exact(size); err != nil {
-		t.Fatal(err)
-	}
-	client.Close()
-	waitIdle(t, srv)
-	if left := aheadBudget.Load(); left != AheadBudget {
-		t.Errorf("read-ahead budget %d after the conn ended, want all %d back", left, AheadBudget)
-	}
-	if err := readAhead(0); err != nil {
-		t.Errorf("after the conn ended: %v", err)
-	}
-}
-
-// TestReadAheadBudget: with the budget spent, shaped grants are read and
-// written exactly; with room for one conn, two conns share it; every byte
-// arrives either way, and the budget is whole again afterwards.
-func TestReadAheadBudget(t *testing.T) {
 	for _, c := range []struct {
-		name   string
-		budget int64
-	}{{"spent", 0}, {"one conn", aheadSize}} {
+		name  string
+		pipes int64 // pipe budget: 0 makes read-ahead copy
+		// The gauges while the conn reads ahead: bytes of memory, pipes.
+		memory, held int
+	}{
+		{"pipe", ShapedPipes, 0, 1},
+		{"copy", 0, aheadSize, 0},
+	} {
 		t.Run(c.name, func(t *testing.T) {
 			defer test.TimeOut(60 * time.Second).Stop()
 			checkRoutines(t)
-			aheadBudget.Store(c.budget)
+			pipeBudget.Store(c.pipes)
+			defer pipeBudget.Store(ShapedPipes)
+			b := newBackend(t)
+			slow := ConnLimits{Down: shaper.Limit{Rate: 1_000_000}}
+			srv, addr, _ := startProxy(t, ListenerConfig{Upstream: b.addr(), Limits: slow})
+			client, server := connect(t, addr, b)
+			defer client.Close()
+			defer server.Close()
+
+			const size = 48 << 20
+			down := make(chan streamResult, 1)
+			go func() { down <- transfer(server, client, 5, size, 0) }()
+			reg := prometheus.NewPedanticRegistry()
+			reg.MustRegister(NewCollector(srv))
+			// A pipe budget set below ShapedPipes reads as pipes held.
+			spent := int(ShapedPipes - c.pipes)
+			gauges := func(memory, pipes int) error {
+				return testutil.GatherAndCompare(reg, strings.NewReader(fmt.Sprintf(`
+# HELP sluice_read_ahead_bytes Memory shaped connections hold in bytes read ahead of their grants, process-wide (at most 32 MiB).
+# TYPE sluice_read_ahead_bytes gauge
+sluice_read_ahead_bytes %d
+# HELP sluice_shaped_pipes Pipes shaped connections hold now, process-wide (at most 256; two descriptors each).
+# TYPE sluice_shaped_pipes gauge
+sluice_shaped_pipes %d
+`, memory, spent+pipes)),
+					"sluice_read_ahead_bytes", "sluice_shaped_pipes")
+			}
+			// At 1 MB/s (8 KiB grants) the pump holds its pipe or
+			// buffer almost all the time; the gauge shows it.
+			err := gauges(c.memory, c.held)
+			for deadline := time.Now().Add(5 * time.Second); err != nil && time.Now().Before(deadline); err = gauges(c.memory, c.held) {
+				time.Sleep(5 * time.Millisecond) // polling a gauge
+			}
+			if err != nil {
+				t.Errorf("while reading ahead: %v", err)
+			}
+			for _, lim := range []ConnLimits{{}, slow, {Down: shaper.Limit{Rate: 200_000_000}}, slow, {}} {
+				time.Sleep(300 * time.Millisecond) // letting the pump read ahead at the current limit
+				if err := srv.SetLimits("t", lim); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := (<-down).exact(size); err != nil {
+				t.Fatal(err)
+			}
+			client.Close()
+			waitIdle(t, srv)
+			if left := aheadBudget.Load(); left != AheadBudget {
+				t.Errorf("read-ahead budget %d after the conn ended, want all %d back", left, AheadBudget)
+			}
+			if left := pipeBudget.Load(); left != c.pipes {
+				t.Errorf("pipe budget %d after the conn ended, want all %d back", left, c.pipes)
+			}
+			if err := gauges(0, 0); err != nil {
+				t.Errorf("after the conn ended: %v", err)
+			}
+		})
+	}
+}
+
+// TestReadAheadBudget: with both budgets spent, shaped grants are read and
+// written exactly; with room for one conn in the pipe budget or the memory
+// budget, two conns share it; every byte arrives either way, and the
+// budgets are whole again afterwards.
+func TestReadAheadBudget(t *testing.T) {
+	for _, c := range []struct {
+		name          string
+		pipes, memory int64
+	}{
+		{"spent", 0, 0},
+		{"one pipe", 1, 0},
+		{"one buffer", 0, aheadSize},
+		{"one of each", 1, aheadSize},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			defer test.TimeOut(60 * time.Second).Stop()
+			checkRoutines(t)
+			pipeBudget.Store(c.pipes)
+			defer pipeBudget.Store(ShapedPipes)
+			aheadBudget.Store(c.memory)
 			defer aheadBudget.Store(AheadBudget)
 			b := newBackend(t)
 			srv, addr, _ := startProxy(t, ListenerConfig{Upstream: b.addr(), Limits: ConnLimits{Down: shaper.Limit{Rate: 8_000_000}}})
@@ -187,8 +236,11 @@ func TestReadAheadBudget(t *testing.T) {
 				c.Close()
 			}
 			waitIdle(t, srv)
-			if left := aheadBudget.Load(); left != c.budget {
-				t.Errorf("budget %d after the conns ended, want %d", left, c.budget)
+			if left := aheadBudget.Load(); left != c.memory {
+				t.Errorf("memory budget %d after the conns ended, want %d", left, c.memory)
+			}
+			if left := pipeBudget.Load(); left != c.pipes {
+				t.Errorf("pipe budget %d after the conns ended, want %d", left, c.pipes)
 			}
 		})
 	}

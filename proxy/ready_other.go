@@ -14,10 +14,15 @@ func setPacingRate(c *net.TCPConn, rate uint64) error { return nil }
 
 // The raw moves of rawio_linux.go: the splice path that calls them is
 // Linux-only.
-func (p *pump) readQueued(b []byte) (int, error)    { panic("unreachable") }
-func (p *pump) writeAll(b []byte) (int, error)      { panic("unreachable") }
-func (p *pump) spliceGrant(want int) (int64, error) { panic("unreachable") }
-func (p *pump) rawIn(fd uintptr) bool               { panic("unreachable") }
-func (p *pump) rawOut(fd uintptr) bool              { panic("unreachable") }
+func (p *pump) readQueued(b []byte) (int, error)           { panic("unreachable") }
+func (p *pump) writeAll(b []byte) (int, error)             { panic("unreachable") }
+func (p *pump) spliceGrant(want int) (int64, error)        { panic("unreachable") }
+func (p *pump) spliceAhead(want, avail int) (int64, error) { panic("unreachable") }
+func (p *pump) rawIn(fd uintptr) bool                      { panic("unreachable") }
+func (p *pump) rawOut(fd uintptr) bool                     { panic("unreachable") }
 
 type pipe struct{}
+
+// takePipe: no pipes, so shaped moves read ahead by copying.
+func takePipe() *pipe     { return nil }
+func putPipe(*pipe, bool) {}
