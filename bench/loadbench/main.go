@@ -74,6 +74,13 @@ type result struct {
 
 func main() {
 	flag.Parse()
+	if *idealProxy != "" {
+		if err := runIdealProxy(*idealProxy); err != nil {
+			fmt.Fprintln(os.Stderr, "loadbench:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if err := run(); err != nil {
 		fmt.Fprintln(os.Stderr, "loadbench:", err)
 		os.Exit(1)

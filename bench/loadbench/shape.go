@@ -53,15 +53,20 @@ var shaperTargets = []shaperTarget{
 	{"nginx", func(dir, src, echo string, rate int64) (*proxyProc, error) {
 		return startNginx(dir, src, echo, fmt.Sprintf("proxy_download_rate %d;", rate))
 	}},
+	{"ideal loop", func(_, src, echo string, rate int64) (*proxyProc, error) {
+		return startIdeal(src, echo, rate)
+	}},
 }
 
 func runShape(dir, srcAddr, echoAddr string) error {
 	if *shapeRate > 0 {
 		shapeCases = []shapeCase{{fmt.Sprintf("1 conn @ %g MB/s", float64(*shapeRate)/1e6), 1, *shapeRate}}
 	}
-	targets := shaperTargets
-	if *nginxBin == "" {
-		targets = targets[:2]
+	var targets []shaperTarget
+	for _, t := range shaperTargets {
+		if t.name != "nginx" || *nginxBin != "" {
+			targets = append(targets, t)
+		}
 	}
 	all := map[string][]shapeResult{}
 	key := func(t, c string) string { return t + "|" + c }

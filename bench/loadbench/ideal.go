@@ -1,0 +1,219 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// The ideal loop is a reference point for -shape, not a proxy: one
+// goroutine and one ticker shape every connection, with sluice's grant
+// sizes and kernel pacing, moving bytes by raw splices through a pipe per
+// connection. It has no config, no limits that change, no links, no
+// metrics, and nothing that wakes per connection. Its CPU per GB is what the
+// bytes and system calls of shaping cost on this machine when scheduling
+// costs (almost) nothing: the floor under any design of sluice's pumps.
+
+var (
+	idealProxy = flag.String("ideal-proxy", "", "internal: run the ideal loop on source,echo,upstream,rate")
+	idealGrant = flag.Duration("ideal-paced-grant", 10*time.Millisecond, "-shape: the ideal loop's grant when the kernel paces, as time at the rate (sluice's is 10ms)")
+)
+
+// startIdeal runs this binary as the ideal loop in front of srcAddr.
+func startIdeal(srcAddr, echoAddr string, rate int64) (*proxyProc, error) {
+	a, b, err := freePorts()
+	if err != nil {
+		return nil, err
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(self, "-ideal-proxy", strings.Join([]string{a, b, srcAddr, strconv.FormatInt(rate, 10)}, ","), "-ideal-paced-grant", idealGrant.String())
+	cmd.Stderr = os.Stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	p := &proxyProc{cmd: cmd, target: &target{name: "ideal loop", sourceAddr: a, echoAddr: b,
+		pids: func() []int { return []int{cmd.Process.Pid} }}}
+	if err := waitListening(a, b); err != nil {
+		p.stop()
+		return nil, err
+	}
+	return p, nil
+}
+
+// Grant sizes as sluice takes them (proxy/conn.go): 10 ms of the rate when
+// the kernel paces (up to 50 MB/s; -ideal-paced-grant), else 1 ms of the
+// rate, at least a chunk.
+const (
+	idealUnpacedTick = time.Millisecond
+	idealMaxPaced    = 50_000_000
+	idealAhead       = 64 << 10 // read ahead, as sluice does for small grants
+)
+
+type idealConn struct {
+	client, up net.Conn
+	cfd, ufd   int
+	pr, pw     int // the pipe
+	inPipe     int
+	credit     int64 // bytes it may send now, in nano-bytes
+}
+
+// runIdealProxy serves the ideal loop until SIGTERM.
+func runIdealProxy(spec string) error {
+	f := strings.Split(spec, ",")
+	if len(f) != 4 {
+		return fmt.Errorf("-ideal-proxy: want source,echo,upstream,rate, got %q", spec)
+	}
+	rate, err := strconv.ParseInt(f[3], 10, 64)
+	if err != nil || rate <= 0 {
+		return fmt.Errorf("-ideal-proxy: bad rate %q", f[3])
+	}
+	src, err := net.Listen("tcp", f[0])
+	if err != nil {
+		return err
+	}
+	echo, err := net.Listen("tcp", f[1]) // only answers waitListening
+	if err != nil {
+		return err
+	}
+	go func() {
+		for {
+			c, err := echo.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	paced := rate <= idealMaxPaced
+	tick := idealUnpacedTick
+	if paced {
+		tick = *idealGrant
+	}
+	grant := max(rate*int64(tick)/int64(time.Second), chunk)
+
+	var mu sync.Mutex
+	var conns []*idealConn
+	go func() {
+		for {
+			c, err := src.Accept()
+			if err != nil {
+				return
+			}
+			ic, err := idealDial(c, f[2], rate, paced)
+			if err != nil {
+				fmt.Fprintln(os.Stderr, "ideal loop:", err)
+				c.Close()
+				continue
+			}
+			mu.Lock()
+			conns = append(conns, ic)
+			mu.Unlock()
+		}
+	}()
+
+	t := time.NewTicker(tick)
+	last := time.Now()
+	for now := range t.C {
+		el := int64(now.Sub(last))
+		last = now
+		mu.Lock()
+		live := conns[:0]
+		for _, c := range conns {
+			c.credit = min(c.credit+el*rate, 2*grant*int64(time.Second))
+			if c.move() {
+				live = append(live, c)
+			} else {
+				c.close()
+			}
+		}
+		conns = live
+		mu.Unlock()
+	}
+	return nil
+}
+
+func idealDial(c net.Conn, upstream string, rate int64, paced bool) (*idealConn, error) {
+	up, err := net.Dial("tcp", upstream)
+	if err != nil {
+		return nil, err
+	}
+	ic := &idealConn{client: c, up: up}
+	fd := func(c net.Conn) (int, error) {
+		rc, err := c.(*net.TCPConn).SyscallConn()
+		if err != nil {
+			return 0, err
+		}
+		var n int
+		return n, rc.Control(func(f uintptr) { n = int(f) })
+	}
+	if ic.cfd, err = fd(c); err == nil {
+		ic.ufd, err = fd(up)
+	}
+	if err == nil && paced {
+		err = unix.SetsockoptUint64(ic.cfd, unix.SOL_SOCKET, unix.SO_MAX_PACING_RATE, uint64(rate)*102/100)
+	}
+	var p [2]int
+	if err == nil {
+		err = unix.Pipe2(p[:], unix.O_NONBLOCK|unix.O_CLOEXEC)
+	}
+	if err != nil {
+		up.Close()
+		return nil, err
+	}
+	ic.pr, ic.pw = p[0], p[1]
+	_, _ = unix.FcntlInt(uintptr(ic.pr), unix.F_SETPIPE_SZ, 1<<20)
+	return ic, nil
+}
+
+// move sends what the conn's credit allows; false when the conn is done.
+func (c *idealConn) move() bool {
+	want := int(c.credit / int64(time.Second))
+	if want == 0 {
+		return true
+	}
+	if c.inPipe < want {
+		n, e := splice(c.ufd, c.pw, max(idealAhead, want)-c.inPipe)
+		switch {
+		case e == 0 && n == 0 && c.inPipe == 0:
+			return false // upstream ended
+		case e != 0 && e != unix.EAGAIN:
+			return false
+		}
+		c.inPipe += n
+	}
+	n, e := splice(c.pr, c.cfd, min(want, c.inPipe))
+	if e != 0 && e != unix.EAGAIN {
+		return false
+	}
+	c.inPipe -= n
+	c.credit -= int64(n) * int64(time.Second)
+	return true
+}
+
+func (c *idealConn) close() {
+	c.client.Close()
+	c.up.Close()
+	unix.Close(c.pr)
+	unix.Close(c.pw)
+}
+
+func splice(from, to, n int) (int, unix.Errno) {
+	if n <= 0 {
+		return 0, 0
+	}
+	r, _, e := unix.RawSyscall6(unix.SYS_SPLICE, uintptr(from), 0, uintptr(to), 0, uintptr(n), unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+	return int(r), e
+}
