@@ -19,7 +19,7 @@ type Collector struct {
 
 	mp4Videos, mp4Plans, mp4Burst, mp4Fallbacks, mp4Cached, mp4Waited, mp4Paced, mp4Rate *prometheus.Desc
 
-	readAhead, shapedPipes *prometheus.Desc
+	readAhead, shapedPipes, loopDirs *prometheus.Desc
 }
 
 // NewCollector returns a Collector for srv; register it on a registry.
@@ -57,6 +57,7 @@ func NewCollector(srv *Server) *Collector {
 
 		readAhead:   d("read_ahead_bytes", "Memory shaped connections hold in bytes read ahead of their grants, process-wide (at most 32 MiB)."),
 		shapedPipes: d("shaped_pipes", "Pipes shaped connections hold now, process-wide (at most 256; two descriptors each)."),
+		loopDirs:    d("shaping_loop_directions", "Connection directions the shaping loop serves now, process-wide."),
 	}
 }
 
@@ -64,7 +65,7 @@ func NewCollector(srv *Server) *Collector {
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.bytes, c.accepted, c.ended, c.active, c.waited, c.waiting, c.rate, c.burst,
 		c.linkBytes, c.linkBorrowed, c.linkRate, c.linkTokens, c.linkWaiting, c.linkKeys, c.linkConns,
-		c.mp4Videos, c.mp4Plans, c.mp4Burst, c.mp4Fallbacks, c.mp4Cached, c.mp4Waited, c.mp4Paced, c.mp4Rate, c.readAhead, c.shapedPipes} {
+		c.mp4Videos, c.mp4Plans, c.mp4Burst, c.mp4Fallbacks, c.mp4Cached, c.mp4Waited, c.mp4Paced, c.mp4Rate, c.readAhead, c.shapedPipes, c.loopDirs} {
 		ch <- d
 	}
 }
@@ -73,6 +74,7 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(c.readAhead, prometheus.GaugeValue, float64(AheadBudget-aheadBudget.Load()))
 	ch <- prometheus.MustNewConstMetric(c.shapedPipes, prometheus.GaugeValue, float64(ShapedPipes-pipeBudget.Load()))
+	ch <- prometheus.MustNewConstMetric(c.loopDirs, prometheus.GaugeValue, float64(loopServed()))
 	for _, l := range c.srv.Links(false) {
 		for d, ds := range l.Dirs {
 			if ds == nil {

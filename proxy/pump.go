@@ -7,6 +7,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/sluiceproxy/sluice/shaper"
 )
@@ -54,7 +55,16 @@ type pump struct {
 	pipe          *pipe                 // spliced through; nil with rawBuf
 	rawWant, rawN int
 	rawErr        error
-	rawNoWait     bool // rawIn: return nothing rather than wait
+	rawNoWait     bool // rawIn, rawOut: return what moved rather than wait
+
+	// The shaping loop's (loop_linux.go), while it has the direction.
+	back       chan struct{} // the loop hands the direction back
+	peekNowFn  func(fd uintptr) bool
+	loopIdx    int // in the loop's heap; -1 when not there
+	loopAt     time.Time
+	loopStep   int64 // ns
+	loopQueued int
+	loopErr    error
 
 	// Bytes read ahead of the grants (moveAhead): ahead[aheadOff:aheadLen]
 	// are read from src and not yet written; or heldN bytes are spliced
@@ -92,6 +102,7 @@ func (p *pump) init(c *conn, dir Dir, src, dst net.Conn) {
 	p.lr.R = st
 	p.ready = p.readable
 	p.rawInFn, p.rawOutFn = p.rawIn, p.rawOut
+	p.back, p.peekNowFn, p.loopIdx = make(chan struct{}, 1), p.peekNow, -1
 }
 
 // pump is the goroutine of one direction (stack dumps name it). The last of
@@ -176,6 +187,11 @@ func (p *pump) copySplice() error {
 		queued = 0
 		if n == int64(want) {
 			queued = avail - want
+		}
+		if queued > 0 && p.loopable() {
+			if queued, err = p.runInLoop(queued); err != nil {
+				return err
+			}
 		}
 	}
 }

@@ -102,9 +102,10 @@ func (p *pump) spliceAhead(want, avail int) (int64, error) {
 // spliceIn splices up to n bytes queued on src into pp and returns how many
 // moved. With noWait it returns 0 instead of waiting when none can move.
 func (p *pump) spliceIn(pp *pipe, n int, noWait bool) (int, error) {
-	p.pipe, p.rawWant, p.rawN, p.rawErr, p.rawNoWait = pp, n, 0, nil, noWait
+	wait := p.rawNoWait
+	p.pipe, p.rawWant, p.rawN, p.rawErr, p.rawNoWait = pp, n, 0, nil, noWait || wait
 	err := p.srcRaw.Read(p.rawInFn)
-	p.pipe, p.rawNoWait = nil, false
+	p.pipe, p.rawNoWait = nil, wait
 	if err == nil {
 		err = p.rawErr
 	}
@@ -149,7 +150,8 @@ func (p *pump) rawIn(fd uintptr) bool {
 }
 
 // rawOut is the RawConn.Write callback: writes or splices to fd until
-// rawWant bytes are out, waiting for room when the socket is full.
+// rawWant bytes are out, waiting for room when the socket is full (with
+// rawNoWait, returning what is out).
 func (p *pump) rawOut(fd uintptr) bool {
 	for p.rawN < p.rawWant {
 		var n uintptr
@@ -164,7 +166,7 @@ func (p *pump) rawOut(fd uintptr) bool {
 		case unix.EINTR:
 			continue
 		case unix.EAGAIN:
-			return false
+			return p.rawNoWait
 		case 0:
 			p.rawN += int(n)
 		default:

@@ -17,7 +17,7 @@ import (
 
 // TestShapedMovesWaitForRoom: shaped grants moved by raw reads and writes
 // (read ahead, and not), and by raw splices (read ahead into a pipe, and
-// not), both ways at once, to
+// not), by the pumps or the shaping loop, both ways at once, to
 // receivers that first read nothing for long enough that every socket
 // fills and the writes wait for room: byte-exact.
 func TestShapedMovesWaitForRoom(t *testing.T) {
@@ -27,17 +27,23 @@ func TestShapedMovesWaitForRoom(t *testing.T) {
 		size  int
 		stall time.Duration // over 4 MB at the rate: more than sluice's send buffer takes
 		pipes int64         // pipe budget: 0 makes read-ahead copy
+		loop  bool          // moved by the shaping loop
 	}{
-		{"read-ahead", 12_000_000, 16 << 20, 600 * time.Millisecond, ShapedPipes}, // 12 KB grants, spliced ahead
-		{"read-ahead-copy", 12_000_000, 16 << 20, 600 * time.Millisecond, 0},      // the same, copied ahead
-		{"copy", 40_000_000, 48 << 20, 300 * time.Millisecond, ShapedPipes},       // 40 KB grants
-		{"splice", 200_000_000, 96 << 20, 300 * time.Millisecond, ShapedPipes},    // 200 KB grants
+		{"read-ahead", 12_000_000, 16 << 20, 600 * time.Millisecond, ShapedPipes, false}, // 12 KB grants, spliced ahead
+		{"read-ahead-copy", 12_000_000, 16 << 20, 600 * time.Millisecond, 0, false},      // the same, copied ahead
+		{"loop", 12_000_000, 16 << 20, 600 * time.Millisecond, ShapedPipes, true},        // spliced ahead by the loop
+		{"loop-copy", 12_000_000, 16 << 20, 600 * time.Millisecond, 0, true},             // copied ahead by the loop
+		{"copy", 40_000_000, 48 << 20, 300 * time.Millisecond, ShapedPipes, false},       // 40 KB grants
+		{"splice", 200_000_000, 96 << 20, 300 * time.Millisecond, ShapedPipes, false},    // 200 KB grants
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			defer test.TimeOut(60 * time.Second).Stop()
 			checkRoutines(t)
 			pipeBudget.Store(c.pipes)
 			defer pipeBudget.Store(ShapedPipes)
+			loopOff.Store(!c.loop)
+			defer loopOff.Store(false)
+			handIns := theLoop.handIns.Load()
 			b := newBackend(t)
 			lim := shaper.Limit{Rate: c.rate, Burst: 8192}
 			_, addr, _ := startProxy(t, ListenerConfig{Upstream: b.addr(), Limits: ConnLimits{Up: lim, Down: lim}})
@@ -59,6 +65,14 @@ func TestShapedMovesWaitForRoom(t *testing.T) {
 				if err := res.exact(c.size); err != nil {
 					t.Errorf("%s: %v", dir, err)
 				}
+			}
+			// Each direction is handed in, and handed back when the
+			// loop finds no room, more than once.
+			switch n := theLoop.handIns.Load() - handIns; {
+			case c.loop && n < 4:
+				t.Errorf("the loop was handed a direction %d times, want at least 4", n)
+			case !c.loop && n != 0:
+				t.Errorf("the loop was handed a direction %d times, want 0 with the loop off", n)
 			}
 		})
 	}
@@ -171,6 +185,9 @@ sluice_shaped_pipes %d
 			}
 			if err != nil {
 				t.Errorf("while reading ahead: %v", err)
+			}
+			if n := loopServed(); n != 1 {
+				t.Errorf("the shaping loop serves %d directions, want the slow one", n)
 			}
 			for _, lim := range []ConnLimits{{}, slow, {Down: shaper.Limit{Rate: 200_000_000}}, slow, {}} {
 				time.Sleep(300 * time.Millisecond) // letting the pump read ahead at the current limit

@@ -23,6 +23,12 @@ func (p *pump) rawOut(fd uintptr) bool                     { panic("unreachable"
 
 type pipe struct{}
 
+// The shaping loop of loop_linux.go serves only the splice path.
+func loopServed() int64                           { return 0 }
+func (p *pump) loopable() bool                    { return false }
+func (p *pump) runInLoop(queued int) (int, error) { panic("unreachable") }
+func (p *pump) peekNow(fd uintptr) bool           { panic("unreachable") }
+
 // takePipe: no pipes, so shaped moves read ahead by copying.
 func takePipe() *pipe     { return nil }
 func putPipe(*pipe, bool) {}

@@ -202,7 +202,8 @@ func TestLiveRateChange(t *testing.T) {
 }
 
 // TestShapedWaitEndsOnShutdown: a connection waiting for tokens (8 KiB at
-// 100 B/s is 80 s) is closed promptly when the drain runs out.
+// 100 B/s is 80 s) in the shaping loop is closed promptly when the drain
+// runs out.
 func TestShapedWaitEndsOnShutdown(t *testing.T) {
 	defer test.TimeOut(20 * time.Second).Stop()
 	checkRoutines(t)
@@ -217,6 +218,13 @@ func TestShapedWaitEndsOnShutdown(t *testing.T) {
 	go server.Write(make([]byte, 64<<10))
 	if _, err := io.ReadFull(client, make([]byte, 8192)); err != nil {
 		t.Fatal(err) // the first burst
+	}
+	// The wait is the shaping loop's (the pump read ahead).
+	for deadline := time.Now().Add(5 * time.Second); loopServed() != 1 && time.Now().Before(deadline); {
+		time.Sleep(5 * time.Millisecond) // polling the loop's count
+	}
+	if n := loopServed(); n != 1 {
+		t.Fatalf("the shaping loop serves %d directions, want 1", n)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel()

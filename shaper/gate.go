@@ -113,6 +113,7 @@ type Gate struct {
 	granted   int64         // bytes granted minus refunds
 	waited    time.Duration
 	waiting   bool      // a Take is waiting for tokens
+	waitStart time.Time // when a TryTake wait began; zero for Take's waits
 	lastGrant time.Time // when Take last granted tokens
 
 	timer Timer // guarded by takeMu
@@ -206,7 +207,7 @@ func (g *Gate) Take(ctx context.Context, n int) (int, error) {
 		}
 		if g.lim.Rate == 0 {
 			g.granted += int64(n)
-			g.waiting = false
+			g.waiting, g.waitStart = false, time.Time{}
 			g.mu.Unlock()
 			return n, nil
 		}
@@ -216,7 +217,7 @@ func (g *Gate) Take(ctx context.Context, n int) (int, error) {
 			g.nt -= want * nano
 			g.granted += want
 			g.lastGrant = now
-			g.waiting = false
+			g.waiting, g.waitStart = false, time.Time{}
 			g.mu.Unlock()
 			return int(want), nil
 		}
@@ -240,12 +241,72 @@ func (g *Gate) Take(ctx context.Context, n int) (int, error) {
 			g.timer.Stop()
 			g.mu.Lock()
 			g.waited += g.clock.Now().Sub(waitStart)
-			g.waiting = false
+			g.waiting, g.waitStart = false, time.Time{}
 			g.mu.Unlock()
 			return 0, ctx.Err()
 		}
 		g.mu.Lock()
 	}
+}
+
+// TryTake grants min(n, Burst) bytes if the Gate has them now, as Take
+// would, and returns that count and 0. Otherwise it grants nothing and
+// returns 0 and how long until it could: the caller comes back then (a
+// SetLimit meanwhile changes that; see [Gate.Changed]). From a wait until
+// the grant that ends it, or [Gate.EndWait], the Gate counts as waiting,
+// in Stats and for [MaxCatchUp], as with Take. It returns 0, 0 for
+// n <= 0, and n, 0 when the Gate is unlimited.
+//
+// TryTake is for a caller that serves many Gates from one goroutine, with
+// one timer. It must not be called while a Take on the same Gate waits.
+func (g *Gate) TryTake(n int) (int, time.Duration) {
+	if n <= 0 {
+		return 0, 0
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	now := g.clock.Now()
+	if g.lim.Rate == 0 {
+		g.endWait(now)
+		g.granted += int64(n)
+		return n, 0
+	}
+	want := min(int64(n), g.lim.Burst)
+	g.advance(now)
+	if g.nt >= want*nano {
+		g.endWait(now)
+		g.nt -= want * nano
+		g.granted += want
+		g.lastGrant = now
+		return int(want), 0
+	}
+	if !g.waiting {
+		g.waiting, g.waitStart = true, now
+	}
+	return 0, time.Duration((want*nano - g.nt + g.lim.Rate - 1) / g.lim.Rate)
+}
+
+// EndWait ends a wait TryTake began, without a grant: the caller stopped
+// coming back.
+func (g *Gate) EndWait() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.endWait(g.clock.Now())
+}
+
+// endWait counts a TryTake wait's time. Requires g.mu held.
+func (g *Gate) endWait(now time.Time) {
+	if g.waiting && !g.waitStart.IsZero() {
+		g.waited += now.Sub(g.waitStart)
+	}
+	g.waiting, g.waitStart = false, time.Time{}
+}
+
+// Changed returns a channel that the next SetLimit closes.
+func (g *Gate) Changed() <-chan struct{} {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.changed
 }
 
 // Refund gives back n granted bytes that were not moved. Tokens never exceed

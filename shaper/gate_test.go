@@ -350,3 +350,92 @@ func TestLateWakeKeepsTheRate(t *testing.T) {
 		t.Fatalf("granted %d, want 500", got)
 	}
 }
+
+// TestTryTake: TryTake grants what Take would, at the same instants, and
+// otherwise says exactly how long until it could; meanwhile the Gate counts
+// as waiting, and the wait's time is counted when a grant or EndWait ends
+// it. A late caller keeps the tokens that accrued, as with Take.
+func TestTryTake(t *testing.T) {
+	clk := shapertest.NewClock()
+	g := shaper.NewGate(shaper.Limit{Rate: 1000, Burst: 100}, clk)
+	try := func(n, wantN int, wantWait time.Duration) {
+		t.Helper()
+		got, wait := g.TryTake(n)
+		if got != wantN || wait != wantWait {
+			t.Fatalf("at %v: TryTake(%d) = %d, %v; want %d, %v", clk.Now().Sub(time.Unix(0, 0)), n, got, wait, wantN, wantWait)
+		}
+	}
+	try(0, 0, 0)
+	try(-1, 0, 0)
+	try(500, 100, 0) // a full bucket: min(n, Burst)
+	try(100, 0, 100*time.Millisecond)
+	if st := g.Stats(); !st.Waiting || st.Bytes != 100 {
+		t.Fatalf("after a wait was given: %+v, want waiting with 100 bytes", st)
+	}
+	clk.Advance(40 * time.Millisecond)
+	try(100, 0, 60*time.Millisecond) // 40 there, 60 to come
+	try(40, 40, 0)                   // what is there is granted
+	if st := g.Stats(); st.Waiting || st.Waited != 40*time.Millisecond {
+		t.Fatalf("after the grant: %+v, want not waiting, waited 40ms", st)
+	}
+	try(100, 0, 100*time.Millisecond)
+	clk.Advance(110 * time.Millisecond) // 10ms late: 110 tokens
+	try(100, 100, 0)
+	try(100, 0, 90*time.Millisecond) // the 10 kept count
+	clk.Advance(30 * time.Millisecond)
+	g.EndWait()
+	if st := g.Stats(); st.Waiting || st.Waited != 40*time.Millisecond+110*time.Millisecond+30*time.Millisecond {
+		t.Fatalf("after EndWait: %+v, want not waiting, waited 180ms", st)
+	}
+	g.EndWait() // no wait: nothing changes
+	if st := g.Stats(); st.Waited != 180*time.Millisecond {
+		t.Fatalf("after a second EndWait: waited %v, want 180ms", st.Waited)
+	}
+
+	changed := g.Changed()
+	select {
+	case <-changed:
+		t.Fatal("Changed is closed before any SetLimit")
+	default:
+	}
+	if err := g.SetLimit(shaper.Limit{}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-changed:
+	default:
+		t.Fatal("SetLimit did not close Changed")
+	}
+	try(1<<20, 1<<20, 0) // unlimited: all of it
+	if g.Changed() == changed {
+		t.Fatal("Changed after a SetLimit is the closed channel")
+	}
+}
+
+// TestTryTakeExactBytes: a caller that comes back exactly when told gets
+// exactly burst + rate×t bytes by each instant t, as with Take.
+func TestTryTakeExactBytes(t *testing.T) {
+	for _, rate := range []int64{1 << 10, 1 << 20, 1 << 30} {
+		t.Run(fmt.Sprint(rate), func(t *testing.T) {
+			clk := shapertest.NewClock()
+			const burst = 8192
+			g := shaper.NewGate(shaper.Limit{Rate: rate, Burst: burst}, clk)
+			start := clk.Now()
+			var got int64
+			for got < 64*burst {
+				n, wait := g.TryTake(burst)
+				if n == 0 {
+					clk.Advance(wait)
+					continue
+				}
+				got += int64(n)
+				el := clk.Now().Sub(start)
+				// Granted at the first nanosecond got - burst bytes
+				// have accrued.
+				if due := time.Duration(((got-burst)*int64(time.Second) + rate - 1) / rate); el != due {
+					t.Fatalf("%d bytes granted at %v, want at %v", got, el, due)
+				}
+			}
+		})
+	}
+}
