@@ -44,11 +44,6 @@ func (t slackTimer) Reset(d time.Duration) bool { return t.Timer.Reset(coalesce(
 // MaxSlack bounds how late the real clock's NewTimer may end on purpose.
 const MaxSlack = 8 * time.Millisecond
 
-// Coalesce is how long the real clock's timers wait from now for something
-// due after d (see coalesce), for a caller that serves many waits with one
-// exact timer.
-func Coalesce(now time.Time, d time.Duration) time.Duration { return coalesce(now, d) }
-
 // coalesce returns how long to wait from now for something due after d:
 // d, plus less than half of it (at most [MaxSlack]), so that the wait ends
 // on a multiple of a power-of-two step of time shared by every Gate. Waits
