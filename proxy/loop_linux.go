@@ -75,6 +75,9 @@ var loopOff atomic.Bool
 // back. It returns how many bytes are known to be queued then, and the
 // error that ended the loop's moves, if any.
 func (p *pump) runInLoop(queued int) (int, error) {
+	if p.back == nil { // not on every idle conn
+		p.back, p.peekNowFn = make(chan struct{}, 1), p.peekNow
+	}
 	g := p.taken
 	changed := g.Changed()
 	p.loopQueued, p.loopErr = queued, nil

@@ -58,9 +58,9 @@ type pump struct {
 	rawNoWait     bool // rawIn, rawOut: return what moved rather than wait
 
 	// The shaping loop's (loop_linux.go), while it has the direction.
-	back       chan struct{} // the loop hands the direction back
-	peekNowFn  func(fd uintptr) bool
-	loopIdx    int // in the loop's heap; -1 when not there
+	back       chan struct{}         // the loop hands the direction back; made at the first hand-in
+	peekNowFn  func(fd uintptr) bool // p.peekNow, bound at the first hand-in
+	loopIdx    int                   // in the loop's heap; -1 when not there
 	loopAt     time.Time
 	loopStep   int64 // ns
 	loopQueued int
@@ -102,7 +102,7 @@ func (p *pump) init(c *conn, dir Dir, src, dst net.Conn) {
 	p.lr.R = st
 	p.ready = p.readable
 	p.rawInFn, p.rawOutFn = p.rawIn, p.rawOut
-	p.back, p.peekNowFn, p.loopIdx = make(chan struct{}, 1), p.peekNow, -1
+	p.loopIdx = -1
 }
 
 // pump is the goroutine of one direction (stack dumps name it). The last of

@@ -60,7 +60,7 @@ var shaperTargets = []shaperTarget{
 
 func runShape(dir, srcAddr, echoAddr string) error {
 	if *shapeRate > 0 {
-		shapeCases = []shapeCase{{fmt.Sprintf("1 conn @ %g MB/s", float64(*shapeRate)/1e6), 1, *shapeRate}}
+		shapeCases = []shapeCase{{fmt.Sprintf("%d conns @ %g MB/s", *shapeConns, float64(*shapeRate)/1e6), *shapeConns, *shapeRate}}
 	}
 	var targets []shaperTarget
 	for _, t := range shaperTargets {
