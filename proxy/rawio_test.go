@@ -43,7 +43,7 @@ func TestShapedMovesWaitForRoom(t *testing.T) {
 			defer pipeBudget.Store(ShapedPipes)
 			loopOff.Store(!c.loop)
 			defer loopOff.Store(false)
-			handIns := theLoop.handIns.Load()
+			handIns := loopHandIns.Load()
 			b := newBackend(t)
 			lim := shaper.Limit{Rate: c.rate, Burst: 8192}
 			_, addr, _ := startProxy(t, ListenerConfig{Upstream: b.addr(), Limits: ConnLimits{Up: lim, Down: lim}})
@@ -68,7 +68,7 @@ func TestShapedMovesWaitForRoom(t *testing.T) {
 			}
 			// Each direction is handed in, and handed back when the
 			// loop finds no room, more than once.
-			switch n := theLoop.handIns.Load() - handIns; {
+			switch n := loopHandIns.Load() - handIns; {
 			case c.loop && n < 4:
 				t.Errorf("the loop was handed a direction %d times, want at least 4", n)
 			case !c.loop && n != 0:

@@ -171,10 +171,7 @@ func (g *Gate) advance(now time.Time) {
 	if g.lim.Rate == 0 {
 		return
 	}
-	limit := g.lim.Burst * nano
-	if g.waiting || now.Sub(g.lastGrant) <= MaxCatchUp {
-		limit += min(g.lim.Rate*int64(MaxCatchUp/time.Microsecond), MaxBurst*nano/1000) * 1000
-	}
+	limit := g.capacity(now)
 	if g.nt >= limit {
 		return
 	}
@@ -185,6 +182,16 @@ func (g *Gate) advance(now time.Time) {
 		return
 	}
 	g.nt = min(g.nt+int64(el)*g.lim.Rate, limit)
+}
+
+// capacity is the most the bucket holds now, in nano-bytes: Burst, plus
+// MaxCatchUp's worth of Rate for a busy caller. Requires g.mu held.
+func (g *Gate) capacity(now time.Time) int64 {
+	limit := g.lim.Burst * nano
+	if g.waiting || now.Sub(g.lastGrant) <= MaxCatchUp {
+		limit += min(g.lim.Rate*int64(MaxCatchUp/time.Microsecond), MaxBurst*nano/1000) * 1000
+	}
+	return limit
 }
 
 // Take blocks until it can grant min(n, Burst) bytes and returns that count
@@ -310,8 +317,8 @@ func (g *Gate) Changed() <-chan struct{} {
 }
 
 // Refund gives back n granted bytes that were not moved. Tokens never exceed
-// Burst, so a refund after a long pause may be partly lost. n <= 0 is a
-// no-op.
+// Burst (plus MaxCatchUp's worth for a busy caller, as in Take), so a
+// refund after a long pause may be partly lost. n <= 0 is a no-op.
 func (g *Gate) Refund(n int) {
 	if n <= 0 {
 		return
@@ -322,8 +329,9 @@ func (g *Gate) Refund(n int) {
 	if g.lim.Rate == 0 {
 		return
 	}
-	g.advance(g.clock.Now())
-	g.nt = min(g.nt+int64(n)*nano, g.lim.Burst*nano)
+	now := g.clock.Now()
+	g.advance(now)
+	g.nt = min(g.nt+int64(n)*nano, g.capacity(now))
 }
 
 // SetLimit changes the Limit from now on, also for a Take already waiting.

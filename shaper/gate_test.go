@@ -439,3 +439,29 @@ func TestTryTakeExactBytes(t *testing.T) {
 		})
 	}
 }
+
+// TestRefundKeepsCatchUp: a refund to a busy caller's bucket, which holds
+// more than Burst (MaxCatchUp), loses nothing.
+func TestRefundKeepsCatchUp(t *testing.T) {
+	clk := shapertest.NewClock()
+	g := shaper.NewGate(shaper.Limit{Rate: 1000, Burst: 100}, clk)
+	if n, _ := g.TryTake(100); n != 100 {
+		t.Fatalf("first TryTake = %d, want the full bucket", n)
+	}
+	if n, _ := g.TryTake(100); n != 0 {
+		t.Fatalf("second TryTake = %d, want a wait", n)
+	}
+	clk.Advance(115 * time.Millisecond) // 115 tokens: 15 beyond Burst, kept while busy
+	if n, _ := g.TryTake(100); n != 100 {
+		t.Fatalf("TryTake after the wait = %d, want 100", n)
+	}
+	g.Refund(100) // none of it moved: 115 again
+	for _, want := range []int{100, 15} {
+		if n, wait := g.TryTake(want); n != want {
+			t.Fatalf("after the refund: TryTake(%d) = %d, %v; want %d at once", want, n, wait, want)
+		}
+	}
+	if n, wait := g.TryTake(1); n != 0 || wait != time.Millisecond {
+		t.Fatalf("with the bucket spent: TryTake(1) = %d, %v; want a 1ms wait", n, wait)
+	}
+}
