@@ -84,26 +84,26 @@ var loopOff atomic.Bool
 // back. It returns how many bytes are known to be queued then, and the
 // error that ended the loop's moves, if any.
 func (p *pump) runInLoop(queued int) (int, error) {
-	if p.back == nil { // not on every idle conn
-		p.back, p.peekNowFn = make(chan struct{}, 1), p.peekNow
+	if p.lp == nil { // not on every idle conn
+		p.lp = &loopState{back: make(chan struct{}, 1), peekNow: p.peekNow, idx: -1}
 	}
 	g := p.taken
 	changed := g.Changed()
-	p.loopQueued, p.loopErr = queued, nil
-	p.loopStep = loopStep(p.chunk.Load(), g.Limit().Rate) // a change hands the direction back
+	p.lp.queued, p.lp.err = queued, nil
+	p.lp.step = loopStep(p.chunk.Load(), g.Limit().Rate) // a change hands the direction back
 	l := loops[p.c.id%uint64(len(loops))]
 	l.handIn(p)
 	select {
-	case <-p.back:
+	case <-p.lp.back:
 	case <-changed:
 		l.askBack(p)
-		<-p.back
+		<-p.lp.back
 	case <-p.c.Done():
 		l.askBack(p)
-		<-p.back
+		<-p.lp.back
 	}
 	g.EndWait()
-	return p.loopQueued, p.loopErr
+	return p.lp.queued, p.lp.err
 }
 
 // loopServed is how many directions the loop serves now.
@@ -163,21 +163,21 @@ func (l *shapeLoop) run() {
 
 		now := time.Now()
 		for _, p := range in {
-			p.loopAt = now
+			p.lp.at = now
 			heap.Push(&l.due, p)
 		}
 		for _, p := range out {
-			if p.loopIdx >= 0 {
-				heap.Remove(&l.due, p.loopIdx)
+			if p.lp.idx >= 0 {
+				heap.Remove(&l.due, p.lp.idx)
 				p.handBack()
 			} // else it was handed back already
 		}
 		clear(in)
 		clear(out)
-		for len(l.due) > 0 && !l.due[0].loopAt.After(now) {
+		for len(l.due) > 0 && !l.due[0].lp.at.After(now) {
 			p := l.due[0]
 			if at, ok := p.loopServe(); ok {
-				p.loopAt = at
+				p.lp.at = at
 				heap.Fix(&l.due, 0)
 			} else {
 				heap.Pop(&l.due)
@@ -188,7 +188,7 @@ func (l *shapeLoop) run() {
 			continue // to end, unless handed more meanwhile
 		}
 		{
-			d := time.Until(l.due[0].loopAt)
+			d := time.Until(l.due[0].lp.at)
 			if l.timer == nil {
 				l.timer = time.NewTimer(d) // exact: the pumps' times are on the grid
 				l.wake = l.timer.C
@@ -211,7 +211,7 @@ func (p *pump) handBack() {
 	if p.heldN == 0 && p.aheadOff == p.aheadLen {
 		p.dropAhead()
 	}
-	p.back <- struct{}{}
+	p.lp.back <- struct{}{}
 }
 
 // peekNow is the RawConn.Read callback of the loop's peek: readable,
@@ -226,24 +226,24 @@ func (p *pump) peekNow(fd uintptr) bool {
 func (p *pump) loopServe() (time.Time, bool) {
 	g := p.taken
 	for range loopTurn {
-		if p.loopQueued == 0 {
+		if p.lp.queued == 0 {
 			// Nothing counted is left, so the holder is empty: count
 			// anew, without waiting.
 			p.avail, p.rerr = 0, nil
-			if err := p.srcRaw.Read(p.peekNowFn); err != nil || p.avail == 0 {
-				p.loopErr = err // the pump's own peek sees an end or error again
+			if err := p.srcRaw.Read(p.lp.peekNow); err != nil || p.avail == 0 {
+				p.lp.err = err // the pump's own peek sees an end or error again
 				p.dropAhead()
 				return time.Time{}, false
 			}
-			p.loopQueued = p.avail
+			p.lp.queued = p.avail
 		}
-		want := min(p.loopQueued, int(p.chunk.Load()))
+		want := min(p.lp.queued, int(p.chunk.Load()))
 		n, wait := g.TryTake(want)
 		if n == 0 {
 			// Late on a time grid shared by all waits, as a Gate's own
 			// waits end: many pumps come due together, and the loop
 			// wakes once for them.
-			return loopGrid(time.Now().Add(wait), p.loopStep), true
+			return loopGrid(time.Now().Add(wait), p.lp.step), true
 		}
 		w, full, err := p.moveNow(n)
 		if w > 0 {
@@ -252,15 +252,15 @@ func (p *pump) loopServe() (time.Time, bool) {
 		if w < n {
 			g.Refund(n - w)
 		}
-		p.loopQueued -= w
+		p.lp.queued -= w
 		if err != nil || full || w < n {
 			if w < n && !full && err == nil {
 				// The holder had fewer bytes than counted (src ended,
 				// or its pipe ran out of slots) and is empty now:
 				// the pump counts anew.
-				p.loopQueued = 0
+				p.lp.queued = 0
 			}
-			p.loopErr = err
+			p.lp.err = err
 			return time.Time{}, false
 		}
 	}
@@ -275,8 +275,8 @@ func (p *pump) moveNow(n int) (w int, full bool, err error) {
 	p.rawNoWait = true
 	defer func() { p.rawNoWait = false }()
 	if p.held != nil {
-		if p.heldN < n && p.loopQueued > p.heldN {
-			k, err := p.spliceIn(p.held, min(p.loopQueued, aheadSize)-p.heldN, true)
+		if p.heldN < n && p.lp.queued > p.heldN {
+			k, err := p.spliceIn(p.held, min(p.lp.queued, aheadSize)-p.heldN, true)
 			p.heldN += k
 			if err != nil {
 				p.dropAhead()
@@ -291,10 +291,10 @@ func (p *pump) moveNow(n int) (w int, full bool, err error) {
 		}
 		return w, w < k && err == nil, err
 	}
-	if rest := p.aheadLen - p.aheadOff; rest < n && p.loopQueued > rest {
+	if rest := p.aheadLen - p.aheadOff; rest < n && p.lp.queued > rest {
 		b := *p.ahead
 		copy(b, b[p.aheadOff:p.aheadLen])
-		k, err := p.readQueued(b[rest:min(p.loopQueued, aheadSize)])
+		k, err := p.readQueued(b[rest:min(p.lp.queued, aheadSize)])
 		p.aheadOff, p.aheadLen = 0, rest+k
 		if err != nil {
 			p.dropAhead()
@@ -346,15 +346,15 @@ func loopGrid(t time.Time, step int64) time.Time {
 type pumpHeap []*pump
 
 func (h pumpHeap) Len() int           { return len(h) }
-func (h pumpHeap) Less(i, j int) bool { return h[i].loopAt.Before(h[j].loopAt) }
+func (h pumpHeap) Less(i, j int) bool { return h[i].lp.at.Before(h[j].lp.at) }
 func (h pumpHeap) Swap(i, j int) {
 	h[i], h[j] = h[j], h[i]
-	h[i].loopIdx, h[j].loopIdx = i, j
+	h[i].lp.idx, h[j].lp.idx = i, j
 }
 func (h *pumpHeap) Push(x any) {
 	p := x.(*pump)
 	loopCount.Add(1)
-	p.loopIdx = len(*h)
+	p.lp.idx = len(*h)
 	*h = append(*h, p)
 }
 func (h *pumpHeap) Pop() any {
@@ -362,7 +362,7 @@ func (h *pumpHeap) Pop() any {
 	p := old[len(old)-1]
 	old[len(old)-1] = nil
 	*h = old[:len(old)-1]
-	p.loopIdx = -1
+	p.lp.idx = -1
 	loopCount.Add(-1)
 	return p
 }

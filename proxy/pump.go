@@ -57,14 +57,7 @@ type pump struct {
 	rawErr        error
 	rawNoWait     bool // rawIn, rawOut: return what moved rather than wait
 
-	// The shaping loop's (loop_linux.go), while it has the direction.
-	back       chan struct{}         // the loop hands the direction back; made at the first hand-in
-	peekNowFn  func(fd uintptr) bool // p.peekNow, bound at the first hand-in
-	loopIdx    int                   // in the loop's heap; -1 when not there
-	loopAt     time.Time
-	loopStep   int64 // ns
-	loopQueued int
-	loopErr    error
+	lp *loopState // the shaping loop's state (loop_linux.go); nil until a first hand-in
 
 	// Bytes read ahead of the grants (moveAhead): ahead[aheadOff:aheadLen]
 	// are read from src and not yet written; or heldN bytes are spliced
@@ -81,6 +74,18 @@ type pump struct {
 	// err is how the direction ended: nil after a clean half-close. Set
 	// before the pump's exit is counted in conn.running.
 	err error
+}
+
+// loopState is a pump's while a loop has its direction; a pump makes it at
+// its first hand-in.
+type loopState struct {
+	back    chan struct{}         // the loop hands the direction back
+	peekNow func(fd uintptr) bool // p.peekNow, bound once
+	idx     int                   // in the loop's heap; -1 when not there
+	at      time.Time             // when it is due
+	step    int64                 // its grid step, ns
+	queued  int                   // bytes known to be queued on src, read-ahead included
+	err     error                 // what ended the loop's moves
 }
 
 func (p *pump) init(c *conn, dir Dir, src, dst net.Conn) {
@@ -102,7 +107,6 @@ func (p *pump) init(c *conn, dir Dir, src, dst net.Conn) {
 	p.lr.R = st
 	p.ready = p.readable
 	p.rawInFn, p.rawOutFn = p.rawIn, p.rawOut
-	p.loopIdx = -1
 }
 
 // pump is the goroutine of one direction (stack dumps name it). The last of
