@@ -299,7 +299,8 @@ func init() { aheadBudget.Store(AheadBudget) }
 // The bytes are held in a pipe while the process-wide pipe budget allows
 // (spliceAhead: no copy through user space), else in a pooled buffer while
 // the read-ahead memory budget allows (copyAhead), else a grant is read
-// and written exactly. Either is held only while it holds bytes.
+// and written exactly. Either is held only while it holds bytes, or, in a
+// shaping loop, until the loop hands the direction back.
 func (p *pump) moveAhead(want, avail int) (int64, error) {
 	switch {
 	case p.held != nil:

@@ -102,10 +102,10 @@ func (p *pump) spliceAhead(want, avail int) (int64, error) {
 // spliceIn splices up to n bytes queued on src into pp and returns how many
 // moved. With noWait it returns 0 instead of waiting when none can move.
 func (p *pump) spliceIn(pp *pipe, n int, noWait bool) (int, error) {
-	wait := p.rawNoWait
-	p.pipe, p.rawWant, p.rawN, p.rawErr, p.rawNoWait = pp, n, 0, nil, noWait || wait
+	outer := p.rawNoWait // moveNow's, kept for the calls after
+	p.pipe, p.rawWant, p.rawN, p.rawErr, p.rawNoWait = pp, n, 0, nil, noWait || outer
 	err := p.srcRaw.Read(p.rawInFn)
-	p.pipe, p.rawNoWait = nil, wait
+	p.pipe, p.rawNoWait = nil, outer
 	if err == nil {
 		err = p.rawErr
 	}
