@@ -53,9 +53,7 @@ type shapeLoop struct {
 	// The loop goroutine's own (a goroutine that ends passes them on
 	// under mu).
 	due   pumpHeap
-	timer *time.Timer
-	wake  <-chan time.Time
-	timed bool // the timer is armed
+	timer *time.Timer // made at the first wait; armed for due[0]
 }
 
 // loops are the process's shaping loops, one per P: a conn's directions
@@ -151,9 +149,8 @@ func (l *shapeLoop) run() {
 		out, l.out = l.out, out[:0]
 		if len(in) == 0 && len(out) == 0 && len(l.due) == 0 {
 			// The loop's own fields pass to the next goroutine under mu.
-			if l.timed {
+			if l.timer != nil {
 				l.timer.Stop()
-				l.timed = false
 			}
 			l.running = false
 			l.mu.Unlock()
@@ -187,20 +184,15 @@ func (l *shapeLoop) run() {
 		if len(l.due) == 0 {
 			continue // to end, unless handed more meanwhile
 		}
-		{
-			d := time.Until(l.due[0].lp.at)
-			if l.timer == nil {
-				l.timer = time.NewTimer(d) // exact: the pumps' times are on the grid
-				l.wake = l.timer.C
-			} else {
-				l.timer.Reset(d)
-			}
-			l.timed = true
+		d := time.Until(l.due[0].lp.at)
+		if l.timer == nil {
+			l.timer = time.NewTimer(d) // exact: the pumps' times are on the grid
+		} else {
+			l.timer.Reset(d)
 		}
 		select {
 		case <-l.kick:
-		case <-l.wake:
-			l.timed = false
+		case <-l.timer.C:
 		}
 	}
 }
@@ -208,7 +200,7 @@ func (l *shapeLoop) run() {
 // handBack gives the direction back to its pump, with an empty holder
 // given back too: the pump may now wait long for src.
 func (p *pump) handBack() {
-	if p.heldN == 0 && p.aheadOff == p.aheadLen {
+	if p.aheadEmpty() {
 		p.dropAhead()
 	}
 	p.lp.back <- struct{}{}
@@ -245,7 +237,10 @@ func (p *pump) loopServe() (time.Time, bool) {
 			// wakes once for them.
 			return loopGrid(time.Now().Add(wait), p.lp.step), true
 		}
-		w, full, err := p.moveNow(n)
+		p.rawNoWait = true
+		w, err := p.fromAhead(n, p.lp.queued)
+		p.rawNoWait = false
+		full := err == nil && w < n && !p.aheadEmpty() // the rest stays held
 		if w > 0 {
 			p.moved(int64(w))
 		}
@@ -265,49 +260,6 @@ func (p *pump) loopServe() (time.Time, bool) {
 		}
 	}
 	return time.Now(), true
-}
-
-// moveNow moves up to n bytes of a grant out of the read-ahead holder,
-// topping it up from src first when it holds fewer, without waiting. It
-// returns how many were written, and full when dst had no room for the
-// rest (the bytes stay in the holder).
-func (p *pump) moveNow(n int) (w int, full bool, err error) {
-	p.rawNoWait = true
-	defer func() { p.rawNoWait = false }()
-	if p.held != nil {
-		if p.heldN < n && p.lp.queued > p.heldN {
-			k, err := p.spliceIn(p.held, min(p.lp.queued, aheadSize)-p.heldN, true)
-			p.heldN += k
-			if err != nil {
-				p.dropAhead()
-				return 0, false, err
-			}
-		}
-		k := min(n, p.heldN)
-		w, err = p.spliceOut(p.held, k)
-		p.heldN -= w
-		if err != nil {
-			p.dropAhead()
-		}
-		return w, w < k && err == nil, err
-	}
-	if rest := p.aheadLen - p.aheadOff; rest < n && p.lp.queued > rest {
-		b := *p.ahead
-		copy(b, b[p.aheadOff:p.aheadLen])
-		k, err := p.readQueued(b[rest:min(p.lp.queued, aheadSize)])
-		p.aheadOff, p.aheadLen = 0, rest+k
-		if err != nil {
-			p.dropAhead()
-			return 0, false, err
-		}
-	}
-	k := min(n, p.aheadLen-p.aheadOff)
-	w, err = p.writeAll((*p.ahead)[p.aheadOff : p.aheadOff+k])
-	p.aheadOff += w
-	if err != nil {
-		p.dropAhead()
-	}
-	return w, w < k && err == nil, err
 }
 
 // The loop serves a pump on a time grid: a pump due at t is served at the

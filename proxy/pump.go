@@ -280,7 +280,8 @@ func (p *pump) copyGrant(want int, observe func([]byte)) (int64, error) {
 const aheadSize = 64 << 10
 
 // AheadBudget bounds the memory all shaped pumps together hold in bytes
-// read ahead of their grants (see copyAhead): 512 connections' worth.
+// read ahead of their grants in buffers (see moveAhead): 512 connections'
+// worth.
 const AheadBudget = 32 << 20
 
 // aheadBudget is what is left of AheadBudget; a variable for tests.
@@ -297,30 +298,30 @@ func init() { aheadBudget.Store(AheadBudget) }
 // grants a read cost a fifth less CPU at 50 × 1 MB/s (docs/shaping.md).
 //
 // The bytes are held in a pipe while the process-wide pipe budget allows
-// (spliceAhead: no copy through user space), else in a pooled buffer while
-// the read-ahead memory budget allows (copyAhead), else a grant is read
+// (no copy through user space), else in a pooled buffer while the
+// read-ahead memory budget allows, else a grant is read
 // and written exactly. Either is held only while it holds bytes, or, in a
 // shaping loop, until the loop hands the direction back.
 func (p *pump) moveAhead(want, avail int) (int64, error) {
-	switch {
-	case p.held != nil:
-		return p.spliceAhead(want, avail)
-	case p.ahead != nil:
-		return p.copyAhead(want, avail)
-	case want > aheadSize/4 || avail <= want:
-		return p.copyGrant(want, nil) // nothing to gain; want <= maxCopy here
+	if p.held == nil && p.ahead == nil {
+		if want > aheadSize/4 || avail <= want {
+			return p.copyGrant(want, nil) // nothing to gain; want <= maxCopy here
+		}
+		if pp := takePipe(); pp != nil {
+			p.held, p.heldN = pp, 0
+		} else if aheadBudget.Add(-aheadSize) >= 0 {
+			p.ahead = copyPools[copyClass(aheadSize)].Get().(*[]byte)
+			p.aheadOff, p.aheadLen = 0, 0
+		} else {
+			aheadBudget.Add(aheadSize)
+			return p.copyGrant(want, nil)
+		}
 	}
-	if pp := takePipe(); pp != nil {
-		p.held, p.heldN = pp, 0
-		return p.spliceAhead(want, avail)
+	w, err := p.fromAhead(want, avail)
+	if p.aheadEmpty() {
+		p.dropAhead() // held only while it holds bytes; if src ended, the next peek sees it
 	}
-	if aheadBudget.Add(-aheadSize) < 0 {
-		aheadBudget.Add(aheadSize)
-		return p.copyGrant(want, nil)
-	}
-	p.ahead = copyPools[copyClass(aheadSize)].Get().(*[]byte)
-	p.aheadOff, p.aheadLen = 0, 0
-	return p.copyAhead(want, avail)
+	return int64(w), err
 }
 
 // ShapedPipes bounds the pipes shaped moves hold at once, process-wide: a
@@ -334,33 +335,55 @@ var pipeBudget atomic.Int64
 
 func init() { pipeBudget.Store(ShapedPipes) }
 
-// copyAhead is moveAhead through the pooled buffer p.ahead.
-func (p *pump) copyAhead(want, avail int) (int64, error) {
-	// Top up when the grant is more than what is left: a grant cut short
+// fromAhead moves up to want bytes of a grant out of the read-ahead holder
+// (a pipe or a buffer), of the avail bytes known to be queued on src, and
+// returns how many it wrote. With p.rawNoWait (a shaping loop) it writes
+// what the socket takes and leaves the rest in the holder. It keeps the
+// holder, empty or not, unless an error ends the conn.
+func (p *pump) fromAhead(want, avail int) (int, error) {
+	// Top up when the grant is more than what is held: a grant cut short
 	// would send the conn to the back of a link's queue with less than its
 	// share.
-	if rest := p.aheadLen - p.aheadOff; rest < want && avail > rest {
-		b := *p.ahead
-		copy(b, b[p.aheadOff:p.aheadLen])
-		n, err := p.readQueued(b[rest:min(avail, aheadSize)])
-		p.aheadOff, p.aheadLen = 0, rest+n
+	var err error
+	if held := p.heldN + p.aheadLen - p.aheadOff; held < want && avail > held {
+		top := min(avail, aheadSize) - held
+		if p.held != nil {
+			// A pipe that holds bytes may be full (its slots, one per
+			// socket buffer spliced in, run out before its bytes do):
+			// then it is drained before it takes more, not waited on.
+			var n int
+			n, err = p.spliceIn(p.held, top, held > 0)
+			p.heldN += n
+		} else {
+			b := *p.ahead
+			copy(b, b[p.aheadOff:p.aheadLen])
+			var n int
+			n, err = p.readQueued(b[held : held+top])
+			p.aheadOff, p.aheadLen = 0, held+n
+		}
 		if err != nil && !errors.Is(err, io.EOF) {
 			p.dropAhead()
 			return 0, err
 		}
 	}
-	k := min(want, p.aheadLen-p.aheadOff)
-	if k == 0 {
-		p.dropAhead() // src ended; the next peek sees it
-		return 0, nil
+	var w int
+	if p.held != nil {
+		if k := min(want, p.heldN); k > 0 {
+			w, err = p.spliceOut(p.held, k)
+			p.heldN -= w
+		}
+	} else if k := min(want, p.aheadLen-p.aheadOff); k > 0 {
+		w, err = p.writeAll((*p.ahead)[p.aheadOff : p.aheadOff+k])
+		p.aheadOff += w
 	}
-	w, err := p.writeAll((*p.ahead)[p.aheadOff : p.aheadOff+k])
-	p.aheadOff += w
-	if p.aheadOff == p.aheadLen || err != nil {
+	if err != nil {
 		p.dropAhead()
 	}
-	return int64(w), err
+	return w, err
 }
+
+// aheadEmpty reports whether no bytes are held read ahead.
+func (p *pump) aheadEmpty() bool { return p.heldN == 0 && p.aheadOff == p.aheadLen }
 
 // dropAhead gives back the read-ahead buffer or pipe and its budget. Bytes
 // still in it are lost with the conn that is failing.

@@ -70,39 +70,10 @@ func (p *pump) spliceGrant(want int) (int64, error) {
 	return int64(out), err
 }
 
-// spliceAhead is moveAhead through the pipe p.held, which holds p.heldN
-// bytes read ahead. A grant larger than what the pipe holds tops it up
-// first: a grant cut short would send a link's conn to the back of the
-// queue with less than its share.
-func (p *pump) spliceAhead(want, avail int) (int64, error) {
-	if p.heldN < want && avail > p.heldN {
-		// A pipe that holds bytes may be full (its slots, one per
-		// socket buffer spliced in, run out before its bytes do): then
-		// it is drained before it takes more, rather than waiting.
-		n, err := p.spliceIn(p.held, min(avail, aheadSize)-p.heldN, p.heldN > 0)
-		p.heldN += n
-		if err != nil {
-			p.dropAhead()
-			return 0, err
-		}
-	}
-	k := min(want, p.heldN)
-	if k == 0 {
-		p.dropAhead() // src ended; the next peek sees it
-		return 0, nil
-	}
-	w, err := p.spliceOut(p.held, k)
-	p.heldN -= w
-	if p.heldN == 0 || err != nil {
-		p.dropAhead()
-	}
-	return int64(w), err
-}
-
 // spliceIn splices up to n bytes queued on src into pp and returns how many
 // moved. With noWait it returns 0 instead of waiting when none can move.
 func (p *pump) spliceIn(pp *pipe, n int, noWait bool) (int, error) {
-	outer := p.rawNoWait // moveNow's, kept for the calls after
+	outer := p.rawNoWait // a shaping loop's, kept for the calls after
 	p.pipe, p.rawWant, p.rawN, p.rawErr, p.rawNoWait = pp, n, 0, nil, noWait || outer
 	err := p.srcRaw.Read(p.rawInFn)
 	p.pipe, p.rawNoWait = nil, outer

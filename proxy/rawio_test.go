@@ -78,6 +78,54 @@ func TestShapedMovesWaitForRoom(t *testing.T) {
 	}
 }
 
+// TestLoopFullAtEnd: the upstream sends less than one read-ahead and ends,
+// so every byte is held (in a pipe or a buffer) while the upstream socket
+// holds only its end; the client stalls, the shaping loop finds its socket
+// full and hands the direction back. The held bytes must still count as
+// queued: a pump that peeked again would see only the end and lose them.
+func TestLoopFullAtEnd(t *testing.T) {
+	for _, c := range []struct {
+		name  string
+		pipes int64
+	}{{"pipe", ShapedPipes}, {"buffer", 0}} {
+		t.Run(c.name, func(t *testing.T) {
+			defer test.TimeOut(30 * time.Second).Stop()
+			checkRoutines(t)
+			pipeBudget.Store(c.pipes)
+			defer pipeBudget.Store(ShapedPipes)
+			b := newBackend(t)
+			srv, addr, _ := startProxy(t, ListenerConfig{Upstream: b.addr(),
+				Limits: ConnLimits{Down: shaper.Limit{Rate: 1_000_000}}}) // 8 KiB grants
+			client, server := connect(t, addr, b)
+			defer client.Close()
+			defer server.Close()
+			if err := client.SetReadBuffer(4 << 10); err != nil {
+				t.Fatal(err)
+			}
+			// A small, fixed send buffer on sluice's side too, so that
+			// the loop finds it full long before the 60,000 bytes are out.
+			srv.mu.Lock()
+			for c := range srv.conns {
+				if err := c.client.SetWriteBuffer(8 << 10); err != nil {
+					t.Error(err)
+				}
+			}
+			srv.mu.Unlock()
+			handIns := loopHandIns.Load()
+			const size = 60_000 // under aheadSize: one read-ahead takes it all
+			// The two buffers fill in well under the 500 ms stall at
+			// 1 MB/s.
+			res := transfer(server, client, 7, size, 500*time.Millisecond)
+			if err := res.exact(size); err != nil {
+				t.Fatal(err)
+			}
+			if n := loopHandIns.Load() - handIns; n < 2 {
+				t.Errorf("the loop was handed the direction %d times, want at least 2 (in, back when full, in again)", n)
+			}
+		})
+	}
+}
+
 // TestSplicedGrantAfterReset: a client that resets while a raw splice
 // waits to write, or while a pipe holds bytes read ahead, leaves bytes in
 // that pipe. The conn ends, and the next connection, which may draw a pipe

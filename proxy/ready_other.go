@@ -14,12 +14,13 @@ func setPacingRate(c *net.TCPConn, rate uint64) error { return nil }
 
 // The raw moves of rawio_linux.go: the splice path that calls them is
 // Linux-only.
-func (p *pump) readQueued(b []byte) (int, error)           { panic("unreachable") }
-func (p *pump) writeAll(b []byte) (int, error)             { panic("unreachable") }
-func (p *pump) spliceGrant(want int) (int64, error)        { panic("unreachable") }
-func (p *pump) spliceAhead(want, avail int) (int64, error) { panic("unreachable") }
-func (p *pump) rawIn(fd uintptr) bool                      { panic("unreachable") }
-func (p *pump) rawOut(fd uintptr) bool                     { panic("unreachable") }
+func (p *pump) readQueued(b []byte) (int, error)                   { panic("unreachable") }
+func (p *pump) writeAll(b []byte) (int, error)                     { panic("unreachable") }
+func (p *pump) spliceGrant(want int) (int64, error)                { panic("unreachable") }
+func (p *pump) spliceIn(pp *pipe, n int, noWait bool) (int, error) { panic("unreachable") }
+func (p *pump) spliceOut(pp *pipe, n int) (int, error)             { panic("unreachable") }
+func (p *pump) rawIn(fd uintptr) bool                              { panic("unreachable") }
+func (p *pump) rawOut(fd uintptr) bool                             { panic("unreachable") }
 
 type pipe struct{}
 

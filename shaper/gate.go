@@ -212,24 +212,12 @@ func (g *Gate) Take(ctx context.Context, n int) (int, error) {
 		if !waitStart.IsZero() {
 			g.waited += now.Sub(waitStart) // waitStart is set again before any further wait
 		}
-		if g.lim.Rate == 0 {
-			g.granted += int64(n)
+		got, d := g.grantNow(n, now)
+		if got > 0 {
 			g.waiting, g.waitStart = false, time.Time{}
 			g.mu.Unlock()
-			return n, nil
+			return got, nil
 		}
-		want := int64(min(int64(n), g.lim.Burst))
-		g.advance(now)
-		if g.nt >= want*nano {
-			g.nt -= want * nano
-			g.granted += want
-			g.lastGrant = now
-			g.waiting, g.waitStart = false, time.Time{}
-			g.mu.Unlock()
-			return int(want), nil
-		}
-		// Ceiling division: the first nanosecond at which want is there.
-		d := time.Duration((want*nano - g.nt + g.lim.Rate - 1) / g.lim.Rate)
 		changed := g.changed
 		g.waiting = true
 		waitStart = now
@@ -273,23 +261,35 @@ func (g *Gate) TryTake(n int) (int, time.Duration) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	now := g.clock.Now()
-	if g.lim.Rate == 0 {
+	got, d := g.grantNow(n, now)
+	if got > 0 {
 		g.endWait(now)
+		return got, 0
+	}
+	if !g.waiting {
+		g.waiting, g.waitStart = true, now
+	}
+	return 0, d
+}
+
+// grantNow grants min(n, Burst) bytes (n when unlimited) if the bucket has
+// them at now, n > 0, and returns that count; else it returns 0 and how
+// long until it could. The caller keeps the waiting state. Requires g.mu
+// held.
+func (g *Gate) grantNow(n int, now time.Time) (int, time.Duration) {
+	if g.lim.Rate == 0 {
 		g.granted += int64(n)
 		return n, 0
 	}
 	want := min(int64(n), g.lim.Burst)
-	g.advance(now)
+	g.advance(now) // with the waiting state as it was: a waiting caller keeps its catch-up
 	if g.nt >= want*nano {
-		g.endWait(now)
 		g.nt -= want * nano
 		g.granted += want
 		g.lastGrant = now
 		return int(want), 0
 	}
-	if !g.waiting {
-		g.waiting, g.waitStart = true, now
-	}
+	// Ceiling division: the first nanosecond at which want is there.
 	return 0, time.Duration((want*nano - g.nt + g.lim.Rate - 1) / g.lim.Rate)
 }
 
