@@ -53,8 +53,9 @@ func (lc LinkConfig) validate() error {
 
 // link is a LinkConfig in service: one shaper.Link per limited direction.
 type link struct {
-	cfg  LinkConfig
-	dirs [2]*shaper.Link // nil for a direction the link does not limit
+	cfg   LinkConfig
+	dirs  [2]*shaper.Link // nil for a direction the link does not limit
+	loops [2]*shapeLoop   // the shaping loop that drives each (nil where there are none)
 }
 
 // unlimitedLink is what a direction's budget becomes when a reload removes
@@ -65,7 +66,7 @@ func newLink(lc LinkConfig) *link {
 	l := &link{cfg: lc}
 	for d, ll := range [2]shaper.LinkLimit{Up: lc.Up, Down: lc.Down} {
 		if ll.Rate > 0 {
-			l.dirs[d] = shaper.NewLink(ll, nil)
+			l.dirs[d], l.loops[d] = newDrivenLink(ll)
 		}
 	}
 	return l
@@ -80,7 +81,7 @@ func (l *link) update(lc LinkConfig) {
 		case ll.Rate > 0 && l.dirs[d] != nil:
 			_ = l.dirs[d].SetLimit(ll) // validated
 		case ll.Rate > 0:
-			l.dirs[d] = shaper.NewLink(ll, nil)
+			l.dirs[d], l.loops[d] = newDrivenLink(ll)
 		case l.dirs[d] != nil:
 			_ = l.dirs[d].SetLimit(unlimitedLink)
 			l.dirs[d] = nil
@@ -139,6 +140,7 @@ func (s *Server) joinLinks(c *conn) {
 		for d, sl := range l.dirs {
 			if sl != nil {
 				c.pumps[d].members = append(c.pumps[d].members, sl.Join(key))
+				c.pumps[d].linkLoop = l.loops[d]
 			}
 		}
 	}

@@ -83,19 +83,8 @@ func TestLinkKeysEndToEnd(t *testing.T) {
 	defer test.TimeOut(60 * time.Second).Stop()
 	checkRoutines(t)
 	const rate = 4_000_000
-	srv, err := New(Options{
-		Links:     []LinkConfig{{Name: "line", Down: shaper.LinkLimit{Limit: shaper.Limit{Rate: rate}}, KeyBy: "source_ip"}},
-		Listeners: []ListenerConfig{{Name: "t", Addr: "127.0.0.1:0", Upstream: endless(t), Links: []string{"line"}}},
-		Logger:    slog.New(slog.DiscardHandler),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Close()
-	addr := srv.Addr("t").String()
+	srv, addr := startLinks(t, []LinkConfig{{Name: "line", Down: shaper.LinkLimit{Limit: shaper.Limit{Rate: rate}}, KeyBy: "source_ip"}},
+		ListenerConfig{Upstream: endless(t), Links: []string{"line"}})
 
 	var readers [2][]*reader
 	var conns []net.Conn
@@ -220,5 +209,190 @@ func TestAdminLinks(t *testing.T) {
 		if !strings.Contains(metrics, want) {
 			t.Errorf("/metrics lacks %s", want)
 		}
+	}
+}
+
+// startLinks serves listener cfg, named "t", with links.
+func startLinks(t *testing.T, links []LinkConfig, cfg ListenerConfig) (*Server, string) {
+	t.Helper()
+	cfg.Name, cfg.Addr = "t", "127.0.0.1:0"
+	srv, err := New(Options{Links: links, Listeners: []ListenerConfig{cfg}, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Close() })
+	return srv, srv.Addr("t").String()
+}
+
+// startLinked serves listener "t" in front of upstream, crossing link
+// "line" that limits both directions at rate.
+func startLinked(t *testing.T, upstream string, rate int64, lim ConnLimits) (*Server, string) {
+	t.Helper()
+	ll := shaper.LinkLimit{Limit: shaper.Limit{Rate: rate}}
+	return startLinks(t, []LinkConfig{{Name: "line", Up: ll, Down: ll}},
+		ListenerConfig{Upstream: upstream, Links: []string{"line"}, Limits: lim})
+}
+
+// TestLinkInLoop: connections on a link, with a limit of their own and
+// without, are moved by the shaping loops, whose link grants come through
+// Member.Ask. Three conns both ways at once, to receivers that stall
+// until every socket fills, so that the loop hands directions back with
+// part of a grant unmoved: byte-exact, and the link and the gates granted
+// exactly the bytes moved, net of refunds (a grant the hand-back kept or
+// lost would show). Every direction leaves the loop at the end.
+func TestLinkInLoop(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		lim  ConnLimits
+	}{
+		{"link only", ConnLimits{}},
+		{"link and gate", ConnLimits{Up: shaper.Limit{Rate: 12_000_000}, Down: shaper.Limit{Rate: 12_000_000}}}, // 12 KB grants
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			defer test.TimeOut(60 * time.Second).Stop()
+			checkRoutines(t)
+			handIns := loopHandIns.Load()
+			b := newBackend(t)
+			srv, addr := startLinked(t, b.addr(), 30_000_000, c.lim) // 10 MB/s a conn
+			const size, conns = 12 << 20, 3
+			type pair struct{ client, server *net.TCPConn }
+			var pairs []pair
+			for range conns {
+				client, server := connect(t, addr, b)
+				defer client.Close()
+				defer server.Close()
+				smallReadBuffers(t, client, server)
+				pairs = append(pairs, pair{client, server})
+			}
+			var gates []*shaper.Gate
+			srv.mu.Lock()
+			for cn := range srv.conns {
+				for d := range cn.pumps {
+					if g := cn.pumps[d].gate.Load(); g != nil {
+						gates = append(gates, g)
+					}
+				}
+			}
+			srv.mu.Unlock()
+			if want := 2 * conns; !c.lim.Down.Unlimited() && len(gates) != want {
+				t.Fatalf("%d gates, want %d", len(gates), want)
+			}
+
+			// Over 4 MB at a conn's share: more than sluice's send
+			// buffer takes, so its writes find no room.
+			const stall = 600 * time.Millisecond
+			errs := make(chan error, 2*conns)
+			for i, p := range pairs {
+				go func() { errs <- transfer(p.client, p.server, uint64(2*i), size, stall).exact(size) }()
+				go func() { errs <- transfer(p.server, p.client, uint64(2*i+1), size, stall).exact(size) }()
+			}
+			for range 2 * conns {
+				if err := <-errs; err != nil {
+					t.Error(err)
+				}
+			}
+			for _, p := range pairs {
+				p.client.Close()
+			}
+			waitIdle(t, srv)
+			if n := loopServed(); n != 0 {
+				t.Errorf("the loops serve %d directions after every conn ended", n)
+			}
+			// Each direction once, and some again after a hand-back
+			// (under -race some never find their client full).
+			if n := loopHandIns.Load() - handIns; n < 2*conns+2 {
+				t.Errorf("the loop was handed a direction %d times, want at least %d", n, 2*conns+2)
+			}
+			for d, st := range srv.Links(false)[0].Dirs {
+				if st.Bytes != conns*size || st.Waiting != 0 {
+					t.Errorf("link %s: %d bytes granted, %d waiting; want %d, none", Dir(d), st.Bytes, st.Waiting, conns*size)
+				}
+			}
+			for _, g := range gates {
+				if st := g.Stats(); st.Bytes != size {
+					t.Errorf("a gate granted %d bytes, want %d", st.Bytes, size)
+				}
+			}
+		})
+	}
+}
+
+// TestLinkInLoopLive: a download on a link, in the shaping loop, follows
+// live changes: a limit of its own on a conn that had none (a new gate,
+// which the loop sees and hands the direction back for), the link's rate
+// lowered, the link removed by a reload (the conn's own limit stays).
+func TestLinkInLoopLive(t *testing.T) {
+	defer test.TimeOut(60 * time.Second).Stop()
+	checkRoutines(t)
+	upstream := endless(t)
+	srv, addr := startLinked(t, upstream, 2_000_000, ConnLimits{})
+	r, c := readFrom(t, addr, "127.0.0.1")
+	defer func() { c.Close(); <-r.done }()
+	rate := func(name string, want float64) {
+		t.Helper()
+		time.Sleep(300 * time.Millisecond) // letting the change take hold; real time for a rate measurement
+		n0, t0 := r.n.Load(), time.Now()
+		time.Sleep(time.Second)
+		got := float64(r.n.Load()-n0) / time.Since(t0).Seconds()
+		if got/want < 0.85 || got/want > 1.15 {
+			t.Errorf("%s: %.0f B/s, %.2f× %.0f; want within ±15%%", name, got, got/want, want)
+		}
+	}
+	rate("link at 2 MB/s", 2_000_000)
+	if n := loopServed(); n != 1 {
+		t.Errorf("the loops serve %d directions, want the download", n)
+	}
+	own := ConnLimits{Down: shaper.Limit{Rate: 1_000_000}}
+	if err := srv.SetLimits("t", own); err != nil {
+		t.Fatal(err)
+	}
+	rate("own limit 1 MB/s", 1_000_000)
+	if err := srv.SetLinkLimit("line", Down, shaper.LinkLimit{Limit: shaper.Limit{Rate: 500_000}}); err != nil {
+		t.Fatal(err)
+	}
+	rate("link lowered to 500 KB/s", 500_000)
+	if n := loopServed(); n != 1 {
+		t.Errorf("the loops serve %d directions, want the download", n)
+	}
+	err := srv.Reconfigure(nil, []ListenerConfig{{Name: "t", Addr: "127.0.0.1:0", Upstream: upstream, Limits: own}}, time.Second) // as configured: same socket
+	if err != nil {
+		t.Fatal(err)
+	}
+	rate("link removed", 1_000_000)
+}
+
+// TestLinkWaitEndsOnShutdown: a connection the shaping loop holds waiting
+// for its link's grant (8 KiB at 100 B/s is 80 s) is closed promptly when
+// the drain runs out.
+func TestLinkWaitEndsOnShutdown(t *testing.T) {
+	defer test.TimeOut(20 * time.Second).Stop()
+	checkRoutines(t)
+	srv, addr := startLinks(t, []LinkConfig{{Name: "line", Down: shaper.LinkLimit{Limit: shaper.Limit{Rate: 100, Burst: 8192}}}},
+		ListenerConfig{Upstream: endless(t), Links: []string{"line"}})
+	r, c := readFrom(t, addr, "127.0.0.1")
+	defer c.Close()
+	for deadline := time.Now().Add(5 * time.Second); (r.n.Load() < 8192 || loopServed() != 1) && time.Now().Before(deadline); {
+		time.Sleep(5 * time.Millisecond) // polling the client's count and the loop's
+	}
+	if n, l := r.n.Load(), loopServed(); n != 8192 || l != 1 {
+		t.Fatalf("%d bytes read, %d directions in the loop; want the first burst, and the download waiting in the loop", n, l)
+	}
+	srv.mu.Lock()
+	for cn := range srv.conns {
+		if !cn.pumps[Down].inLink.Load() {
+			t.Error("the download is not waiting for the link")
+		}
+	}
+	srv.mu.Unlock()
+	shutdownPromptly(t, srv)
+	<-r.done
+	if n := loopServed(); n != 0 {
+		t.Errorf("the loops serve %d directions after shutdown", n)
+	}
+	if st := srv.Links(false)[0].Dirs[Down]; st.Bytes != 8192 || st.Waiting != 0 {
+		t.Errorf("link: %d bytes granted, %d waiting; want 8192 (the one grant moved), none", st.Bytes, st.Waiting)
 	}
 }

@@ -6,6 +6,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/sluiceproxy/sluice/shaper"
 )
 
 // The shaping loops serve the small grants of shaped directions, each from
@@ -23,16 +25,20 @@ import (
 // each grant itself with non-blocking raw system calls.
 //
 // A pump hands its direction to the loop (runInLoop) once it holds bytes
-// read ahead, in a pipe or a buffer, of a limit that is its own gate's only
-// (no link, no MP4 plan); the loop takes grants with Gate.TryTake and moves
-// them out of the holder, topping it up from src, until something needs a
-// wait the loop does not do: src has nothing queued, dst has no room, an
-// error or the end of src. It then hands the direction back, and the pump
-// waits in the netpoller as before and hands it in again once it moves.
-// A SetLimit or an abort makes the pump ask for its direction back at
-// once. While the loop has the direction, the pump's goroutine is parked
-// and touches none of its state: ownership passes with the hand-in and
-// the hand-back (a channel send each), so the pump's fields need no lock.
+// read ahead, in a pipe or a buffer, under its own gate, one link, or both
+// (not several links, not an MP4 plan). The loop takes the gate's grants
+// with Gate.TryTake, and asks the link with Member.Ask, whose grant comes
+// in the conn's fair turn as a call of linkGranted from whichever
+// goroutine dispatched it: the loop wakes then, not the pump. It moves
+// each grant out of the holder, topping it up from src, until something
+// needs a wait the loop does not do: src has nothing queued, dst has no
+// room, an error or the end of src. It then hands the direction back, and
+// the pump waits in the netpoller as before and hands it in again once
+// it moves. A SetLimit or an abort makes the pump ask for its direction
+// back at once. While the loop has the direction, the pump's goroutine is
+// parked and touches none of its state: ownership passes with the
+// hand-in and the hand-back (a channel send each), so the pump's fields
+// need no lock.
 
 // loopMaxGrant is the largest grant the loop serves: the grants read ahead
 // (at most a quarter of aheadSize). Larger grants are few enough a second
@@ -45,15 +51,27 @@ const loopTurn = 16
 
 type shapeLoop struct {
 	mu      sync.Mutex
-	running bool    // a goroutine runs the loop; guarded by mu
-	in      []*pump // handed in; guarded by mu
-	out     []*pump // asked back; guarded by mu
-	kick    chan struct{}
+	running bool                       // a goroutine runs the loop
+	asleep  bool                       // it waits for wakeAt (zero: for a kick only)
+	wakeAt  time.Time                  //
+	in      []*pump                    // handed in
+	out     []*pump                    // asked back
+	granted []linkGrant                // a link's grants
+	links   map[*shaper.Link]time.Time // links it drives that need a Dispatch, and when
+	kick    chan struct{}              // wakes it while asleep
 
 	// The loop goroutine's own (a goroutine that ends passes them on
 	// under mu).
-	due   pumpHeap
-	timer *time.Timer // made at the first wait; armed for due[0]
+	due     pumpHeap
+	timer   *time.Timer // made at the first wait
+	timerAt time.Time   // what timer is armed for; zero once fired or stopped
+	parked  int         // directions waiting for a link's grant, in no heap
+}
+
+// linkGrant is a grant a link made to a pump the loop serves.
+type linkGrant struct {
+	p *pump
+	n int
 }
 
 // loops are the process's shaping loops, one per P: a conn's directions
@@ -61,17 +79,66 @@ type shapeLoop struct {
 var loops = func() []*shapeLoop {
 	ls := make([]*shapeLoop, max(1, runtime.GOMAXPROCS(0)))
 	for i := range ls {
-		ls[i] = &shapeLoop{kick: make(chan struct{}, 1)}
+		ls[i] = &shapeLoop{kick: make(chan struct{}, 1), links: map[*shaper.Link]time.Time{}}
 	}
 	return ls
 }()
+
+// linksMade spreads links over the loops.
+var linksMade atomic.Uint64
+
+// newDrivenLink makes a link at ll whose timer is a shaping loop's: the
+// loop dispatches the link's grants when its own timer fires, and serves
+// at once the directions it has of the link's members. The link's members
+// of a direction it may serve are handed to it. A link's timer of its own
+// would wake a goroutine of its own every millisecond, and then the
+// loops its grants went to.
+func newDrivenLink(ll shaper.LinkLimit) (*shaper.Link, *shapeLoop) {
+	sl := shaper.NewLink(ll, nil)
+	l := loops[linksMade.Add(1)%uint64(len(loops))]
+	sl.SetDriver(func(at time.Time) { l.drive(sl, at) })
+	return sl, l
+}
+
+// drive is sl's driver (shaper.Link.SetDriver): sl needs a Dispatch at at,
+// or none if at is zero. sl's lock is held.
+func (l *shapeLoop) drive(sl *shaper.Link, at time.Time) {
+	l.mu.Lock()
+	if at.IsZero() { // nobody waits on sl
+		delete(l.links, sl)
+		l.mu.Unlock()
+		return
+	}
+	if cur, ok := l.links[sl]; !ok || at.Before(cur) {
+		l.links[sl] = at
+	}
+	wake := l.asleep && (l.wakeAt.IsZero() || at.Before(l.wakeAt))
+	l.wakeLocked(wake)
+}
+
+// wakeLocked releases l.mu, and starts the loop's goroutine if none runs,
+// or wakes it if wake.
+func (l *shapeLoop) wakeLocked(wake bool) {
+	start := !l.running
+	l.running = true
+	l.mu.Unlock()
+	switch {
+	case start:
+		go l.run()
+	case wake:
+		select {
+		case l.kick <- struct{}{}:
+		default:
+		}
+	}
+}
 
 // loopable reports whether the direction may be handed to the loop now:
 // it holds bytes read ahead, under its own gate's limit only, in grants
 // the loop serves.
 func (p *pump) loopable() bool {
-	return !loopOff.Load() && p.taken != nil && len(p.members) == 0 && p.pacer == nil &&
-		(p.held != nil || p.ahead != nil) && p.chunk.Load() <= loopMaxGrant
+	return !loopOff.Load() && (p.taken != nil || len(p.members) == 1) && len(p.members) <= 1 &&
+		p.pacer == nil && (p.held != nil || p.ahead != nil) && p.chunk.Load() <= loopMaxGrant
 }
 
 // loopOff turns the loop off for tests of the pump's own moves.
@@ -82,26 +149,52 @@ var loopOff atomic.Bool
 // back. It returns how many bytes are known to be queued then, and the
 // error that ended the loop's moves, if any.
 func (p *pump) runInLoop(queued int) (int, error) {
-	if p.lp == nil { // not on every idle conn
-		p.lp = &loopState{back: make(chan struct{}, 1), peekNow: p.peekNow, idx: -1}
+	lp := p.lp
+	if lp == nil { // not on every idle conn
+		lp = &loopState{back: make(chan struct{}, 1), peekNow: p.peekNow, granted: p.linkGranted,
+			loop: loops[p.c.id%uint64(len(loops))], idx: -1}
+		if p.linkLoop != nil {
+			lp.loop = p.linkLoop // grants come from there
+		}
+		p.lp = lp
 	}
-	g := p.taken
-	changed := g.Changed()
-	p.lp.queued, p.lp.err = queued, nil
-	p.lp.step = loopStep(p.chunk.Load(), g.Limit().Rate) // a change hands the direction back
-	l := loops[p.c.id%uint64(len(loops))]
-	l.handIn(p)
+	lp.queued, lp.err = queued, nil
+	lp.gate, lp.g, lp.m = p.gate.Load(), p.taken, nil
+	var changed <-chan struct{} // a nil gate's change: the loop sees the new gate
+	if lp.gate != nil {
+		changed = lp.gate.Changed()
+	}
+	if len(p.members) == 1 {
+		lp.m = p.members[0]
+	}
+	lp.step = 1
+	if lp.g != nil {
+		lp.step = loopStep(p.chunk.Load(), lp.g.Limit().Rate) // a change hands the direction back
+	}
+	l := lp.loop
+	l.add(&l.in, p)
 	select {
-	case <-p.lp.back:
+	case <-lp.back:
 	case <-changed:
-		l.askBack(p)
-		<-p.lp.back
+		l.add(&l.out, p)
+		<-lp.back
 	case <-p.c.Done():
-		l.askBack(p)
-		<-p.lp.back
+		l.add(&l.out, p)
+		<-lp.back
 	}
-	g.EndWait()
-	return p.lp.queued, p.lp.err
+	if lp.g != nil {
+		lp.g.EndWait()
+	}
+	return lp.queued, lp.err
+}
+
+// linkGranted is the notify of the loop's Member.Ask: the link granted n
+// bytes. The link's lock is held: it only queues the grant for the loop.
+func (p *pump) linkGranted(n int) {
+	l := p.lp.loop
+	l.mu.Lock()
+	l.granted = append(l.granted, linkGrant{p, n})
+	l.wakeLocked(l.asleep)
 }
 
 // loopServed is how many directions the loop serves now.
@@ -111,46 +204,52 @@ func loopServed() int64 { return loopCount.Load() }
 // hand-ins, for tests.
 var loopCount, loopHandIns atomic.Int64
 
-func (l *shapeLoop) handIn(p *pump) {
-	loopHandIns.Add(1)
-	l.mu.Lock()
-	l.in = append(l.in, p)
-	start := !l.running
-	l.running = true
-	l.mu.Unlock()
-	if start {
-		go l.run()
-		return
+// add puts p on the loop's list to hand in (&l.in) or ask back (&l.out),
+// and wakes the loop, or starts it.
+func (l *shapeLoop) add(list *[]*pump, p *pump) {
+	if list == &l.in {
+		loopHandIns.Add(1)
 	}
-	l.poke()
-}
-
-func (l *shapeLoop) askBack(p *pump) {
 	l.mu.Lock()
-	l.out = append(l.out, p)
-	l.mu.Unlock()
-	l.poke()
+	*list = append(*list, p)
+	l.wakeLocked(l.asleep)
 }
 
-func (l *shapeLoop) poke() {
-	select {
-	case l.kick <- struct{}{}:
-	default:
-	}
-}
-
-// run is the loop's goroutine. It ends when it serves no pump and none is
-// handed in; the next hand-in starts it again.
+// run is the loop's goroutine. It ends when it serves no pump, drives no
+// link that needs a Dispatch, and none is handed in; the next hand-in or
+// drive starts it again.
 func (l *shapeLoop) run() {
 	var in, out []*pump
+	var granted []linkGrant
+	var due []*shaper.Link
 	for {
+		// The links due first: their grants to this loop's pumps are
+		// served in this turn.
+		now := time.Now()
+		l.mu.Lock()
+		l.asleep = false
+		for sl, at := range l.links {
+			if !at.After(now) {
+				due = append(due, sl)
+				delete(l.links, sl)
+			}
+		}
+		l.mu.Unlock()
+		for _, sl := range due {
+			sl.Dispatch()
+		}
+		clear(due)
+		due = due[:0]
+
 		l.mu.Lock()
 		in, l.in = l.in, in[:0]
 		out, l.out = l.out, out[:0]
-		if len(in) == 0 && len(out) == 0 && len(l.due) == 0 {
+		granted, l.granted = l.granted, granted[:0]
+		if len(in) == 0 && len(out) == 0 && len(granted) == 0 && len(l.due) == 0 && l.parked == 0 && len(l.links) == 0 {
 			// The loop's own fields pass to the next goroutine under mu.
 			if l.timer != nil {
 				l.timer.Stop()
+				l.timerAt = time.Time{}
 			}
 			l.running = false
 			l.mu.Unlock()
@@ -158,52 +257,133 @@ func (l *shapeLoop) run() {
 		}
 		l.mu.Unlock()
 
-		now := time.Now()
 		for _, p := range in {
+			loopCount.Add(1)
 			p.lp.at = now
 			heap.Push(&l.due, p)
 		}
+		for _, g := range granted {
+			// A grant the loop withdrew meanwhile (see out) is the
+			// withdrawal's: Withdraw returned it.
+			if p := g.p; p.lp.asked {
+				p.gotLink(g.n)
+				l.parked--
+				p.lp.at = now
+				heap.Push(&l.due, p)
+			}
+		}
 		for _, p := range out {
-			if p.lp.idx >= 0 {
+			switch {
+			case p.lp.idx >= 0:
 				heap.Remove(&l.due, p.lp.idx)
-				p.handBack()
+				l.handBack(p)
+			case p.lp.asked:
+				l.parked--
+				l.handBack(p)
 			} // else it was handed back already
 		}
 		clear(in)
 		clear(out)
+		clear(granted)
 		for len(l.due) > 0 && !l.due[0].lp.at.After(now) {
 			p := l.due[0]
-			if at, ok := p.loopServe(); ok {
+			switch at, next := p.loopServe(); next {
+			case serveAt:
 				p.lp.at = at
 				heap.Fix(&l.due, 0)
-			} else {
+			case serveParked:
 				heap.Pop(&l.due)
-				p.handBack()
+				l.parked++
+			default:
+				heap.Pop(&l.due)
+				l.handBack(p)
 			}
 		}
-		if len(l.due) == 0 {
-			continue // to end, unless handed more meanwhile
-		}
-		d := time.Until(l.due[0].lp.at)
-		if l.timer == nil {
-			l.timer = time.NewTimer(d) // exact: the pumps' times are on the grid
-		} else {
-			l.timer.Reset(d)
-		}
-		select {
-		case <-l.kick:
-		case <-l.timer.C:
-		}
+		l.sleep()
 	}
 }
 
-// handBack gives the direction back to its pump, with an empty holder
-// given back too: the pump may now wait long for src.
-func (p *pump) handBack() {
+// sleep waits until the first pump or link is due, or for a kick: a
+// hand-in, an ask-back, a link's grant, or an earlier drive. It returns at
+// once if one came while the loop was awake.
+func (l *shapeLoop) sleep() {
+	l.mu.Lock()
+	if len(l.in) > 0 || len(l.out) > 0 || len(l.granted) > 0 {
+		l.mu.Unlock()
+		return
+	}
+	var wake time.Time
+	if len(l.due) > 0 {
+		wake = l.due[0].lp.at
+	}
+	for _, at := range l.links {
+		if wake.IsZero() || at.Before(wake) {
+			wake = at
+		}
+	}
+	if wake.IsZero() && l.parked == 0 {
+		l.mu.Unlock()
+		return // to end, unless handed more meanwhile
+	}
+	l.asleep, l.wakeAt = true, wake
+	l.mu.Unlock()
+	if wake.IsZero() {
+		<-l.kick // parked pumps wait for their links' grants
+		return
+	}
+	if !wake.Equal(l.timerAt) {
+		// Exact: the pumps' times are on the grid. Not re-armed for the
+		// same time: a timer moved earlier wakes the netpoller.
+		d := time.Until(wake)
+		if l.timer == nil {
+			l.timer = time.NewTimer(d)
+		} else {
+			l.timer.Reset(d)
+		}
+		l.timerAt = wake
+	}
+	select {
+	case <-l.kick:
+	case <-l.timer.C:
+		l.timerAt = time.Time{}
+	}
+}
+
+// handBack gives the direction back to its pump, with the grant it holds
+// and has not moved given back to the gate and the link, and an empty
+// holder given back too: the pump may now wait long for src.
+func (l *shapeLoop) handBack(p *pump) {
+	lp := p.lp
+	if lp.asked {
+		lp.asked = false
+		p.inLink.Store(false)
+		if got := lp.m.Withdraw(); got > 0 {
+			lp.m.Refund(got)
+		}
+	}
+	if lp.g != nil {
+		lp.g.Refund(lp.held)
+	}
+	lp.held = 0
+	p.refund(lp.grant)
+	lp.grant = 0
 	if p.aheadEmpty() {
 		p.dropAhead()
 	}
-	p.lp.back <- struct{}{}
+	loopCount.Add(-1)
+	lp.back <- struct{}{}
+}
+
+// gotLink takes the link's grant of n bytes asked for: the gate's tokens
+// held beyond it go back.
+func (p *pump) gotLink(n int) {
+	lp := p.lp
+	lp.asked = false
+	p.inLink.Store(false)
+	if lp.g != nil && n < lp.held {
+		lp.g.Refund(lp.held - n)
+	}
+	lp.grant, lp.held = n, 0
 }
 
 // peekNow is the RawConn.Read callback of the loop's peek: readable,
@@ -213,53 +393,87 @@ func (p *pump) peekNow(fd uintptr) bool {
 	return true
 }
 
-// loopServe gives the pump up to loopTurn grants. It returns when to serve
-// it next, or false to hand it back.
-func (p *pump) loopServe() (time.Time, bool) {
-	g := p.taken
+// What loopServe tells the loop to do with a pump.
+const (
+	serveAt     = iota // serve it again at the time returned
+	serveParked        // keep it out of the heap until its link grants
+	serveBack          // hand it back
+)
+
+// loopServe gives the pump up to loopTurn grants. It returns what to do
+// with it next, and when to serve it again.
+func (p *pump) loopServe() (time.Time, int) {
+	lp := p.lp
 	for range loopTurn {
-		if p.lp.queued == 0 {
-			// Nothing counted is left, so the holder is empty: count
-			// anew, without waiting.
-			p.avail, p.rerr = 0, nil
-			if err := p.srcRaw.Read(p.lp.peekNow); err != nil || p.avail == 0 {
-				p.lp.err = err // the pump's own peek sees an end or error again
-				p.dropAhead()
-				return time.Time{}, false
+		if lp.grant == 0 {
+			if lp.queued == 0 {
+				// Nothing counted is left, so the holder is empty:
+				// count anew, without waiting.
+				p.avail, p.rerr = 0, nil
+				if err := p.srcRaw.Read(lp.peekNow); err != nil || p.avail == 0 {
+					lp.err = err // the pump's own peek sees an end or error again
+					p.dropAhead()
+					return time.Time{}, serveBack
+				}
+				lp.queued = p.avail
 			}
-			p.lp.queued = p.avail
+			chunk := p.chunk.Load()
+			if p.gate.Load() != lp.gate || chunk > loopMaxGrant {
+				return time.Time{}, serveBack // a limit the hand-in did not see
+			}
+			n := min(lp.queued, int(chunk))
+			if lp.g != nil {
+				var wait time.Duration
+				if n, wait = lp.g.TryTake(n); n == 0 {
+					// Late on a time grid shared by all waits, as a
+					// Gate's own waits end: many pumps come due
+					// together, and the loop wakes once for them.
+					return loopGrid(time.Now().Add(wait), lp.step), serveAt
+				}
+			}
+			if lp.m != nil {
+				upTo := n // a link may grant a key that fell behind more, within the holder
+				if lp.g == nil {
+					upTo = min(lp.queued, aheadSize)
+				}
+				lp.held = n // the gate's tokens, kept while the link decides
+				got, err := lp.m.Ask(n, upTo, lp.granted)
+				switch {
+				case err != nil:
+					lp.err = err
+					return time.Time{}, serveBack // which refunds the tokens held
+				case got == 0:
+					lp.asked = true
+					p.inLink.Store(true)
+					return time.Time{}, serveParked
+				}
+				p.gotLink(got)
+				n = got
+			}
+			lp.grant = n
 		}
-		want := min(p.lp.queued, int(p.chunk.Load()))
-		n, wait := g.TryTake(want)
-		if n == 0 {
-			// Late on a time grid shared by all waits, as a Gate's own
-			// waits end: many pumps come due together, and the loop
-			// wakes once for them.
-			return loopGrid(time.Now().Add(wait), p.lp.step), true
-		}
+		n := lp.grant
 		p.rawNoWait = true
-		w, err := p.fromAhead(n, p.lp.queued)
+		w, err := p.fromAhead(n, lp.queued)
 		p.rawNoWait = false
 		full := err == nil && w < n && !p.aheadEmpty() // the rest stays held
 		if w > 0 {
 			p.moved(int64(w))
 		}
-		if w < n {
-			g.Refund(n - w)
-		}
-		p.lp.queued -= w
+		lp.grant = n - w // handBack refunds it
+		lp.queued -= w
 		if err != nil || full || w < n {
 			if w < n && !full && err == nil {
 				// The holder had fewer bytes than counted (src ended,
 				// or its pipe ran out of slots) and is empty now:
 				// the pump counts anew.
-				p.lp.queued = 0
+				lp.queued = 0
 			}
-			p.lp.err = err
-			return time.Time{}, false
+			lp.err = err
+			return time.Time{}, serveBack
 		}
 	}
-	return time.Now(), true
+	return time.Now(), serveAt
 }
 
 // The loop serves a pump on a time grid: a pump due at t is served at the
@@ -305,7 +519,6 @@ func (h pumpHeap) Swap(i, j int) {
 }
 func (h *pumpHeap) Push(x any) {
 	p := x.(*pump)
-	loopCount.Add(1)
 	p.lp.idx = len(*h)
 	*h = append(*h, p)
 }
@@ -315,6 +528,5 @@ func (h *pumpHeap) Pop() any {
 	old[len(old)-1] = nil
 	*h = old[:len(old)-1]
 	p.lp.idx = -1
-	loopCount.Add(-1)
 	return p
 }

@@ -36,6 +36,7 @@ type pump struct {
 	chunk    atomic.Int64                // grant size when shaped; set by applyLimits
 	gate     atomic.Pointer[shaper.Gate] // nil while the direction has never been limited
 	members  []*shaper.Member            // seats on the links the conn crosses; set before the pump runs
+	linkLoop *shapeLoop                  // the loop that drives the link of a conn that crosses one
 	taken    *shaper.Gate                // the gate the current grant came from, for refunds
 	inLink   atomic.Bool                 // waiting for a link's grant
 
@@ -81,11 +82,20 @@ type pump struct {
 type loopState struct {
 	back    chan struct{}         // the loop hands the direction back
 	peekNow func(fd uintptr) bool // p.peekNow, bound once
+	granted func(int)             // p.linkGranted, bound once
+	loop    *shapeLoop            // the loop the conn's id picks
 	idx     int                   // in the loop's heap; -1 when not there
 	at      time.Time             // when it is due
 	step    int64                 // its grid step, ns
 	queued  int                   // bytes known to be queued on src, read-ahead included
 	err     error                 // what ended the loop's moves
+
+	gate  *shaper.Gate   // p.gate at the hand-in: another one hands the direction back
+	g     *shaper.Gate   // the own gate grants come from, or nil
+	m     *shaper.Member // the link's seat, or nil
+	grant int            // granted and not yet moved
+	asked bool           // m's grant is asked for and has not come
+	held  int            // g's tokens held while m's grant is asked for
 }
 
 func (p *pump) init(c *conn, dir Dir, src, dst net.Conn) {

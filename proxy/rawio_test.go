@@ -52,11 +52,7 @@ func TestShapedMovesWaitForRoom(t *testing.T) {
 			defer server.Close()
 			// Small receive buffers, and a stall longer than sluice's
 			// send buffers can absorb: its writes find no room.
-			for _, c := range []*net.TCPConn{client, server} {
-				if err := c.SetReadBuffer(64 << 10); err != nil {
-					t.Fatal(err)
-				}
-			}
+			smallReadBuffers(t, client, server)
 
 			up := make(chan streamResult, 1)
 			go func() { up <- transfer(client, server, 1, c.size, c.stall) }()
@@ -308,6 +304,17 @@ func TestReadAheadBudget(t *testing.T) {
 				t.Errorf("pipe budget %d after the conns ended, want %d", left, c.pipes)
 			}
 		})
+	}
+}
+
+// smallReadBuffers gives conns 64 KiB receive buffers: a stalled reader
+// soon leaves its sender no room.
+func smallReadBuffers(t *testing.T, conns ...*net.TCPConn) {
+	t.Helper()
+	for _, c := range conns {
+		if err := c.SetReadBuffer(64 << 10); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
 

@@ -2,7 +2,11 @@
 
 package proxy
 
-import "net"
+import (
+	"net"
+
+	"github.com/sluiceproxy/sluice/shaper"
+)
 
 // spliceSupported: elsewhere the pumps copy through a buffer.
 const spliceSupported = false
@@ -33,3 +37,10 @@ func (p *pump) peekNow(fd uintptr) bool           { panic("unreachable") }
 // takePipe: no pipes, so shaped moves read ahead by copying.
 func takePipe() *pipe     { return nil }
 func putPipe(*pipe, bool) {}
+
+type shapeLoop struct{}
+
+// newDrivenLink: without shaping loops a link runs its own timer.
+func newDrivenLink(ll shaper.LinkLimit) (*shaper.Link, *shapeLoop) {
+	return shaper.NewLink(ll, nil), nil
+}

@@ -5,7 +5,7 @@ package shaper
 
 // Begin asks for a grant without blocking: a grant on the spot, or 0 with
 // the ask queued; its grant then comes through Granted or Wait.
-func (m *Member) Begin(n, upTo int) (int, error) { return m.begin(n, upTo) }
+func (m *Member) Begin(n, upTo int) (int, error) { return m.ask(n, upTo, nil) }
 
 // Granted returns a queued ask's grant if it has come.
 func (m *Member) Granted() (int, bool) {

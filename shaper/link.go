@@ -50,7 +50,8 @@ type Link struct {
 	waiting int   // members waiting
 	timer   Timer
 	timerAt time.Time
-	last    time.Time // last grant, for the busy catch-up
+	drive   func(at time.Time) // set: a driver dispatches, not the timer
+	last    time.Time          // last grant, for the busy catch-up
 
 	granted, borrowed int64
 
@@ -279,6 +280,12 @@ type Member struct {
 	queued     bool
 	prev, next *Member
 	left       bool
+
+	// An Ask's: the grant goes to notify, or, granted while the Ask
+	// itself dispatches (inAsk), to got for the Ask to return.
+	notify func(int)
+	got    int
+	inAsk  bool
 }
 
 // ErrLeft is returned by Take on a member that has left.
@@ -300,7 +307,7 @@ func (m *Member) TakeUpTo(ctx context.Context, n, upTo int) (int, error) {
 	if n <= 0 {
 		return 0, nil
 	}
-	if got, err := m.begin(n, upTo); got > 0 || err != nil {
+	if got, err := m.ask(n, upTo, nil); got > 0 || err != nil {
 		return got, err
 	}
 	select {
@@ -310,6 +317,38 @@ func (m *Member) TakeUpTo(ctx context.Context, n, upTo int) (int, error) {
 		m.cancel(true)
 		return 0, ctx.Err()
 	}
+}
+
+// Ask is TakeUpTo for a caller that serves many members from one
+// goroutine and must not block: it grants at once if it can and returns
+// the count, as TakeUpTo would; else it queues the member, returns 0, and
+// the grant comes later, in the member's fair turn, as a call of notify
+// with the count. The Link calls notify with its own lock held, from
+// whichever goroutine dispatched the grant: notify must hand the count on
+// and return, and must not call into the Link. A member has at most one
+// Take or Ask outstanding; [Member.Withdraw] takes back an Ask that is.
+func (m *Member) Ask(n, upTo int, notify func(int)) (int, error) {
+	if n <= 0 {
+		return 0, nil
+	}
+	return m.ask(n, upTo, notify)
+}
+
+// Withdraw takes back an outstanding Ask and returns the bytes granted to
+// it meanwhile, which the caller then holds, to move or Refund: 0 if the
+// Ask was still queued (it is no longer).
+func (m *Member) Withdraw() int {
+	l := m.l
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if m.queued {
+		l.dequeue(m)
+		m.notify = nil
+		return 0
+	}
+	n := m.got
+	m.got = 0
+	return n
 }
 
 // cancel takes back a queued ask: it leaves the queue, or, if its grant
@@ -335,9 +374,10 @@ func (m *Member) cancel(granted bool) {
 	}
 }
 
-// begin grants n at once if it can (nobody waits and the buckets have the
-// tokens), else queues m; the grant then arrives on m.ch.
-func (m *Member) begin(n, upTo int) (int, error) {
+// ask grants n at once if it can (nobody waits and the buckets have the
+// tokens), else queues m; the grant then goes to notify, or, if notify is
+// nil, arrives on m.ch.
+func (m *Member) ask(n, upTo int, notify func(int)) (int, error) {
 	l := m.l
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -356,8 +396,19 @@ func (m *Member) begin(n, upTo int) (int, error) {
 		return m.want, nil
 	}
 	l.enqueue(m)
+	if notify == nil {
+		l.dispatch(now)
+		return 0, nil
+	}
+	m.notify, m.got, m.inAsk = notify, 0, true
 	l.dispatch(now)
-	return 0, nil
+	m.inAsk = false
+	if m.queued || m.notify != nil {
+		return 0, nil
+	}
+	got := m.got // granted by this dispatch
+	m.got = 0
+	return got, nil
 }
 
 // Refund gives back n granted bytes that were not moved, to the link and
@@ -516,6 +567,9 @@ func (l *Link) dequeue(m *Member) {
 			delete(l.keys, k.name)
 		}
 	}
+	if l.waiting == 0 {
+		l.disarm()
+	}
 }
 
 // park takes a key with no waiter out of every heap. Requires l.mu.
@@ -584,7 +638,14 @@ func (l *Link) dispatch(now time.Time) {
 		k.q.remove(m)
 		m.queued = false
 		l.waiting--
-		m.ch <- int(want)
+		if f := m.notify; f != nil {
+			m.notify, m.got = nil, int(want)
+			if !m.inAsk {
+				f(int(want))
+			}
+		} else {
+			m.ch <- int(want)
+		}
 		if l.onGrant != nil {
 			l.onGrant(m)
 		}
@@ -659,6 +720,7 @@ func (l *Link) arm(now time.Time) {
 		at = l.timed[0].wakeAt
 	}
 	if at.IsZero() {
+		l.disarm()
 		return
 	}
 	if !l.timerAt.IsZero() && !at.Before(l.timerAt) && l.timerAt.After(now) {
@@ -673,10 +735,23 @@ func (l *Link) arm(now time.Time) {
 		at = now.Add(d)
 	}
 	l.timerAt = at
-	if l.timer == nil {
+	switch {
+	case l.drive != nil:
+		l.drive(at)
+	case l.timer == nil:
 		l.timer = l.clock.AfterFunc(d, l.fire)
-	} else {
+	default:
 		l.timer.Reset(d)
+	}
+}
+
+// disarm tells a driver that no Dispatch is needed any more: nobody
+// waits. The Link's own timer is left to fire: it finds nothing to do.
+// Requires l.mu.
+func (l *Link) disarm() {
+	if l.drive != nil && !l.timerAt.IsZero() {
+		l.timerAt = time.Time{}
+		l.drive(time.Time{})
 	}
 }
 
@@ -686,6 +761,24 @@ func (l *Link) fire() {
 	l.timerAt = time.Time{}
 	l.dispatch(l.clock.Now())
 }
+
+// SetDriver hands the Link's timer to a caller that has one of its own,
+// such as a loop that serves many members: instead of arming its timer,
+// the Link calls drive with the time it next needs to make grants, and the
+// driver calls [Link.Dispatch] at that time (or later: grants wait), or,
+// once the Link calls drive with the zero time, no more: nobody waits.
+// The Link calls drive with its own lock held: drive must note the time
+// and return, and must not call into the Link. SetDriver must come before
+// the Link's first member joins; nil is not allowed.
+func (l *Link) SetDriver(drive func(at time.Time)) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.drive = drive
+}
+
+// Dispatch makes the grants due now, as the Link's own timer would, for a
+// driver (see [Link.SetDriver]).
+func (l *Link) Dispatch() { l.fire() }
 
 // Key states.
 const (

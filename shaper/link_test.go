@@ -21,7 +21,15 @@ type sim struct {
 	link  *shaper.Link
 	ms    []*simMember
 	tick  time.Duration // how often members act; 0 means 100 µs
+
+	// With simDriven, the sim drives the link (SetDriver) as a shaping
+	// loop does, calling Dispatch at the very instant asked, where the
+	// link's own timer would fire.
+	driveAt time.Time
 }
+
+// simDriven makes newSim's links driven; TestLinkDriven sets it.
+var simDriven bool
 
 type simMember struct {
 	m       *shaper.Member
@@ -35,19 +43,29 @@ type simMember struct {
 	asking  bool
 	got     int64
 	gone    bool
+
+	// Every other member asks with Ask and its grants come through
+	// notify (as a shaping loop's do), the rest with Begin and a channel:
+	// the link must treat both alike.
+	notified bool
+	pending  int // an Ask's grant, from notify
 }
 
 const chunk = 8192
 
 func newSim(t *testing.T, ll shaper.LinkLimit) *sim {
 	c := shapertest.NewClock()
-	return &sim{t: t, clock: c, link: shaper.NewLink(ll, c)}
+	s := &sim{t: t, clock: c, link: shaper.NewLink(ll, c)}
+	if simDriven {
+		s.link.SetDriver(func(at time.Time) { s.driveAt = at })
+	}
+	return s
 }
 
 func (s *sim) add(key string, n int, pace int64) []*simMember {
 	var out []*simMember
 	for range n {
-		sm := &simMember{m: s.link.Join(key), key: key, pace: pace, start: s.clock.Now(), nextAsk: s.clock.Now()}
+		sm := &simMember{m: s.link.Join(key), key: key, pace: pace, start: s.clock.Now(), nextAsk: s.clock.Now(), notified: len(s.ms)%2 == 1}
 		s.ms = append(s.ms, sm)
 		out = append(out, sm)
 	}
@@ -57,7 +75,16 @@ func (s *sim) add(key string, n int, pace int64) []*simMember {
 func (s *sim) leave(ms []*simMember) {
 	for _, sm := range ms {
 		sm.gone = true
-		if sm.asking {
+		switch {
+		case sm.asking && sm.notified:
+			// Withdraw returns the grant if notify has come, as the
+			// caller may not have seen it yet.
+			if got := sm.m.Withdraw(); got != sm.pending {
+				s.t.Fatalf("Withdraw returned %d; notify gave %d", got, sm.pending)
+			}
+			sm.m.Refund(sm.pending)
+			sm.pending = 0
+		case sm.asking:
 			sm.m.Cancel() // what Take does when its ctx ends
 		}
 		sm.m.Leave()
@@ -74,6 +101,10 @@ func (s *sim) step() {
 			}
 			if sm.asking {
 				n, ok := sm.m.Granted()
+				if sm.notified {
+					n, ok = sm.pending, sm.pending > 0
+					sm.pending = 0
+				}
 				if !ok {
 					continue
 				}
@@ -82,7 +113,13 @@ func (s *sim) step() {
 				progress = true
 			}
 			if !sm.asking && !s.clock.Now().Before(sm.nextAsk) {
-				n, err := sm.m.Begin(chunk, max(chunk, sm.upTo))
+				ask := sm.m.Begin
+				if sm.notified {
+					ask = func(n, upTo int) (int, error) {
+						return sm.m.Ask(n, upTo, func(n int) { sm.pending = n })
+					}
+				}
+				n, err := ask(chunk, max(chunk, sm.upTo))
 				if err != nil {
 					s.t.Fatal(err)
 				}
@@ -118,9 +155,25 @@ func (s *sim) run(d time.Duration) {
 	}
 	for el := time.Duration(0); el < d; el += tick {
 		s.step()
-		s.clock.Advance(tick)
+		s.advance(tick)
 	}
 	s.step()
+	if simDriven && s.clock.Timers() != 0 {
+		s.t.Fatalf("a driven link armed %d timers of its own", s.clock.Timers())
+	}
+}
+
+// advance moves the clock on by d, dispatching a driven link when asked.
+func (s *sim) advance(d time.Duration) {
+	end := s.clock.Now().Add(d)
+	for !s.driveAt.IsZero() && !s.driveAt.After(end) {
+		if w := s.driveAt.Sub(s.clock.Now()); w > 0 {
+			s.clock.Advance(w)
+		}
+		s.driveAt = time.Time{}
+		s.link.Dispatch() // may ask again
+	}
+	s.clock.Advance(end.Sub(s.clock.Now()))
 }
 
 // bytes returns what members got since the last reset, per key.
@@ -517,5 +570,145 @@ func TestLinkKeysChangeLive(t *testing.T) {
 	near(t, "b equal again", got["b"], 5*mbps/2, 0.01)
 	if l := s.link.Limit(); l.Burst != 64<<10 {
 		t.Errorf("burst = %d, want 64 KiB", l.Burst)
+	}
+}
+
+// TestLinkAsk checks the non-blocking ask of a shaping loop: a grant on
+// the spot is returned, not notified; a queued one comes through notify
+// when the link's timer fires; Withdraw takes back a queued ask (nothing
+// is granted later) or returns a grant notified meanwhile, which the
+// caller refunds; a member that has left is refused.
+func TestLinkAsk(t *testing.T) {
+	clock := shapertest.NewClock()
+	l := shaper.NewLink(shaper.LinkLimit{Limit: shaper.Limit{Rate: 1000, Burst: 100}}, clock)
+	a := l.Join("a")
+	var notified []int
+	notify := func(n int) { notified = append(notified, n) }
+	if n, err := a.Ask(100, 100, notify); n != 100 || err != nil || len(notified) != 0 {
+		t.Fatalf("Ask on a full bucket = %d, %v, notified %v; want 100 on the spot", n, err, notified)
+	}
+	// The bucket is empty: queued, granted 100 ms later through notify.
+	if n, err := a.Ask(100, 100, notify); n != 0 || err != nil {
+		t.Fatalf("Ask on an empty bucket = %d, %v; want 0, queued", n, err)
+	}
+	if st := l.Stats(); st.Waiting != 1 {
+		t.Fatalf("waiting = %d, want 1", st.Waiting)
+	}
+	clock.Advance(99 * time.Millisecond)
+	if len(notified) != 0 {
+		t.Fatalf("notified %v after 99 ms; want nothing before 100 bytes are there", notified)
+	}
+	clock.Advance(time.Millisecond)
+	if len(notified) != 1 || notified[0] != 100 {
+		t.Fatalf("notified %v after 100 ms; want [100]", notified)
+	}
+	if st := l.Stats(); st.Waiting != 0 || st.Bytes != 200 {
+		t.Fatalf("after the grant: %+v; want nobody waiting, 200 granted", st)
+	}
+
+	// Withdrawn while queued: nothing is granted, then or later.
+	notified = nil
+	if n, _ := a.Ask(100, 100, notify); n != 0 {
+		t.Fatalf("Ask = %d; want queued", n)
+	}
+	if got := a.Withdraw(); got != 0 {
+		t.Fatalf("Withdraw of a queued ask = %d, want 0", got)
+	}
+	clock.Advance(time.Second)
+	if len(notified) != 0 || l.Stats().Waiting != 0 || l.Stats().Bytes != 200 {
+		t.Fatalf("after a withdrawn ask: notified %v, %+v; want nothing granted", notified, l.Stats())
+	}
+
+	// Notified, then withdrawn before the caller saw the grant: Withdraw
+	// returns it, and the refund makes it as if never granted.
+	l.Drain()
+	if n, _ := a.Ask(100, 100, notify); n != 0 {
+		t.Fatalf("Ask = %d; want queued", n)
+	}
+	clock.Advance(100 * time.Millisecond)
+	if got := a.Withdraw(); got != 100 || len(notified) != 1 {
+		t.Fatalf("Withdraw after the grant = %d (notified %v), want 100", got, notified)
+	}
+	a.Refund(100)
+	if st := l.Stats(); st.Bytes != 200 || st.Tokens != 100 {
+		t.Fatalf("after the refund: %+v; want 200 granted, 100 tokens", st)
+	}
+
+	// Granted by the Ask's own dispatch (another key waits, held by its
+	// ceil, so the ask queues first): returned, not notified.
+	l2 := shaper.NewLink(shaper.LinkLimit{Limit: shaper.Limit{Rate: mbps, Burst: 100_000},
+		Overrides: map[string]shaper.KeyLimit{"slow": {Ceil: 10}}}, clock)
+	slow, b := l2.Join("slow"), l2.Join("b")
+	if n, _ := slow.Ask(4*chunk, 4*chunk, notify); n != 4*chunk { // the ceil's burst
+		t.Fatalf("slow's first Ask = %d, want %d", n, 4*chunk)
+	}
+	if n, _ := slow.Ask(10, 10, notify); n != 0 {
+		t.Fatalf("slow's second Ask = %d, want queued behind its ceil", n)
+	}
+	notified = nil
+	if n, err := b.Ask(50, 50, notify); n != 50 || err != nil || len(notified) != 0 {
+		t.Fatalf("Ask while another key waits = %d, %v, notified %v; want 50 returned", n, err, notified)
+	}
+	if got := slow.Withdraw(); got != 0 {
+		t.Fatalf("slow's Withdraw = %d, want 0", got)
+	}
+
+	a.Leave()
+	if _, err := a.Ask(100, 100, notify); !errors.Is(err, shaper.ErrLeft) {
+		t.Fatalf("Ask after Leave: %v, want ErrLeft", err)
+	}
+}
+
+// TestLinkDriven runs the scenarios again with the link driven from
+// outside (SetDriver, Dispatch), as the shaping loops drive sluice's
+// links: the same shares must come out, and no timer of the link's own
+// may be armed.
+func TestLinkDriven(t *testing.T) {
+	simDriven = true
+	defer func() { simDriven = false }()
+	for _, tc := range []struct {
+		name string
+		f    func(*testing.T)
+	}{
+		{"EqualDemand", TestLinkEqualDemand},
+		{"SlowConsumer", TestLinkSlowConsumer},
+		{"KeysOneVsFifty", TestLinkKeysOneVsFifty},
+		{"LatencyBoundKeyGetsItsShare", TestLinkLatencyBoundKeyGetsItsShare},
+		{"BorrowUpToCeil", TestLinkBorrowUpToCeil},
+		{"ContentionAssured", TestLinkContentionAssured},
+		{"Weights", TestLinkWeights},
+		{"KeyJoinsAndLeaves", TestLinkKeyJoinsAndLeaves},
+		{"RateHalved", TestLinkRateHalved},
+		{"NeverOverrun", TestLinkNeverOverrun},
+		{"KeysChangeLive", TestLinkKeysChangeLive},
+	} {
+		t.Run(tc.name, tc.f)
+	}
+}
+
+// TestLinkDriverDisarmed: a driven link asks its driver for a Dispatch
+// while someone waits, and says when nobody does any more (the zero
+// time), so that a loop driving it need not stay awake for it.
+func TestLinkDriverDisarmed(t *testing.T) {
+	clock := shapertest.NewClock()
+	l := shaper.NewLink(shaper.LinkLimit{Limit: shaper.Limit{Rate: 1000, Burst: 100}}, clock)
+	var drives []time.Time
+	l.SetDriver(func(at time.Time) { drives = append(drives, at) })
+	a := l.Join("a")
+	if n, _ := a.Ask(100, 100, func(int) {}); n != 100 || len(drives) != 0 {
+		t.Fatalf("Ask on a full bucket = %d, drives %v; want 100 and no drive", n, drives)
+	}
+	if n, _ := a.Ask(100, 100, func(int) {}); n != 0 {
+		t.Fatalf("Ask = %d; want queued", n)
+	}
+	if want := clock.Now().Add(100 * time.Millisecond); len(drives) != 1 || !drives[0].Equal(want) {
+		t.Fatalf("drives %v; want one at +100ms", drives)
+	}
+	a.Withdraw()
+	if len(drives) != 2 || !drives[1].IsZero() {
+		t.Fatalf("drives after the only waiter withdrew: %v; want the zero time last", drives)
+	}
+	if clock.Timers() != 0 {
+		t.Errorf("a driven link armed %d timers of its own", clock.Timers())
 	}
 }

@@ -123,6 +123,13 @@ func (c *Clock) notify() {
 	}
 }
 
+// Timers returns how many timers are armed.
+func (c *Clock) Timers() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.timers)
+}
+
 // BlockUntil returns once exactly n timers are armed: with one Gate, once its
 // Take is waiting for tokens.
 func (c *Clock) BlockUntil(n int) {
