@@ -86,7 +86,7 @@ type loopState struct {
 	loop    *shapeLoop            // the loop the conn's id picks
 	idx     int                   // in the loop's heap; -1 when not there
 	at      time.Time             // when it is due
-	step    int64                 // its grid step, ns
+	gap     int64                 // ns between grants of its own gate's
 	queued  int                   // bytes known to be queued on src, read-ahead included
 	err     error                 // what ended the loop's moves
 
