@@ -400,9 +400,9 @@ const (
 	serveBack          // hand it back
 )
 
-// loopServe gives the pump up to loopTurn grants, in a loop that serves n
-// pumps. It returns what to do with it next, and when to serve it again.
-func (p *pump) loopServe(n int) (time.Time, int) {
+// loopServe gives the pump up to loopTurn grants, in a loop that serves
+// served pumps. It returns what to do with it next, and when to serve it again.
+func (p *pump) loopServe(served int) (time.Time, int) {
 	lp := p.lp
 	for range loopTurn {
 		if lp.grant == 0 {
@@ -428,7 +428,7 @@ func (p *pump) loopServe(n int) (time.Time, int) {
 					// Late on a time grid shared by all waits, as a
 					// Gate's own waits end: many pumps come due
 					// together, and the loop wakes once for them.
-					return loopGrid(time.Now().Add(wait), loopStep(lp.gap, n)), serveAt
+					return loopGrid(time.Now().Add(wait), loopStep(lp.gap, served)), serveAt
 				}
 			}
 			if lp.m != nil {
