@@ -204,6 +204,9 @@ func loopServed() int64 { return loopCount.Load() }
 // hand-ins, for tests.
 var loopCount, loopHandIns atomic.Int64
 
+// loopWakes counts the loops' timer wake-ups, for tests.
+var loopWakes atomic.Int64
+
 // add puts p on the loop's list to hand in (&l.in) or ask back (&l.out),
 // and wakes the loop, or starts it.
 func (l *shapeLoop) add(list *[]*pump, p *pump) {
@@ -346,6 +349,7 @@ func (l *shapeLoop) sleep() {
 	case <-l.kick:
 	case <-l.timer.C:
 		l.timerAt = time.Time{}
+		loopWakes.Add(1)
 	}
 }
 

@@ -329,3 +329,70 @@ func waitIdle(t *testing.T, srv *Server) {
 		t.Fatalf("%d conns still active", n)
 	}
 }
+
+// TestLoopWakesOnGrid: sixteen paced downloads at 1 MB/s (10 KB grants, a
+// hundred a second each) in the shaping loops wake the loops' timers on
+// their shared 8.4 ms grid, at most 120 times a second a loop, not once
+// per grant.
+func TestLoopWakesOnGrid(t *testing.T) {
+	defer test.TimeOut(30 * time.Second).Stop()
+	checkRoutines(t)
+	b := newBackend(t)
+	srv, addr, _ := startProxy(t, ListenerConfig{Upstream: b.addr(), Limits: ConnLimits{Down: shaper.Limit{Rate: 1_000_000}, KernelPacing: true}})
+	const conns = 16
+	var closers []io.Closer
+	defer func() {
+		for _, c := range closers {
+			c.Close()
+		}
+	}()
+	for range conns {
+		client, server := connect(t, addr, b)
+		closers = append(closers, client, server)
+		go io.Copy(server, zeros{})
+		go io.Copy(io.Discard, client)
+	}
+	for deadline := time.Now().Add(5 * time.Second); loopServed() < conns && time.Now().Before(deadline); {
+		time.Sleep(5 * time.Millisecond) // polling the loops' count
+	}
+	if n := loopServed(); n < conns {
+		t.Fatalf("the loops serve %d directions, want %d", n, conns)
+	}
+	w0, t0 := loopWakes.Load(), time.Now()
+	time.Sleep(time.Second) // real time, for a count of wake-ups a second
+	wakes := float64(loopWakes.Load()-w0) / time.Since(t0).Seconds()
+	// 1,600 grants a second in all; one wake-up each would be 1,600.
+	if most := float64(len(loops)) * 130; wakes > most {
+		t.Errorf("the loops' timers woke %.0f times a second for %d conns at 1 MB/s, want at most %.0f (%d loops on an 8.4 ms grid)", wakes, conns, most, len(loops))
+	}
+	for _, c := range closers {
+		c.Close()
+	}
+	waitIdle(t, srv)
+}
+
+// zeros is an endless source.
+type zeros struct{}
+
+func (zeros) Read(p []byte) (int, error) {
+	clear(p)
+	return len(p), nil
+}
+
+func TestLoopStep(t *testing.T) {
+	for _, c := range []struct {
+		gap  int64
+		n    int
+		want int64
+	}{
+		{10_000_000, 1, 1 << 20},   // alone: within 1 ms of its time
+		{10_000_000, 8, 1 << 23},   // eight at 1 MB/s, 10 KB grants: the 8.4 ms grid
+		{10_000_000, 500, 1 << 23}, // never beyond maxLoopStep
+		{8_192_000, 8, 1 << 22},    // 8 KiB grants at 1 MB/s: a power of two within the gap
+		{0, 5, 1},                  // no gate of its own: no grid
+	} {
+		if got := loopStep(c.gap, c.n); got != c.want {
+			t.Errorf("loopStep(%d, %d) = %d, want %d", c.gap, c.n, got, c.want)
+		}
+	}
+}
