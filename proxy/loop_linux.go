@@ -28,8 +28,10 @@ import (
 // read ahead, in a pipe or a buffer, under its own gate, one link, or both
 // (not several links, not an MP4 plan). The loop takes the gate's grants
 // with Gate.TryTake, and asks the link with Member.Ask, whose grant comes
-// in the conn's fair turn as a call of linkGranted from whichever
-// goroutine dispatched it: the loop wakes then, not the pump. It moves
+// in the conn's fair turn as a call of linkGranted. Each link is driven
+// by one loop (newDrivenLink), which makes the link's grants when its own
+// timer fires and serves its members' directions: the loop wakes then,
+// not the pump, nor a timer goroutine of the link's. It moves
 // each grant out of the holder, topping it up from src, until something
 // needs a wait the loop does not do: src has nothing queued, dst has no
 // room, an error or the end of src. It then hands the direction back, and
@@ -75,7 +77,7 @@ type linkGrant struct {
 }
 
 // loops are the process's shaping loops, one per P: a conn's directions
-// go to one of them by its id.
+// go to one of them by its id, or under a link to the link's.
 var loops = func() []*shapeLoop {
 	ls := make([]*shapeLoop, max(1, runtime.GOMAXPROCS(0)))
 	for i := range ls {
@@ -133,9 +135,9 @@ func (l *shapeLoop) wakeLocked(wake bool) {
 	}
 }
 
-// loopable reports whether the direction may be handed to the loop now:
-// it holds bytes read ahead, under its own gate's limit only, in grants
-// the loop serves.
+// loopable reports whether the direction may be handed to a loop now: it
+// holds bytes read ahead, under its own gate, one link or both (no MP4
+// plan), in grants the loop serves.
 func (p *pump) loopable() bool {
 	return !loopOff.Load() && (p.taken != nil || len(p.members) == 1) && len(p.members) <= 1 &&
 		p.pacer == nil && (p.held != nil || p.ahead != nil) && p.chunk.Load() <= loopMaxGrant

@@ -48,6 +48,7 @@ type Link struct {
 	timed   timeHeap
 	vt, vtb int64 // virtual time of the last green and borrowed grant
 	waiting int   // members waiting
+	blocked int   // of them, waiting in Take (not an Ask)
 	timer   Timer
 	timerAt time.Time
 	drive   func(at time.Time) // set: a driver dispatches, not the timer
@@ -395,12 +396,13 @@ func (m *Member) ask(n, upTo int, notify func(int)) (int, error) {
 	if l.waiting == 0 && l.serveNow(m.k, int64(m.want), now) {
 		return m.want, nil
 	}
+	m.notify = notify
 	l.enqueue(m)
 	if notify == nil {
 		l.dispatch(now)
 		return 0, nil
 	}
-	m.notify, m.got, m.inAsk = notify, 0, true
+	m.got, m.inAsk = 0, true
 	l.dispatch(now)
 	m.inAsk = false
 	if m.queued || m.notify != nil {
@@ -540,6 +542,9 @@ func (l *Link) enqueue(m *Member) {
 	k.q.push(m)
 	m.queued = true
 	l.waiting++
+	if m.notify == nil {
+		l.blocked++
+	}
 	if k.state == idle {
 		// A key that was idle starts at the present: no credit for idle
 		// time. One back from moving its last grant keeps what it is
@@ -561,6 +566,9 @@ func (l *Link) dequeue(m *Member) {
 	k.q.remove(m)
 	m.queued = false
 	l.waiting--
+	if m.notify == nil {
+		l.blocked--
+	}
 	if k.q.n == 0 {
 		l.park(k)
 		if k.members == 0 {
@@ -644,6 +652,7 @@ func (l *Link) dispatch(now time.Time) {
 				f(int(want))
 			}
 		} else {
+			l.blocked--
 			m.ch <- int(want)
 		}
 		if l.onGrant != nil {
@@ -736,7 +745,7 @@ func (l *Link) arm(now time.Time) {
 	}
 	l.timerAt = at
 	switch {
-	case l.drive != nil:
+	case l.drive != nil && l.blocked == 0:
 		l.drive(at)
 	case l.timer == nil:
 		l.timer = l.clock.AfterFunc(d, l.fire)
@@ -763,13 +772,17 @@ func (l *Link) fire() {
 }
 
 // SetDriver hands the Link's timer to a caller that has one of its own,
-// such as a loop that serves many members: instead of arming its timer,
-// the Link calls drive with the time it next needs to make grants, and the
+// such as a loop that serves many members through Ask: while every member
+// waiting asked with Ask, instead of arming its timer, the Link calls
+// drive with the time it next needs to make grants, and the
 // driver calls [Link.Dispatch] at that time (or later: grants wait), or,
 // once the Link calls drive with the zero time, no more: nobody waits.
 // The Link calls drive with its own lock held: drive must note the time
 // and return, and must not call into the Link. SetDriver must come before
-// the Link's first member joins; nil is not allowed.
+// the Link's first member joins; nil is not allowed. While a member waits
+// in Take, the Link's own timer makes the grants: a driver busy moving the
+// bytes of its own members would keep those waiting, and a Take's wake
+// costs a goroutine wake-up anyway.
 func (l *Link) SetDriver(drive func(at time.Time)) {
 	l.mu.Lock()
 	defer l.mu.Unlock()

@@ -65,7 +65,7 @@ func newSim(t *testing.T, ll shaper.LinkLimit) *sim {
 func (s *sim) add(key string, n int, pace int64) []*simMember {
 	var out []*simMember
 	for range n {
-		sm := &simMember{m: s.link.Join(key), key: key, pace: pace, start: s.clock.Now(), nextAsk: s.clock.Now(), notified: len(s.ms)%2 == 1}
+		sm := &simMember{m: s.link.Join(key), key: key, pace: pace, start: s.clock.Now(), nextAsk: s.clock.Now(), notified: simDriven || len(s.ms)%2 == 1}
 		s.ms = append(s.ms, sm)
 		out = append(out, sm)
 	}
@@ -660,9 +660,9 @@ func TestLinkAsk(t *testing.T) {
 }
 
 // TestLinkDriven runs the scenarios again with the link driven from
-// outside (SetDriver, Dispatch), as the shaping loops drive sluice's
-// links: the same shares must come out, and no timer of the link's own
-// may be armed.
+// outside (SetDriver, Dispatch) and every member asking with Ask, as the
+// shaping loops drive sluice's links: the same shares must come out, and
+// no timer of the link's own may be armed.
 func TestLinkDriven(t *testing.T) {
 	simDriven = true
 	defer func() { simDriven = false }()
@@ -710,5 +710,35 @@ func TestLinkDriverDisarmed(t *testing.T) {
 	}
 	if clock.Timers() != 0 {
 		t.Errorf("a driven link armed %d timers of its own", clock.Timers())
+	}
+}
+
+// TestLinkDriverWithTake: while a member waits in Take, a driven link
+// arms its own timer (the driver may be busy), and hands the timing back
+// to the driver once only Asks wait.
+func TestLinkDriverWithTake(t *testing.T) {
+	clock := shapertest.NewClock()
+	l := shaper.NewLink(shaper.LinkLimit{Limit: shaper.Limit{Rate: 1000, Burst: 100}}, clock)
+	var drives []time.Time
+	l.SetDriver(func(at time.Time) { drives = append(drives, at) })
+	a, b := l.Join("a"), l.Join("b")
+	if n, _ := a.Begin(100, 100); n != 100 {
+		t.Fatalf("Begin on a full bucket = %d, want 100", n)
+	}
+	if n, _ := a.Begin(100, 100); n != 0 {
+		t.Fatalf("Begin = %d; want queued", n)
+	}
+	if len(drives) != 0 || clock.Timers() != 1 {
+		t.Fatalf("a Take waits: drives %v, %d timers; want the link's own timer", drives, clock.Timers())
+	}
+	clock.Advance(100 * time.Millisecond)
+	if n, ok := a.Granted(); !ok || n != 100 {
+		t.Fatalf("after 100 ms: granted %d, %v; want 100 by the link's own timer", n, ok)
+	}
+	if n, _ := b.Ask(100, 100, func(int) {}); n != 0 {
+		t.Fatalf("Ask = %d; want queued", n)
+	}
+	if len(drives) != 1 {
+		t.Fatalf("only an Ask waits: drives %v; want the driver asked", drives)
 	}
 }

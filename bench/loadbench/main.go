@@ -48,6 +48,7 @@ var (
 	shapeRate  = flag.Int64("shape-rate", 0, "-shape: measure only -shape-conns connections at this rate each, bytes/s")
 	shapeConns = flag.Int("shape-conns", 1, "-shape: connections of the -shape-rate case")
 	only       = flag.String("only", "", "-shape: run only the cases and proxies whose names contain this")
+	windows    = flag.Bool("windows", false, "-shape, -links: also print every 100 ms window after the first second ÷ rate×0.1 s (stderr)")
 	clientMSS  = flag.Int("client-mss", 1448, "-shape: MSS the clients advertise (TCP_MAXSEG), as on an Ethernet path; 0 keeps loopback's 64 KB")
 )
 

@@ -212,9 +212,14 @@ func arrivalFigures(agg []int64, rate float64) (first, errPct, minWin, maxWin fl
 	errPct = (float64(sum(perSec, perSec+steadyBins))/(rate*duration.Seconds()) - 1) * 100
 	per := int(100 * time.Millisecond / binWidth)
 	minWin, maxWin = 1e9, 0
+	var ws []string
 	for k := perSec; k+per <= perSec+steadyBins; k += per {
 		w := float64(sum(k, k+per)) / (rate * 0.1)
 		minWin, maxWin = min(minWin, w), max(maxWin, w)
+		ws = append(ws, fmt.Sprintf("%.3f", w))
+	}
+	if *windows {
+		fmt.Fprintln(os.Stderr, "windows:", strings.Join(ws, " "))
 	}
 	return first, errPct, minWin, maxWin
 }
