@@ -57,7 +57,7 @@ func NewCollector(srv *Server) *Collector {
 
 		readAhead:   d("read_ahead_bytes", "Memory shaped connections hold in bytes read ahead of their grants, process-wide (at most 32 MiB)."),
 		shapedPipes: d("shaped_pipes", "Pipes shaped connections hold now, process-wide (at most 256; two descriptors each)."),
-		loopDirs:    d("shaping_loop_directions", "Connection directions the shaping loop serves now, process-wide."),
+		loopDirs:    d("shaping_loop_directions", "Connection directions the shaping loops serve now (those waiting for a link grant included), process-wide."),
 	}
 }
 
