@@ -326,9 +326,9 @@ func (l *shapeLoop) sleep() {
 			wake = at
 		}
 	}
-	if wake.IsZero() && l.parked == 0 {
+	if wake.IsZero() && l.parked == 0 || !wake.IsZero() && !wake.After(time.Now()) {
 		l.mu.Unlock()
-		return // to end, unless handed more meanwhile
+		return // to end, unless handed more meanwhile; or due already
 	}
 	l.asleep, l.wakeAt = true, wake
 	l.mu.Unlock()
@@ -477,6 +477,14 @@ func (p *pump) loopServe(served int) (time.Time, int) {
 			}
 			lp.err = err
 			return time.Time{}, serveBack
+		}
+		if lp.m != nil {
+			// One link grant a turn: a link with no one waiting grants
+			// an ask at once, and a pump that asked again here would
+			// take the tokens meant for the others the loop has yet to
+			// serve, whose grants it just moved. It asks again after
+			// them.
+			return time.Now(), serveAt
 		}
 	}
 	return time.Now(), serveAt

@@ -499,8 +499,10 @@ func (l *Link) grant(k *linkKey, want int64, green bool, now time.Time) {
 	l.last = now
 }
 
-// LinkTick is the shortest wait a Link's timer is armed for.
-const LinkTick = time.Millisecond
+// LinkTick is the shortest wait a Link's timer (or its driver's) is armed
+// for. 4 ms: at 50 connections sharing 50 MB/s it cost a quarter less CPU
+// than 1 ms, with the same fairness (docs/links.md).
+const LinkTick = 4 * time.Millisecond
 
 // MaxCredit bounds the credit a key behind its share gets on one grant, in
 // grants (of the size asked for).
@@ -737,7 +739,7 @@ func (l *Link) arm(now time.Time) {
 	}
 	// Wake at most every LinkTick: the grants due meanwhile are served
 	// together (the bucket's catch-up keeps their tokens), so a busy link
-	// costs a thousand timer wake-ups a second, not one per grant.
+	// costs 250 timer wake-ups a second, not one per grant.
 	d := max(at.Sub(now), 0)
 	if d > 0 && d < LinkTick {
 		d = LinkTick
