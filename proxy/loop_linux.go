@@ -406,8 +406,9 @@ const (
 	serveBack          // hand it back
 )
 
-// loopServe gives the pump up to loopTurn grants, in a loop that serves
-// served pumps. It returns what to do with it next, and when to serve it again.
+// loopServe gives the pump up to loopTurn grants (one under a link), in a
+// loop that serves served pumps. It returns what to do with it next, and
+// when to serve it again.
 func (p *pump) loopServe(served int) (time.Time, int) {
 	lp := p.lp
 	for range loopTurn {

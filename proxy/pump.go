@@ -83,7 +83,7 @@ type loopState struct {
 	back    chan struct{}         // the loop hands the direction back
 	peekNow func(fd uintptr) bool // p.peekNow, bound once
 	granted func(int)             // p.linkGranted, bound once
-	loop    *shapeLoop            // the loop the conn's id picks
+	loop    *shapeLoop            // the loop the conn's id picks, or its link's
 	idx     int                   // in the loop's heap; -1 when not there
 	at      time.Time             // when it is due
 	gap     int64                 // ns between grants of its own gate's

@@ -781,7 +781,8 @@ func (l *Link) fire() {
 // once the Link calls drive with the zero time, no more: nobody waits.
 // The Link calls drive with its own lock held: drive must note the time
 // and return, and must not call into the Link. SetDriver must come before
-// the Link's first member joins; nil is not allowed. While a member waits
+// the Link's first member joins; nil gives the Link its own timer back.
+// While a member waits
 // in Take, the Link's own timer makes the grants: a driver busy moving the
 // bytes of its own members would keep those waiting, and a Take's wake
 // costs a goroutine wake-up anyway.
