@@ -154,35 +154,39 @@ func (c *conn) Err() error {
 }
 
 // pacedGrant is how much rate a grant covers when the kernel paces the
-// client socket: the kernel then spaces the bytes on the wire at the rate,
-// so the pump can take fewer, larger grants (fewer wake-ups and syscalls).
-// 10 ms gives 10 KB grants at 1 MB/s and 100 KB at 10 MB/s; 100 ms windows
-// stay within 0.95–1.06 of the rate for a client on an Ethernet-MSS path
-// (measured in docs/shaping.md).
+// client socket. 10 ms gives 10 KB grants at 1 MB/s and 100 KB at 10 MB/s;
+// 100 ms windows stay within 0.95–1.06 of the rate for a client on an
+// Ethernet-MSS path (measured in docs/shaping.md). Whether the kernel also
+// spreads a grant's packets depends on the path: on a path with a minimum
+// RTT below a few milliseconds (loopback, a LAN) Linux sends a grant of up
+// to 64 KB as one burst whatever the pacing rate; on a longer path it
+// sends a few segments at a time at the rate (docs/shaping.md).
 const pacedGrant = 10 * time.Millisecond
 
 // unpacedGrant is how much rate a grant covers without kernel pacing: at
-// least one chunk, so from 8 MB/s a grant is 1 ms of the rate (100 KB at
-// 100 MB/s), a burst too short to matter against any window a client or a
-// line sees, and a third of the CPU per byte of 8 KiB grants (measured in
-// docs/shaping.md).
-const unpacedGrant = time.Millisecond
+// least one chunk, so from 1.6 MB/s a grant is 5 ms of the rate (500 KB at
+// 100 MB/s). A client receives each grant as one block, so a 100 ms window
+// is within about one grant (±5%) of the rate. Against 1 ms grants it cut
+// CPU at 100 MB/s by a third (docs/shaping.md); 8 ms grants cut more but
+// put windows and the rate's error at the edge of their targets.
+const unpacedGrant = 5 * time.Millisecond
 
 // maxPacedRate is the highest down rate, in bytes per second, at which
 // sluice asks the kernel to pace. At 100 MB/s the kernel's pacing stalled
 // the socket for 40–60 ms in two 10-s runs of three (a 0.5× window, 0.7%
 // short) on the benchmark machine, whatever the grant size; at 30 and
-// 50 MB/s it never did. Above it, 1 ms grants without pacing measured
-// smooth (docs/shaping.md).
+// 50 MB/s it never did. Above it, unpaced grants measured smooth
+// (docs/shaping.md).
 const maxPacedRate = 50_000_000
 
 // pacingHeadroomPct is how far above the down rate SO_MAX_PACING_RATE is set.
 const pacingHeadroomPct = 2
 
-// maxPacedGrant caps a paced grant, in bytes (reached from 52 MB/s). Grants
-// of 768 KiB and 1 MiB at 100 MB/s cut CPU by a third but stalled the
-// stream for 40–70 ms once in every 10 s run (a 0.6× window, 0.7% short);
-// 512 KiB never did (measured in docs/shaping.md).
+// maxPacedGrant caps a grant, in bytes: reached from 52 MB/s paced and
+// from 105 MB/s unpaced. Paced grants of 768 KiB and 1 MiB at 100 MB/s cut
+// CPU by a third but stalled the stream for 40–70 ms once in every 10 s
+// run (a 0.6× window, 0.7% short); 512 KiB never did (measured in
+// docs/shaping.md).
 const maxPacedGrant = 512 << 10
 
 // applyLimits sets the conn's gates (making them on first need), grant

@@ -242,22 +242,27 @@ func startLinked(t *testing.T, upstream string, rate int64, lim ConnLimits) (*Se
 // until every socket fills, so that the loop hands directions back with
 // part of a grant unmoved: byte-exact, and the link and the gates granted
 // exactly the bytes moved, net of refunds (a grant the hand-back kept or
-// lost would show). Every direction leaves the loop at the end.
+// lost would show). Every direction leaves the loop at the end, and no
+// turn moves more than one link grant.
 func TestLinkInLoop(t *testing.T) {
 	for _, c := range []struct {
-		name string
-		lim  ConnLimits
+		name  string
+		lim   ConnLimits
+		size  int
+		stall time.Duration // over 4 MB at a conn's rate: more than sluice's send buffer takes
 	}{
-		{"link only", ConnLimits{}},
-		{"link and gate", ConnLimits{Up: shaper.Limit{Rate: 12_000_000}, Down: shaper.Limit{Rate: 12_000_000}}}, // 12 KB grants
+		{"link only", ConnLimits{}, 12 << 20, 600 * time.Millisecond}, // 10 MB/s a conn
+		{"link and gate", ConnLimits{Up: shaper.Limit{Rate: 3_000_000}, Down: shaper.Limit{Rate: 3_000_000}}, // 15 KB grants
+			6 << 20, 1500 * time.Millisecond},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			defer test.TimeOut(60 * time.Second).Stop()
 			checkRoutines(t)
-			handIns := loopHandIns.Load()
+			handIns, repeats := loopHandIns.Load(), loopLinkRepeats.Load()
 			b := newBackend(t)
-			srv, addr := startLinked(t, b.addr(), 30_000_000, c.lim) // 10 MB/s a conn
-			const size, conns = 12 << 20, 3
+			srv, addr := startLinked(t, b.addr(), 30_000_000, c.lim)
+			const conns = 3
+			size := c.size
 			type pair struct{ client, server *net.TCPConn }
 			var pairs []pair
 			for range conns {
@@ -284,9 +289,8 @@ func TestLinkInLoop(t *testing.T) {
 				return len(srv.conns) == conns && (c.lim.Down.Unlimited() || len(gates) == 2*conns)
 			})
 
-			// Over 4 MB at a conn's share: more than sluice's send
-			// buffer takes, so its writes find no room.
-			const stall = 600 * time.Millisecond
+			// Sluice's writes find no room.
+			stall := c.stall
 			errs := make(chan error, 2*conns)
 			for i, p := range pairs {
 				go func() { errs <- transfer(p.client, p.server, uint64(2*i), size, stall).exact(size) }()
@@ -309,13 +313,19 @@ func TestLinkInLoop(t *testing.T) {
 			if n := loopHandIns.Load() - handIns; n < 2*conns {
 				t.Errorf("the loop was handed a direction %d times, want at least %d", n, 2*conns)
 			}
+			// One link grant a turn: a pump that asked the link again
+			// in the turn it moved a grant would take the tokens of
+			// those the loop has yet to serve.
+			if n := loopLinkRepeats.Load() - repeats; n != 0 {
+				t.Errorf("%d turns went on after moving a link grant, want none", n)
+			}
 			for d, st := range srv.Links(false)[0].Dirs {
-				if st.Bytes != conns*size || st.Waiting != 0 {
+				if st.Bytes != int64(conns*size) || st.Waiting != 0 {
 					t.Errorf("link %s: %d bytes granted, %d waiting; want %d, none", Dir(d), st.Bytes, st.Waiting, conns*size)
 				}
 			}
 			for _, g := range gates {
-				if st := g.Stats(); st.Bytes != size {
+				if st := g.Stats(); st.Bytes != int64(size) {
 					t.Errorf("a gate granted %d bytes, want %d", st.Bytes, size)
 				}
 			}

@@ -209,6 +209,11 @@ var loopCount, loopHandIns atomic.Int64
 // loopWakes counts the loops' timer wake-ups, for tests.
 var loopWakes atomic.Int64
 
+// loopLinkRepeats counts the turns in which a pump under a link went on
+// after moving a grant, for tests: none, by the one-grant-a-turn rule
+// (loopServe).
+var loopLinkRepeats atomic.Int64
+
 // add puts p on the loop's list to hand in (&l.in) or ask back (&l.out),
 // and wakes the loop, or starts it.
 func (l *shapeLoop) add(list *[]*pump, p *pump) {
@@ -411,7 +416,10 @@ const (
 // when to serve it again.
 func (p *pump) loopServe(served int) (time.Time, int) {
 	lp := p.lp
-	for range loopTurn {
+	for i := range loopTurn {
+		if i > 0 && lp.m != nil {
+			loopLinkRepeats.Add(1) // the rule below broken
+		}
 		if lp.grant == 0 {
 			if lp.queued == 0 {
 				// Nothing counted is left, so the holder is empty:

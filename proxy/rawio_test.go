@@ -29,12 +29,13 @@ func TestShapedMovesWaitForRoom(t *testing.T) {
 		pipes int64         // pipe budget: 0 makes read-ahead copy
 		loop  bool          // moved by the shaping loop
 	}{
-		{"read-ahead", 12_000_000, 16 << 20, 600 * time.Millisecond, ShapedPipes, false}, // 12 KB grants, spliced ahead
-		{"read-ahead-copy", 12_000_000, 16 << 20, 600 * time.Millisecond, 0, false},      // the same, copied ahead
-		{"loop", 12_000_000, 16 << 20, 600 * time.Millisecond, ShapedPipes, true},        // spliced ahead by the loop
-		{"loop-copy", 12_000_000, 16 << 20, 600 * time.Millisecond, 0, true},             // copied ahead by the loop
-		{"copy", 40_000_000, 48 << 20, 300 * time.Millisecond, ShapedPipes, false},       // 40 KB grants
-		{"splice", 200_000_000, 96 << 20, 300 * time.Millisecond, ShapedPipes, false},    // 200 KB grants
+		// Grants are 5 ms of the rate (unpacedGrant).
+		{"read-ahead", 3_000_000, 6 << 20, 1500 * time.Millisecond, ShapedPipes, false}, // 15 KB grants, spliced ahead
+		{"read-ahead-copy", 3_000_000, 6 << 20, 1500 * time.Millisecond, 0, false},      // the same, copied ahead
+		{"loop", 3_000_000, 6 << 20, 1500 * time.Millisecond, ShapedPipes, true},        // spliced ahead by the loop
+		{"loop-copy", 3_000_000, 6 << 20, 1500 * time.Millisecond, 0, true},             // copied ahead by the loop
+		{"copy", 8_000_000, 16 << 20, 600 * time.Millisecond, ShapedPipes, false},       // 40 KB grants
+		{"splice", 200_000_000, 96 << 20, 300 * time.Millisecond, ShapedPipes, false},   // 512 KiB grants (the cap)
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			defer test.TimeOut(60 * time.Second).Stop()
@@ -131,7 +132,7 @@ func TestSplicedGrantAfterReset(t *testing.T) {
 	for _, c := range []struct {
 		name string
 		rate int64
-	}{{"grant", 200_000_000}, {"read-ahead", 8_000_000}} {
+	}{{"grant", 200_000_000}, {"read-ahead", 3_000_000}} { // 512 KiB and 15 KB grants
 		t.Run(c.name, func(t *testing.T) {
 			defer test.TimeOut(60 * time.Second).Stop()
 			checkRoutines(t)
@@ -279,7 +280,7 @@ func TestReadAheadBudget(t *testing.T) {
 			aheadBudget.Store(c.memory)
 			defer aheadBudget.Store(AheadBudget)
 			b := newBackend(t)
-			srv, addr, _ := startProxy(t, ListenerConfig{Upstream: b.addr(), Limits: ConnLimits{Down: shaper.Limit{Rate: 8_000_000}}})
+			srv, addr, _ := startProxy(t, ListenerConfig{Upstream: b.addr(), Limits: ConnLimits{Down: shaper.Limit{Rate: 3_000_000}}}) // 15 KB grants
 			const size = 4 << 20
 			errs := make(chan error, 2)
 			var conns []*net.TCPConn

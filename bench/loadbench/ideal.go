@@ -24,8 +24,9 @@ import (
 // costs (almost) nothing: the floor under any design of sluice's pumps.
 
 var (
-	idealProxy = flag.String("ideal-proxy", "", "internal: run the ideal loop on source,echo,upstream,rate")
-	idealGrant = flag.Duration("ideal-paced-grant", 10*time.Millisecond, "-shape: the ideal loop's grant when the kernel paces, as time at the rate (sluice's is 10ms)")
+	idealProxy   = flag.String("ideal-proxy", "", "internal: run the ideal loop on source,echo,upstream,rate")
+	idealGrant   = flag.Duration("ideal-paced-grant", 10*time.Millisecond, "-shape: the ideal loop's grant when the kernel paces, as time at the rate (sluice's is 10ms)")
+	idealUnpaced = flag.Duration("ideal-unpaced-grant", 5*time.Millisecond, "-shape: the ideal loop's grant when the kernel does not pace (above 50 MB/s), as time at the rate (sluice's is 5ms)")
 )
 
 // startIdeal runs this binary as the ideal loop in front of srcAddr.
@@ -38,7 +39,7 @@ func startIdeal(srcAddr, echoAddr string, rate int64) (*proxyProc, error) {
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(self, "-ideal-proxy", strings.Join([]string{a, b, srcAddr, strconv.FormatInt(rate, 10)}, ","), "-ideal-paced-grant", idealGrant.String())
+	cmd := exec.Command(self, "-ideal-proxy", strings.Join([]string{a, b, srcAddr, strconv.FormatInt(rate, 10)}, ","), "-ideal-paced-grant", idealGrant.String(), "-ideal-unpaced-grant", idealUnpaced.String())
 	cmd.Stderr = os.Stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
@@ -54,12 +55,11 @@ func startIdeal(srcAddr, echoAddr string, rate int64) (*proxyProc, error) {
 }
 
 // Grant sizes as sluice takes them (proxy/conn.go): 10 ms of the rate when
-// the kernel paces (up to 50 MB/s; -ideal-paced-grant), else 1 ms of the
-// rate, at least a chunk.
+// the kernel paces (up to 50 MB/s; -ideal-paced-grant), else 5 ms of the
+// rate (-ideal-unpaced-grant), at least a chunk.
 const (
-	idealUnpacedTick = time.Millisecond
-	idealMaxPaced    = 50_000_000
-	idealAhead       = 64 << 10 // read ahead, as sluice does for small grants
+	idealMaxPaced = 50_000_000
+	idealAhead    = 64 << 10 // read ahead, as sluice does for small grants
 )
 
 type idealConn struct {
@@ -98,7 +98,7 @@ func runIdealProxy(spec string) error {
 		}
 	}()
 	paced := rate <= idealMaxPaced
-	tick := idealUnpacedTick
+	tick := *idealUnpaced
 	if paced {
 		tick = *idealGrant
 	}

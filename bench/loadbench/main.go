@@ -83,6 +83,10 @@ func main() {
 		}
 		return
 	}
+	run := run
+	if *pacingProbe {
+		run = runPacingProbe
+	}
 	if err := run(); err != nil {
 		fmt.Fprintln(os.Stderr, "loadbench:", err)
 		os.Exit(1)
@@ -551,8 +555,13 @@ func children(pid int) []int {
 
 // cpuSeconds sums user and system CPU time of pids.
 func cpuSeconds(pids []int) float64 {
+	user, sys := cpuTimes(pids)
+	return user + sys
+}
+
+// cpuTimes sums the user and the system CPU time of pids, in seconds.
+func cpuTimes(pids []int) (user, sys float64) {
 	const ticks = 100 // USER_HZ
-	var total float64
 	for _, pid := range pids {
 		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 		if err != nil {
@@ -562,9 +571,10 @@ func cpuSeconds(pids []int) float64 {
 		f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
 		ut, _ := strconv.ParseFloat(f[11], 64)
 		st, _ := strconv.ParseFloat(f[12], 64)
-		total += (ut + st) / ticks
+		user += ut / ticks
+		sys += st / ticks
 	}
-	return total
+	return user, sys
 }
 
 func rssKiB(pids []int) int64 {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"flag"
 	"fmt"
 	"net"
 	"os"
@@ -33,6 +34,7 @@ type shapeResult struct {
 	MinWin   float64 // lowest 100 ms window after the first second ÷ rate×0.1 s
 	MaxWin   float64 // highest
 	CPUPerGB float64
+	SysPerGB float64 // the system-time part of CPUPerGB
 }
 
 // shaper is a proxy set up for a rate.
@@ -41,14 +43,17 @@ type shaperTarget struct {
 	start func(dir, src, echo string, rate int64) (*proxyProc, error)
 }
 
+// chunk is the default chunk and burst, as sluice's.
 const chunk = 8192
+
+var shapeChunk = flag.Int("shape-chunk", chunk, "-shape: sluice's chunk and burst, bytes (a grant is at least one chunk)")
 
 var shaperTargets = []shaperTarget{
 	{"sluice pacing on", func(dir, src, echo string, rate int64) (*proxyProc, error) {
-		return startSluice(dir, src, echo, fmt.Sprintf(`chunk: %d, conn: {down: {rate: "%dB/s", burst: %d, kernel_pacing: true}}`, chunk, rate, chunk))
+		return startSluice(dir, src, echo, fmt.Sprintf(`chunk: %d, conn: {down: {rate: "%dB/s", burst: %d, kernel_pacing: true}}`, *shapeChunk, rate, *shapeChunk))
 	}},
 	{"sluice pacing off", func(dir, src, echo string, rate int64) (*proxyProc, error) {
-		return startSluice(dir, src, echo, fmt.Sprintf(`chunk: %d, conn: {down: {rate: "%dB/s", burst: %d, kernel_pacing: false}}`, chunk, rate, chunk))
+		return startSluice(dir, src, echo, fmt.Sprintf(`chunk: %d, conn: {down: {rate: "%dB/s", burst: %d, kernel_pacing: false}}`, *shapeChunk, rate, *shapeChunk))
 	}},
 	{"nginx", func(dir, src, echo string, rate int64) (*proxyProc, error) {
 		return startNginx(dir, src, echo, fmt.Sprintf("proxy_download_rate %d;", rate))
@@ -85,8 +90,8 @@ func runShape(dir, srcAddr, echoAddr string) error {
 				if err != nil {
 					return fmt.Errorf("run %d, %s, %s: %w", r, c.name, t.name, err)
 				}
-				fmt.Fprintf(os.Stderr, "run %d %-18s %-18s err %+7.3f%%  first %.3f  win %.3f..%.3f  cpu %.3f s/GB\n",
-					r, c.name, t.name, res.ErrPct, res.First, res.MinWin, res.MaxWin, res.CPUPerGB)
+				fmt.Fprintf(os.Stderr, "run %d %-18s %-18s err %+7.3f%%  first %.3f  win %.3f..%.3f  cpu %.3f s/GB (sys %.3f)\n",
+					r, c.name, t.name, res.ErrPct, res.First, res.MinWin, res.MaxWin, res.CPUPerGB, res.SysPerGB)
 				all[key(t.name, c.name)] = append(all[key(t.name, c.name)], res)
 			}
 		}
@@ -97,8 +102,8 @@ func runShape(dir, srcAddr, echoAddr string) error {
 			return err
 		}
 	}
-	fmt.Printf("\nmedian of %d runs, %v per case, chunk and burst %d B; windows after the first second\n", *runs, *duration+time.Second, chunk)
-	fmt.Printf("%-18s %-18s %9s %9s %8s %8s %9s\n", "case", "proxy", "err %", "first/r", "minwin", "maxwin", "cpu s/GB")
+	fmt.Printf("\nmedian of %d runs, %v per case, sluice's chunk and burst %d B; windows after the first second\n", *runs, *duration+time.Second, *shapeChunk)
+	fmt.Printf("%-18s %-18s %9s %9s %8s %8s %9s %9s\n", "case", "proxy", "err %", "first/r", "minwin", "maxwin", "cpu s/GB", "sys s/GB")
 	for _, c := range shapeCases {
 		for _, t := range targets {
 			rs := all[key(t.name, c.name)]
@@ -106,10 +111,10 @@ func runShape(dir, srcAddr, echoAddr string) error {
 				continue
 			}
 			m := func(f func(shapeResult) float64) float64 { return median(rs, f) }
-			fmt.Printf("%-18s %-18s %+9.3f %9.3f %8.3f %8.3f %9.3f\n", c.name, t.name,
+			fmt.Printf("%-18s %-18s %+9.3f %9.3f %8.3f %8.3f %9.3f %9.3f\n", c.name, t.name,
 				m(func(r shapeResult) float64 { return r.ErrPct }), m(func(r shapeResult) float64 { return r.First }),
 				m(func(r shapeResult) float64 { return r.MinWin }), m(func(r shapeResult) float64 { return r.MaxWin }),
-				m(func(r shapeResult) float64 { return r.CPUPerGB }))
+				m(func(r shapeResult) float64 { return r.CPUPerGB }), m(func(r shapeResult) float64 { return r.SysPerGB }))
 		}
 	}
 	return nil
@@ -136,7 +141,7 @@ func measureShape(t *target, c shapeCase) (shapeResult, error) {
 		starts[i] = time.Now()
 		bins[i] = make([]int64, nbins)
 	}
-	cpu0 := cpuSeconds(t.pids())
+	user0, sys0 := cpuTimes(t.pids())
 	var wg sync.WaitGroup
 	for i, conn := range conns {
 		wg.Add(1)
@@ -157,7 +162,7 @@ func measureShape(t *target, c shapeCase) (shapeResult, error) {
 		}(bins[i], conn, starts[i])
 	}
 	wg.Wait()
-	cpu1 := cpuSeconds(t.pids())
+	user1, sys1 := cpuTimes(t.pids())
 
 	agg := make([]int64, nbins)
 	var moved int64
@@ -170,7 +175,8 @@ func measureShape(t *target, c shapeCase) (shapeResult, error) {
 	var res shapeResult
 	res.First, res.ErrPct, res.MinWin, res.MaxWin = arrivalFigures(agg, float64(c.rate)*float64(c.conns))
 	if moved > 0 {
-		res.CPUPerGB = (cpu1 - cpu0) / (float64(moved) / 1e9)
+		res.CPUPerGB = (user1 - user0 + sys1 - sys0) / (float64(moved) / 1e9)
+		res.SysPerGB = (sys1 - sys0) / (float64(moved) / 1e9)
 	}
 	return res, nil
 }
