@@ -37,6 +37,7 @@ type linkResult struct {
 	MinWin   float64   // lowest 100 ms window after the first second ÷ rate×0.1 s
 	MaxWin   float64   // highest
 	CPUPerGB float64   // proxy CPU seconds per GB
+	SysPerGB float64   // the system-time part of CPUPerGB
 	Groups   []float64 // each group's share of the steady bytes
 	RSSKiB   float64   // proxy RSS per connection, KiB
 	GrantErr float64   // bytes sluice's link granted in the steady phase vs the rate, %
@@ -81,8 +82,8 @@ func runLinks(dir, srcAddr, echoAddr string) error {
 			if err != nil {
 				return fmt.Errorf("run %d, %s: %w", r, c.name, err)
 			}
-			fmt.Fprintf(os.Stderr, "run %d %-26s err %+7.3f%%  jain %.5f  first %.3f  win %.3f..%.3f  cpu %.3f s/GB  groups %.3f  rss %.2f KiB/conn  granted %+.3f%%  cores: sluice %.2f, generator %.2f\n",
-				r, c.name, res.ErrPct, res.Jain, res.First, res.MinWin, res.MaxWin, res.CPUPerGB, res.Groups, res.RSSKiB, res.GrantErr, res.Cores, res.GenCores)
+			fmt.Fprintf(os.Stderr, "run %d %-26s err %+7.3f%%  jain %.5f  first %.3f  win %.3f..%.3f  cpu %.3f s/GB (sys %.3f)  groups %.3f  rss %.2f KiB/conn  granted %+.3f%%  cores: sluice %.2f, generator %.2f\n",
+				r, c.name, res.ErrPct, res.Jain, res.First, res.MinWin, res.MaxWin, res.CPUPerGB, res.SysPerGB, res.Groups, res.RSSKiB, res.GrantErr, res.Cores, res.GenCores)
 			all[c.name] = append(all[c.name], res)
 		}
 	}
@@ -93,7 +94,7 @@ func runLinks(dir, srcAddr, echoAddr string) error {
 		}
 	}
 	fmt.Printf("\nsluice links, median of %d runs, 1 s warm-up + %v steady per case; windows after the first second\n", *runs, *duration)
-	fmt.Printf("%-26s %8s %9s %8s %8s %8s %9s %9s  %s\n", "case", "err %", "jain", "first/r", "minwin", "maxwin", "cpu s/GB", "KiB/conn", "group shares")
+	fmt.Printf("%-26s %8s %9s %8s %8s %8s %9s %9s %9s  %s\n", "case", "err %", "jain", "first/r", "minwin", "maxwin", "cpu s/GB", "sys s/GB", "KiB/conn", "group shares")
 	for _, c := range linkCases() {
 		rs := all[c.name]
 		if len(rs) == 0 {
@@ -104,11 +105,11 @@ func runLinks(dir, srcAddr, echoAddr string) error {
 		for g := range c.groups {
 			shares = append(shares, m(func(r linkResult) float64 { return r.Groups[g] }))
 		}
-		fmt.Printf("%-26s %+8.3f %9.5f %8.3f %8.3f %8.3f %9.3f %9.2f  %.3f\n", c.name,
+		fmt.Printf("%-26s %+8.3f %9.5f %8.3f %8.3f %8.3f %9.3f %9.3f %9.2f  %.3f\n", c.name,
 			m(func(r linkResult) float64 { return r.ErrPct }), m(func(r linkResult) float64 { return r.Jain }),
 			m(func(r linkResult) float64 { return r.First }), m(func(r linkResult) float64 { return r.MinWin }),
 			m(func(r linkResult) float64 { return r.MaxWin }), m(func(r linkResult) float64 { return r.CPUPerGB }),
-			m(func(r linkResult) float64 { return r.RSSKiB }), shares)
+			m(func(r linkResult) float64 { return r.SysPerGB }), m(func(r linkResult) float64 { return r.RSSKiB }), shares)
 	}
 	return nil
 }
@@ -168,7 +169,8 @@ func measureLink(t *target, c linkCase) (linkResult, error) {
 			}()
 		}
 	}
-	cpu0, gen0 := cpuSeconds(t.pids()), cpuSeconds([]int{os.Getpid()})
+	user0, sys0 := cpuTimes(t.pids())
+	gen0 := cpuSeconds([]int{os.Getpid()})
 	start := time.Now()
 	startNs.Store(start.UnixNano())
 	time.Sleep(time.Second)
@@ -177,7 +179,9 @@ func measureLink(t *target, c linkCase) (linkResult, error) {
 	rss1 := rssKiB(t.pids()) // every connection open and moving
 	time.Sleep(time.Until(start.Add(total)))
 	g1 := linkGranted(t.adminAddr)
-	cpu1, gen1 := cpuSeconds(t.pids()), cpuSeconds([]int{os.Getpid()})
+	user1, sys1 := cpuTimes(t.pids())
+	gen1 := cpuSeconds([]int{os.Getpid()})
+	cpu0, cpu1 := user0+sys0, user1+sys1
 	for _, cn := range conns {
 		cn.SetReadDeadline(time.Now()) // end the readers
 	}
@@ -209,6 +213,7 @@ func measureLink(t *target, c linkCase) (linkResult, error) {
 	res.Groups = groups
 	if moved > 0 {
 		res.CPUPerGB = (cpu1 - cpu0) / (float64(moved) / 1e9)
+		res.SysPerGB = (sys1 - sys0) / (float64(moved) / 1e9)
 	}
 	res.RSSKiB = float64(rss1-rss0) / float64(len(conns))
 	res.Cores = (cpu1 - cpu0) / total.Seconds()
