@@ -21,7 +21,9 @@ import (
 // connection. It has no config, no limits that change, no links, no
 // metrics, and nothing that wakes per connection. Its CPU per GB is what the
 // bytes and system calls of shaping cost on this machine when scheduling
-// costs (almost) nothing: the floor under any design of sluice's pumps.
+// costs (almost) nothing, with the same GOMAXPROCS as sluice (-proxy-procs):
+// a reference for sluice's pumps, not a floor, as the Go scheduler's own
+// thread wake-ups are part of it.
 
 var (
 	idealProxy   = flag.String("ideal-proxy", "", "internal: run the ideal loop on source,echo,upstream,rate")
@@ -40,6 +42,7 @@ func startIdeal(srcAddr, echoAddr string, rate int64) (*proxyProc, error) {
 		return nil, err
 	}
 	cmd := exec.Command(self, "-ideal-proxy", strings.Join([]string{a, b, srcAddr, strconv.FormatInt(rate, 10)}, ","), "-ideal-paced-grant", idealGrant.String(), "-ideal-unpaced-grant", idealUnpaced.String())
+	cmd.Env = procsEnv()
 	cmd.Stderr = os.Stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {

@@ -50,7 +50,18 @@ var (
 	only       = flag.String("only", "", "-shape: run only the cases and proxies whose names contain this")
 	windows    = flag.Bool("windows", false, "-shape, -links: also print every 100 ms window after the first second ÷ rate×0.1 s (stderr)")
 	clientMSS  = flag.Int("client-mss", 1448, "-shape: MSS the clients advertise (TCP_MAXSEG), as on an Ethernet path; 0 keeps loopback's 64 KB")
+	proxyProcs = flag.Int("proxy-procs", 0, "GOMAXPROCS for sluice and the ideal loop; 0 leaves the Go default (every core)")
 )
+
+// procsEnv returns the environment for a Go proxy process: this one's,
+// with GOMAXPROCS set to -proxy-procs when that is set.
+func procsEnv() []string {
+	env := os.Environ()
+	if *proxyProcs > 0 {
+		env = append(env, "GOMAXPROCS="+strconv.Itoa(*proxyProcs))
+	}
+	return env
+}
 
 // target is a way to reach the backends: directly or through a proxy.
 type target struct {
@@ -463,6 +474,7 @@ listeners:
 		return nil, err
 	}
 	cmd := exec.Command(*sluiceBin, "run", "--config", path)
+	cmd.Env = procsEnv()
 	cmd.Stderr = os.Stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL} // no orphan if loadbench dies
 	if err := cmd.Start(); err != nil {

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -74,6 +75,9 @@ func startDaemon(ctx context.Context, path string, stderr io.Writer) (*sluiced, 
 	d.level.Set(parseLevel(cfg.Log.Level))
 	d.log = newLogger(cfg.Log.Format, d.level, stderr)
 	raiseFileLimit(d.log)
+	// The cores Go schedules on: every core unless GOMAXPROCS says less
+	// (docs/operating.md, for mostly shaped traffic on small machines).
+	d.log.Info("cores", slog.Int("gomaxprocs", runtime.GOMAXPROCS(0)), slog.Int("cpus", runtime.NumCPU()))
 
 	if d.activated, err = activatedSockets(cfg, d.log); err != nil {
 		return nil, err

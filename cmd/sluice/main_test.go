@@ -370,3 +370,24 @@ func TestRunBadConfigAndBusyPort(t *testing.T) {
 		t.Errorf("stderr %q does not name the listener and the cause", stderr.String())
 	}
 }
+
+// TestRunLogsCores: at start, sluice logs the cores Go schedules on, as
+// GOMAXPROCS sets them (docs/operating.md).
+func TestRunLogsCores(t *testing.T) {
+	defer test.TimeOut(30 * time.Second).Stop()
+	ln := listenBackend(t)
+	cmd := exec.Command(sluiceBin, "run", "--config", writeConfig(t,
+		"admin: {listen: '127.0.0.1:0'}\n"+fmt.Sprintf(runConfig, ln.Addr(), "1s")))
+	cmd.Env = append(os.Environ(), "GOMAXPROCS=1")
+	p := startCmd(t, cmd)
+	l := p.waitLine(t, "cores", map[string]any{"gomaxprocs": 1})
+	if cpus, ok := l["cpus"].(float64); !ok || cpus < 1 {
+		t.Errorf("cores line %v: want cpus >= 1", l)
+	}
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.wait(t, 10*time.Second); err != nil {
+		t.Errorf("exit: %v", err)
+	}
+}
