@@ -416,9 +416,17 @@ const (
 // when to serve it again.
 func (p *pump) loopServe(served int) (time.Time, int) {
 	lp := p.lp
-	for i := range loopTurn {
+	// One link grant a turn: a link with no one waiting grants an ask at
+	// once, and a pump that asked again within its turn would take the
+	// tokens meant for the others the loop has yet to serve, whose grants
+	// it just moved. It asks again after them.
+	turn := loopTurn
+	if lp.m != nil {
+		turn = 1
+	}
+	for i := range turn {
 		if i > 0 && lp.m != nil {
-			loopLinkRepeats.Add(1) // the rule below broken
+			loopLinkRepeats.Add(1) // the bound above broken
 		}
 		if lp.grant == 0 {
 			if lp.queued == 0 {
@@ -487,14 +495,6 @@ func (p *pump) loopServe(served int) (time.Time, int) {
 			lp.err = err
 			return time.Time{}, serveBack
 		}
-		if lp.m != nil {
-			// One link grant a turn: a link with no one waiting grants
-			// an ask at once, and a pump that asked again here would
-			// take the tokens meant for the others the loop has yet to
-			// serve, whose grants it just moved. It asks again after
-			// them.
-			return time.Now(), serveAt
-		}
 	}
 	return time.Now(), serveAt
 }
@@ -502,7 +502,7 @@ func (p *pump) loopServe(served int) (time.Time, int) {
 // The loop serves a pump on a time grid: a pump due at t is served at the
 // next multiple of its step, a power of two of nanoseconds. Pumps then
 // come due together and the loop wakes once for them all: at 1 MB/s with
-// 10 KB grants, at most 120 times a second however many connections it
+// 10 KB grants, at most 119 times a second however many connections it
 // serves. A busy gate keeps the tokens that accrue meanwhile
 // (shaper.MaxCatchUp), so rates stay exact; a grant moves by less than the
 // step, so the step bounds how uneven the flow is from one 100 ms window
