@@ -36,6 +36,34 @@ type Config struct {
 	Links     []Link // sorted by name
 	Listeners []Listener
 	Shutdown  Shutdown
+	Cores     Cores
+}
+
+// Cores says how many cores Go schedules sluice's goroutines on (its
+// GOMAXPROCS): CoresAuto, CoresAll, or a fixed count from 1 to MaxCores.
+// The GOMAXPROCS environment variable, when set, overrides it.
+type Cores int
+
+const (
+	// CoresAuto (the default, "auto") runs on one core while sluice needs
+	// less than about half of one, and on every core beyond that: one
+	// core costs far less CPU per shaped byte, every core carries more.
+	CoresAuto Cores = 0
+	// CoresAll ("all") is Go's default: every core sluice may use.
+	CoresAll Cores = -1
+	// MaxCores bounds a fixed count.
+	MaxCores = 1024
+)
+
+// String is the config form: "auto", "all" or the count.
+func (c Cores) String() string {
+	switch c {
+	case CoresAuto:
+		return "auto"
+	case CoresAll:
+		return "all"
+	}
+	return strconv.Itoa(int(c))
 }
 
 // Log configures the process logger.
@@ -180,6 +208,7 @@ func newViper() *viper.Viper {
 	v.SetDefault("log.format", "text")
 	v.SetDefault("shutdown.drain", DefaultDrain.String())
 	v.SetDefault("admin.listen", DefaultAdminListen)
+	v.SetDefault("cores", CoresAuto.String())
 	return v
 }
 
@@ -195,7 +224,7 @@ func (d *decoder) failf(path, format string, args ...any) {
 func decode(settings map[string]any) (*Config, error) {
 	d := &decoder{}
 	c := &Config{}
-	top := d.object("", settings, "log", "admin", "links", "listeners", "shutdown")
+	top := d.object("", settings, "log", "admin", "links", "listeners", "shutdown", "cores")
 
 	lg := d.object("log", top["log"], "level", "format")
 	c.Log.Level = d.oneOf("log.level", lg["level"], "info", "debug", "info", "warn", "error")
@@ -204,6 +233,7 @@ func decode(settings map[string]any) (*Config, error) {
 	sd := d.object("shutdown", top["shutdown"], "drain")
 	c.Shutdown.Drain = d.duration("shutdown.drain", sd["drain"], DefaultDrain, false)
 
+	c.Cores = d.cores("cores", top["cores"])
 	c.Admin = d.admin(top["admin"])
 	c.Links = d.links(top["links"])
 	c.Listeners = d.listeners(top["listeners"], c.Links)
@@ -211,6 +241,24 @@ func decode(settings map[string]any) (*Config, error) {
 		return nil, errors.Join(d.errs...)
 	}
 	return c, nil
+}
+
+// cores reads "auto", "all" or a count of cores.
+func (d *decoder) cores(path string, v any) Cores {
+	if s, ok := v.(string); ok {
+		switch strings.ToLower(strings.TrimSpace(s)) {
+		case "auto":
+			return CoresAuto
+		case "all":
+			return CoresAll
+		}
+		if _, err := strconv.Atoi(strings.TrimSpace(s)); err != nil {
+			d.failf(path, `want "auto", "all" or a whole number from 1 to %d, got %q`, MaxCores, s)
+			return CoresAuto
+		}
+		v = strings.TrimSpace(s)
+	}
+	return Cores(d.integer(path, v, int(CoresAuto), 1, MaxCores))
 }
 
 // admin reads {listen, token_file} and the token itself.

@@ -24,6 +24,7 @@ func Diff(old, next *Config) []string {
 		out = append(out, "admin token changed")
 	}
 	field("shutdown.drain", old.Shutdown.Drain.String(), next.Shutdown.Drain.String())
+	field("cores", old.Cores.String(), next.Cores.String())
 	linkByName := func(ls []Link, name string) *Link { return named(ls, name, func(l Link) string { return l.Name }) }
 	for _, o := range old.Links {
 		if linkByName(next.Links, o.Name) == nil {

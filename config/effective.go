@@ -105,10 +105,12 @@ func (c *Config) YAML() ([]byte, error) {
 		Shutdown  struct {
 			Drain string `yaml:"drain"`
 		} `yaml:"shutdown"`
+		Cores string `yaml:"cores"`
 	}
 	var o out
 	o.Log.Level, o.Log.Format = c.Log.Level, c.Log.Format
 	o.Shutdown.Drain = c.Shutdown.Drain.String()
+	o.Cores = c.Cores.String()
 	o.Admin.Listen, o.Admin.TokenFile = c.Admin.Listen, c.Admin.TokenFile
 	if o.Admin.Listen == "" {
 		o.Admin.Listen = "off"

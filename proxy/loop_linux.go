@@ -12,9 +12,11 @@ import (
 
 // The shaping loops serve the small grants of shaped directions, each from
 // one goroutine with one timer, as an event loop would: one loop per P
-// (GOMAXPROCS), a conn's directions in the loop its id picks. One loop
-// alone fell behind at 50 × 10 MB/s on two cores (0.25% short, 100 ms
-// windows down to 0.77); two were exact, for the same CPU at 50 × 1 MB/s.
+// at start (GOMAXPROCS, before sluice's cores setting may lower it), a
+// conn's directions in the loop its id picks. One loop alone fell behind
+// at 50 × 10 MB/s on two cores (0.25% short, 100 ms windows down to 0.77);
+// two were exact, for the same CPU at 50 × 1 MB/s, and two taking turns on
+// one P were exact too.
 //
 // Why: a direction whose pump waits on its own gate wakes its goroutine for
 // every grant, and at 1 MB/s a grant is 10 KB: a hundred wake-ups a second

@@ -25,15 +25,15 @@ func TestShapedMovesWaitForRoom(t *testing.T) {
 		name  string
 		rate  int64
 		size  int
-		stall time.Duration // over 4 MB at the rate: more than sluice's send buffer takes
+		stall time.Duration // over 4 MB at the rate: more than sluice's send buffer takes (tcp_wmem's 4 MiB), with room to spare
 		pipes int64         // pipe budget: 0 makes read-ahead copy
 		loop  bool          // moved by the shaping loop
 	}{
 		// Grants are 5 ms of the rate (unpacedGrant).
-		{"read-ahead", 3_000_000, 6 << 20, 1500 * time.Millisecond, ShapedPipes, false}, // 15 KB grants, spliced ahead
-		{"read-ahead-copy", 3_000_000, 6 << 20, 1500 * time.Millisecond, 0, false},      // the same, copied ahead
-		{"loop", 3_000_000, 6 << 20, 1500 * time.Millisecond, ShapedPipes, true},        // spliced ahead by the loop
-		{"loop-copy", 3_000_000, 6 << 20, 1500 * time.Millisecond, 0, true},             // copied ahead by the loop
+		{"read-ahead", 3_000_000, 9 << 20, 2500 * time.Millisecond, ShapedPipes, false}, // 15 KB grants, spliced ahead
+		{"read-ahead-copy", 3_000_000, 9 << 20, 2500 * time.Millisecond, 0, false},      // the same, copied ahead
+		{"loop", 3_000_000, 9 << 20, 2500 * time.Millisecond, ShapedPipes, true},        // spliced ahead by the loop
+		{"loop-copy", 3_000_000, 9 << 20, 2500 * time.Millisecond, 0, true},             // copied ahead by the loop
 		{"copy", 8_000_000, 16 << 20, 600 * time.Millisecond, ShapedPipes, false},       // 40 KB grants
 		{"splice", 200_000_000, 96 << 20, 300 * time.Millisecond, ShapedPipes, false},   // 512 KiB grants (the cap)
 	} {

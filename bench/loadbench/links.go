@@ -78,12 +78,13 @@ func runLinks(dir, srcAddr, echoAddr string) error {
 				return err
 			}
 			res, err := measureLink(p.target, c)
+			moves := coreMoves(p.target)
 			p.stop()
 			if err != nil {
 				return fmt.Errorf("run %d, %s: %w", r, c.name, err)
 			}
-			fmt.Fprintf(os.Stderr, "run %d %-26s err %+7.3f%%  jain %.5f  first %.3f  win %.3f..%.3f  cpu %.3f s/GB (sys %.3f)  groups %.3f  rss %.2f KiB/conn  granted %+.3f%%  cores: sluice %.2f, generator %.2f\n",
-				r, c.name, res.ErrPct, res.Jain, res.First, res.MinWin, res.MaxWin, res.CPUPerGB, res.SysPerGB, res.Groups, res.RSSKiB, res.GrantErr, res.Cores, res.GenCores)
+			fmt.Fprintf(os.Stderr, "run %d %-26s err %+7.3f%%  jain %.5f  first %.3f  win %.3f..%.3f  cpu %.3f s/GB (sys %.3f)  groups %.3f  rss %.2f KiB/conn  granted %+.3f%%  cores: sluice %.2f, generator %.2f%s\n",
+				r, c.name, res.ErrPct, res.Jain, res.First, res.MinWin, res.MaxWin, res.CPUPerGB, res.SysPerGB, res.Groups, res.RSSKiB, res.GrantErr, res.Cores, res.GenCores, moves)
 			all[c.name] = append(all[c.name], res)
 		}
 	}

@@ -20,6 +20,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -33,24 +34,25 @@ import (
 )
 
 var (
-	sluiceBin  = flag.String("sluice", "./sluice", "sluice binary")
-	nginxBin   = flag.String("nginx", "/usr/sbin/nginx", "nginx binary; empty skips nginx")
-	nginxMod   = flag.String("nginx-stream-module", "/usr/lib/nginx/modules/ngx_stream_module.so", "nginx stream module")
-	runs       = flag.Int("runs", 3, "runs; figures are medians")
-	duration   = flag.Duration("duration", 3*time.Second, "length of each throughput measurement")
-	pings      = flag.Int("pings", 20000, "ping-pong round trips per latency measurement")
-	idleConns  = flag.Int("idle", 9000, "idle connections for the RSS measurement; 0 skips it")
-	jsonOut    = flag.String("json", "", "also write the raw results to this file")
-	shape      = flag.Bool("shape", false, "measure per-connection shaping instead of the proxy core")
-	links      = flag.Bool("links", false, "measure shared link budgets instead of the proxy core")
-	mp4        = flag.Bool("mp4", false, "measure MP4 pacing against nginx limit_rate_after + limit_rate (needs ffmpeg)")
-	linkScale  = flag.Int("link-scale", 9000, "-links: connections in the scale case; 0 skips it")
-	shapeRate  = flag.Int64("shape-rate", 0, "-shape: measure only -shape-conns connections at this rate each, bytes/s")
-	shapeConns = flag.Int("shape-conns", 1, "-shape: connections of the -shape-rate case")
-	only       = flag.String("only", "", "-shape: run only the cases and proxies whose names contain this")
-	windows    = flag.Bool("windows", false, "-shape, -links: also print every 100 ms window after the first second ÷ rate×0.1 s (stderr)")
-	clientMSS  = flag.Int("client-mss", 1448, "-shape: MSS the clients advertise (TCP_MAXSEG), as on an Ethernet path; 0 keeps loopback's 64 KB")
-	proxyProcs = flag.Int("proxy-procs", 0, "GOMAXPROCS for sluice and the ideal loop; 0 leaves the Go default (every core)")
+	sluiceBin   = flag.String("sluice", "./sluice", "sluice binary")
+	nginxBin    = flag.String("nginx", "/usr/sbin/nginx", "nginx binary; empty skips nginx")
+	nginxMod    = flag.String("nginx-stream-module", "/usr/lib/nginx/modules/ngx_stream_module.so", "nginx stream module")
+	runs        = flag.Int("runs", 3, "runs; figures are medians")
+	duration    = flag.Duration("duration", 3*time.Second, "length of each throughput measurement")
+	pings       = flag.Int("pings", 20000, "ping-pong round trips per latency measurement")
+	idleConns   = flag.Int("idle", 9000, "idle connections for the RSS measurement; 0 skips it")
+	jsonOut     = flag.String("json", "", "also write the raw results to this file")
+	shape       = flag.Bool("shape", false, "measure per-connection shaping instead of the proxy core")
+	links       = flag.Bool("links", false, "measure shared link budgets instead of the proxy core")
+	mp4         = flag.Bool("mp4", false, "measure MP4 pacing against nginx limit_rate_after + limit_rate (needs ffmpeg)")
+	linkScale   = flag.Int("link-scale", 9000, "-links: connections in the scale case; 0 skips it")
+	shapeRate   = flag.Int64("shape-rate", 0, "-shape: measure only -shape-conns connections at this rate each, bytes/s")
+	shapeConns  = flag.Int("shape-conns", 1, "-shape: connections of the -shape-rate case")
+	sluiceCores = flag.String("cores", "", "sluice's cores setting (auto, all or a count); empty leaves sluice's default (auto). -proxy-procs, when set, wins over it")
+	only        = flag.String("only", "", "-shape: run only the cases and proxies whose names contain this")
+	windows     = flag.Bool("windows", false, "-shape, -links: also print every 100 ms window after the first second ÷ rate×0.1 s (stderr)")
+	clientMSS   = flag.Int("client-mss", 1448, "-shape: MSS the clients advertise (TCP_MAXSEG), as on an Ethernet path; 0 keeps loopback's 64 KB")
+	proxyProcs  = flag.Int("proxy-procs", 0, "GOMAXPROCS for sluice and the ideal loop; 0 leaves the Go default (every core)")
 )
 
 // procsEnv returns the environment for a Go proxy process: this one's,
@@ -83,6 +85,7 @@ type result struct {
 	P99us       float64 `json:"p99_us"`
 	IdleRSSKiB  float64 `json:"idle_rss_KiB_per_conn"`
 	IdleFDs     float64 `json:"idle_fds_per_conn"`
+	Moves       string  `json:"cores_moves,omitempty"` // what sluice's cores setting did
 }
 
 func main() {
@@ -164,8 +167,8 @@ func runCore(dir, srcAddr, echoAddr string) error {
 	for r := 1; r <= *runs; r++ {
 		targets = []*target{direct}
 		record := func(t *target, res result) {
-			fmt.Fprintf(os.Stderr, "run %d %-7s 1x %7.0f MB/s  16x %7.0f MB/s  cpu %.3f/%.3f s/GB  p50 %5.1f us  p99 %5.1f us  idle %.2f KiB %.2f fds/conn\n",
-				r, t.name, res.Stream1MBps, res.Stream16MBs, res.CPUsPerGB1, res.CPUsPerGB16, res.P50us, res.P99us, res.IdleRSSKiB, res.IdleFDs)
+			fmt.Fprintf(os.Stderr, "run %d %-7s 1x %7.0f MB/s  16x %7.0f MB/s  cpu %.3f/%.3f s/GB  p50 %5.1f us  p99 %5.1f us  idle %.2f KiB %.2f fds/conn%s\n",
+				r, t.name, res.Stream1MBps, res.Stream16MBs, res.CPUsPerGB1, res.CPUsPerGB16, res.P50us, res.P99us, res.IdleRSSKiB, res.IdleFDs, res.Moves)
 			all[t.name] = append(all[t.name], res)
 		}
 		res, err := measure(direct)
@@ -179,6 +182,7 @@ func runCore(dir, srcAddr, echoAddr string) error {
 				return err
 			}
 			res, err := measure(p.target)
+			res.Moves = coreMoves(p.target)
 			p.stop()
 			if err != nil {
 				return fmt.Errorf("run %d, %s: %w", r, p.name, err)
@@ -452,6 +456,28 @@ func startSluice(dir, srcAddr, echoAddr, srcOpts string) (*proxyProc, error) {
 	return startSluiceTop(dir, srcAddr, echoAddr, srcOpts, "")
 }
 
+// coreMoves is what sluice's cores setting did while t was measured:
+// ", cores now N (to every core X times, to one Y)"; empty for others.
+func coreMoves(t *target) string {
+	if t.adminAddr == "" {
+		return ""
+	}
+	resp, err := http.Get("http://" + t.adminAddr + "/metrics")
+	if err != nil {
+		return ", cores: " + err.Error()
+	}
+	defer resp.Body.Close()
+	m := map[string]string{}
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		if f := strings.Fields(sc.Text()); len(f) == 2 && strings.HasPrefix(f[0], "sluice_cores") {
+			m[f[0]] = f[1]
+		}
+	}
+	return fmt.Sprintf(", cores now %s (to every core %s times, to one %s)", m["sluice_cores"],
+		m[`sluice_cores_changes_total{reason="busy"}`], m[`sluice_cores_changes_total{reason="idle"}`])
+}
+
 // startSluiceTop is startSluice with extra top-level YAML (e.g. links:).
 func startSluiceTop(dir, srcAddr, echoAddr, srcOpts, top string) (*proxyProc, error) {
 	a, b, err := freePorts()
@@ -461,6 +487,9 @@ func startSluiceTop(dir, srcAddr, echoAddr, srcOpts, top string) (*proxyProc, er
 	adm, _, err := freePorts()
 	if err != nil {
 		return nil, err
+	}
+	if *sluiceCores != "" {
+		top = "cores: " + *sluiceCores + "\n" + top
 	}
 	cfg := fmt.Sprintf(`log: {level: warn}
 admin: {listen: "%s"}

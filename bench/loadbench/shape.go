@@ -86,12 +86,13 @@ func runShape(dir, srcAddr, echoAddr string) error {
 					return fmt.Errorf("%s: %w", t.name, err)
 				}
 				res, err := measureShape(p.target, c)
+				moves := coreMoves(p.target)
 				p.stop()
 				if err != nil {
 					return fmt.Errorf("run %d, %s, %s: %w", r, c.name, t.name, err)
 				}
-				fmt.Fprintf(os.Stderr, "run %d %-18s %-18s err %+7.3f%%  first %.3f  win %.3f..%.3f  cpu %.3f s/GB (sys %.3f)\n",
-					r, c.name, t.name, res.ErrPct, res.First, res.MinWin, res.MaxWin, res.CPUPerGB, res.SysPerGB)
+				fmt.Fprintf(os.Stderr, "run %d %-18s %-18s err %+7.3f%%  first %.3f  win %.3f..%.3f  cpu %.3f s/GB (sys %.3f)%s\n",
+					r, c.name, t.name, res.ErrPct, res.First, res.MinWin, res.MaxWin, res.CPUPerGB, res.SysPerGB, moves)
 				all[key(t.name, c.name)] = append(all[key(t.name, c.name)], res)
 			}
 		}

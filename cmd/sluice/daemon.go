@@ -10,7 +10,6 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
-	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -50,6 +49,9 @@ type sluiced struct {
 	ready    atomic.Bool
 	stopping atomic.Bool
 
+	cores     *coreGovernor
+	stopCores context.CancelFunc
+
 	reloads       *prometheus.CounterVec
 	reloadOK      prometheus.Gauge
 	reloadSuccess prometheus.Gauge
@@ -66,7 +68,7 @@ func (d *sluiced) notify(state string) {
 }
 
 // startDaemon loads the config at path and starts everything it names.
-func startDaemon(ctx context.Context, path string, stderr io.Writer) (*sluiced, error) {
+func startDaemon(ctx context.Context, path string, stderr io.Writer) (_ *sluiced, err error) {
 	cfg, err := config.Load(path)
 	if err != nil {
 		return nil, configError{fmt.Errorf("config %s is invalid:\n%w", path, err)}
@@ -75,9 +77,13 @@ func startDaemon(ctx context.Context, path string, stderr io.Writer) (*sluiced, 
 	d.level.Set(parseLevel(cfg.Log.Level))
 	d.log = newLogger(cfg.Log.Format, d.level, stderr)
 	raiseFileLimit(d.log)
-	// The cores Go schedules on: every core unless GOMAXPROCS says less
-	// (docs/operating.md, for mostly shaped traffic on small machines).
-	d.log.Info("cores", slog.Int("gomaxprocs", runtime.GOMAXPROCS(0)), slog.Int("cpus", runtime.NumCPU()))
+	// The cores Go schedules on (docs/operating.md#cores); logged.
+	d.cores = newCoreGovernor(d.log, cfg.Cores)
+	defer func() {
+		if err != nil {
+			d.cores.restore()
+		}
+	}()
 
 	if d.activated, err = activatedSockets(cfg, d.log); err != nil {
 		return nil, err
@@ -104,6 +110,9 @@ func startDaemon(ctx context.Context, path string, stderr io.Writer) (*sluiced, 
 	d.log.Info("started", slog.String("version", version), slog.Int("listeners", len(cfg.Listeners)))
 	d.notify(daemon.SdNotifyReady + "\nSTATUS=serving")
 	go d.watchdog()
+	gctx, stop := context.WithCancel(context.Background())
+	d.stopCores = stop
+	go d.cores.run(gctx)
 	return d, nil
 }
 
@@ -133,6 +142,7 @@ func (d *sluiced) initMetrics() {
 	build.Set(1)
 	d.reg.MustRegister(d.reloads, d.reloadOK, d.reloadSuccess, build, proxy.NewCollector(d.srv),
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	d.reg.MustRegister(d.cores.collectors()...)
 }
 
 func (d *sluiced) startAdmin(cfg *config.Config) error {
@@ -203,6 +213,9 @@ func (d *sluiced) reload(context.Context) error {
 		d.log.Warn("log.format changes on restart only", slog.String("running", d.cfg.Log.Format))
 	}
 	d.level.Set(parseLevel(cfg.Log.Level))
+	if cfg.Cores != d.cfg.Cores {
+		d.cores.setMode(cfg.Cores, "reload")
+	}
 	if d.admin != nil {
 		d.admin.SetToken(cfg.Admin.Token)
 	}
@@ -295,6 +308,8 @@ func runServer(ctx context.Context, path string, stderr io.Writer) error {
 		return err
 	}
 	d.serve(sigs)
+	d.stopCores()
+	d.cores.restore()
 	return nil
 }
 
