@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -21,6 +22,9 @@ import (
 )
 
 var sluiceBin string
+
+// procsAtStart is GOMAXPROCS before any test ran.
+var procsAtStart = runtime.GOMAXPROCS(0)
 
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "sluice-test")
@@ -368,6 +372,11 @@ func TestRunBadConfigAndBusyPort(t *testing.T) {
 	}
 	if !strings.Contains(stderr.String(), `listener "b"`) || !strings.Contains(stderr.String(), "address already in use") {
 		t.Errorf("stderr %q does not name the listener and the cause", stderr.String())
+	}
+	// The cores setting took GOMAXPROCS at start (auto: one core) and
+	// gave it back when the start failed.
+	if n := runtime.GOMAXPROCS(0); n != procsAtStart {
+		t.Errorf("GOMAXPROCS %d after a failed start, want %d as before it", n, procsAtStart)
 	}
 }
 
