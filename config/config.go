@@ -245,20 +245,32 @@ func decode(settings map[string]any) (*Config, error) {
 
 // cores reads "auto", "all" or a count of cores.
 func (d *decoder) cores(path string, v any) Cores {
-	if s, ok := v.(string); ok {
-		switch strings.ToLower(strings.TrimSpace(s)) {
+	var n int
+	switch x := v.(type) {
+	case nil:
+		return CoresAuto
+	case int:
+		n = x
+	case int64:
+		n = int(x)
+	case string:
+		switch t := strings.ToLower(strings.TrimSpace(x)); t {
 		case "auto":
 			return CoresAuto
 		case "all":
 			return CoresAll
+		default:
+			var err error
+			if n, err = strconv.Atoi(t); err != nil {
+				n = 0
+			}
 		}
-		if _, err := strconv.Atoi(strings.TrimSpace(s)); err != nil {
-			d.failf(path, `want "auto", "all" or a whole number from 1 to %d, got %q`, MaxCores, s)
-			return CoresAuto
-		}
-		v = strings.TrimSpace(s)
 	}
-	return Cores(d.integer(path, v, int(CoresAuto), 1, MaxCores))
+	if n < 1 || n > MaxCores {
+		d.failf(path, `want "auto", "all" or a whole number of cores from 1 to %d, got %s`, MaxCores, describe(v))
+		return CoresAuto
+	}
+	return Cores(n)
 }
 
 // admin reads {listen, token_file} and the token itself.

@@ -212,6 +212,8 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte("listeners: {a: b}"))
 	f.Add([]byte("listeners: [{listen: ':1', upstream: 'a:1', chunk: 1KiB, conn: {up: {rate: 1Mbit, burst: 2KiB}, down: {rate: '5MB/s', kernel_pacing: false}}}]"))
 	f.Add([]byte("&a [*a]"))
+	f.Add([]byte("cores: 2\nlisteners: [{listen: ':1', upstream: 'a:1'}]"))
+	f.Add([]byte("cores: [all]\nlisteners: [{listen: ':1', upstream: 'a:1'}]"))
 	f.Add([]byte(linksYAML))
 	f.Add([]byte("listeners: [{listen: ':1', upstream: 'a:1', mp4: {enabled: true, factor: 1.5, burst_seconds: 0.5, floor: 1Mbit, default_rate: 2Mbit}}]"))
 	f.Add([]byte("admin: {listen: off}\nlinks: {a: {up: {rate: 1Mbit}, keys: {by: listener, weight: 2}}}\nlisteners: [{listen: ':1', upstream: 'a:1', links: [a]}]"))
@@ -256,12 +258,12 @@ func TestCores(t *testing.T) {
 		}
 	}
 	for _, tc := range []struct{ yaml, want string }{
-		{"cores: 0", "cores: want a whole number from 1 to 1024, got 0"},
-		{"cores: -1", "cores: want a whole number from 1 to 1024, got -1"},
-		{"cores: 1025", "cores: want a whole number from 1 to 1024, got 1025"},
-		{"cores: 1.5", "cores: want a whole number from 1 to 1024, got 1.5"},
-		{"cores: many", `cores: want "auto", "all" or a whole number from 1 to 1024, got "many"`},
-		{"cores: [1]", "cores: want a whole number from 1 to 1024"},
+		{"cores: 0", `cores: want "auto", "all" or a whole number of cores from 1 to 1024, got 0`},
+		{"cores: -1", "a whole number of cores from 1 to 1024, got -1"},
+		{"cores: 1025", "a whole number of cores from 1 to 1024, got 1025"},
+		{"cores: 1.5", "a whole number of cores from 1 to 1024, got 1.5"},
+		{"cores: many", `cores: want "auto", "all" or a whole number of cores from 1 to 1024, got "many"`},
+		{"cores: [1]", "cores: want \"auto\", \"all\" or a whole number of cores from 1 to 1024, got"},
 	} {
 		_, err := Parse([]byte(tc.yaml + l))
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
