@@ -64,7 +64,7 @@ setTimeout(() => report("timeout"), 25000);
 </script>`
 
 // TestMP4Chromium plays a video through sluice in headless Chromium, from a
-// page served on loopback: playback starts within a second and never
+// page served on loopback: playback starts within two seconds and never
 // waits for data, though the file is paced at 1.25× its own rate.
 func TestMP4Chromium(t *testing.T) {
 	bin := chromium(t)
@@ -139,11 +139,16 @@ func playInChromium(t *testing.T, bin, name string) {
 	if res.Why != "ended" || res.Error != "" {
 		t.Fatalf("playback ended with %q %q; chromium said:\n%s", res.Why, res.Error, out.String())
 	}
-	// A moov-at-end file costs the player a tail request and a new
-	// connection before it can start: a second more is allowed for it.
-	limit := 1000.0
+	// Most of the start is the player's own: on a busy 2-core machine it
+	// started after 1,070 ms here, and after 1,138 ms with no burst at all
+	// (the moov and the first frames still come at once). So this bounds
+	// gross delays, as metadata held back would cause; the burst's own
+	// effect is measured by ./bench/loadbench -mp4. A moov-at-end file
+	// costs the player a tail request and a new connection before it can
+	// start: a second more is allowed for it.
+	limit := 2000.0
 	if name == "moovend" {
-		limit = 2000
+		limit = 3000
 	}
 	if res.StartedMS < 0 || res.StartedMS > limit {
 		t.Errorf("playback started after %.0f ms, want within %.0f ms", res.StartedMS, limit)

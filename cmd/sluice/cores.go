@@ -54,6 +54,8 @@ type coreSample struct {
 	cpu time.Duration
 }
 
+// coreGovernor applies the cores setting: it sets GOMAXPROCS from the
+// config, and in auto mode from the samples run takes.
 type coreGovernor struct {
 	log *slog.Logger
 	// setProcs sets GOMAXPROCS to n, or to Go's default if n is 0, and
@@ -84,17 +86,7 @@ func newCoreGovernor(log *slog.Logger, mode config.Cores) *coreGovernor {
 		procs:    runtime.GOMAXPROCS(0),
 	}
 	_, g.fixed = os.LookupEnv("GOMAXPROCS")
-	g.gauge = prometheus.NewGauge(prometheus.GaugeOpts{
-		Name: "sluice_cores",
-		Help: "Cores Go schedules sluice on now (GOMAXPROCS), as the cores setting chose them.",
-	})
-	g.changes = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "sluice_cores_changes_total",
-		Help: "Changes of the cores sluice runs on, by reason: busy (to every core), idle (to one), config.",
-	}, []string{"reason"})
-	for _, r := range []string{"busy", "idle", "config"} {
-		g.changes.WithLabelValues(r)
-	}
+	g.gauge, g.changes = newCoreMetrics()
 	g.gauge.Set(float64(g.procs))
 	if g.fixed {
 		log.Info("cores", slog.Int("gomaxprocs", g.procs), slog.Int("cpus", runtime.NumCPU()),
@@ -106,6 +98,23 @@ func newCoreGovernor(log *slog.Logger, mode config.Cores) *coreGovernor {
 	}
 	g.setMode(mode, "start")
 	return g
+}
+
+// newCoreMetrics makes the governor's metrics: sluice_cores and
+// sluice_cores_changes_total.
+func newCoreMetrics() (prometheus.Gauge, *prometheus.CounterVec) {
+	gauge := prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "sluice_cores",
+		Help: "Cores Go schedules sluice on now (GOMAXPROCS), as the cores setting chose them.",
+	})
+	changes := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "sluice_cores_changes_total",
+		Help: "Changes of the cores sluice runs on, by reason: busy (to every core), idle (to one), config.",
+	}, []string{"reason"})
+	for _, r := range []string{"busy", "idle", "config"} {
+		changes.WithLabelValues(r)
+	}
+	return gauge, changes
 }
 
 func setGOMAXPROCS(n int) int {
@@ -151,6 +160,9 @@ func (g *coreGovernor) setMode(mode config.Cores, reason string) {
 func (g *coreGovernor) setLocked(n int, reason string, busy float64) {
 	prev := g.procs
 	g.procs = g.setProcs(n)
+	if n == 0 {
+		g.max = g.procs // Go's default follows the CPUs and the cgroup's limit
+	}
 	g.samples = g.samples[:0]
 	g.gauge.Set(float64(g.procs))
 	if g.procs == prev && reason != "start" {

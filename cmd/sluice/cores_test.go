@@ -26,15 +26,14 @@ import (
 // max cores by default.
 type fakeCores struct {
 	*coreGovernor
-	t   *testing.T
 	at  time.Time
 	cpu time.Duration
 	set []int // what setProcs was asked, in order
 	log bytes.Buffer
 }
 
-func newFakeCores(t *testing.T, max int, mode config.Cores) *fakeCores {
-	f := &fakeCores{t: t, at: time.Unix(1000, 0)}
+func newFakeCores(max int, mode config.Cores) *fakeCores {
+	f := &fakeCores{at: time.Unix(1000, 0)}
 	f.coreGovernor = &coreGovernor{
 		log: slog.New(slog.NewTextHandler(&f.log, nil)),
 		setProcs: func(n int) int {
@@ -47,8 +46,7 @@ func newFakeCores(t *testing.T, max int, mode config.Cores) *fakeCores {
 		max:   max,
 		procs: max,
 	}
-	g := newCoreGovernor(slog.New(slog.DiscardHandler), mode) // for its metrics
-	f.gauge, f.changes = g.gauge, g.changes
+	f.gauge, f.changes = newCoreMetrics()
 	f.setMode(mode, "start")
 	return f
 }
@@ -77,7 +75,7 @@ func firstAt(procs []int, n int) int {
 }
 
 func TestCoresAuto(t *testing.T) {
-	f := newFakeCores(t, 4, config.CoresAuto)
+	f := newFakeCores(4, config.CoresAuto)
 	if f.current() != 1 || fmt.Sprint(f.set) != "[1]" {
 		t.Fatalf("auto starts on %d cores (set %v), want 1", f.current(), f.set)
 	}
@@ -126,7 +124,7 @@ func TestCoresAuto(t *testing.T) {
 }
 
 func TestCoresFixedAndReload(t *testing.T) {
-	f := newFakeCores(t, 4, config.CoresAll)
+	f := newFakeCores(4, config.CoresAll)
 	if f.current() != 4 || fmt.Sprint(f.set) != "[0]" {
 		t.Fatalf("all: %d cores (set %v), want Go's default, 4", f.current(), f.set)
 	}
@@ -147,13 +145,13 @@ func TestCoresFixedAndReload(t *testing.T) {
 		t.Fatalf("auto again, idle: %v, want one core after %v", got, coreDownSpan)
 	}
 	// One CPU: auto never changes anything.
-	one := newFakeCores(t, 1, config.CoresAuto)
+	one := newFakeCores(1, config.CoresAuto)
 	one.run(5, time.Minute)
 	if len(one.set) != 0 || one.current() != 1 {
 		t.Errorf("one CPU: set %v, want nothing set", one.set)
 	}
 	// GOMAXPROCS in the environment wins.
-	env := newFakeCores(t, 4, config.CoresAuto)
+	env := newFakeCores(4, config.CoresAuto)
 	env.set, env.fixed = nil, true
 	env.procs = 4
 	env.run(0, time.Minute)
