@@ -355,7 +355,7 @@ func TestLinkInLoopLive(t *testing.T) {
 		}
 	}
 	rate("link at 2 MB/s", 2_000_000)
-	if n := loopServed(); n != 1 {
+	if n := waitLoopServed(1); n != 1 {
 		t.Errorf("the loops serve %d directions, want the download", n)
 	}
 	own := ConnLimits{Down: shaper.Limit{Rate: 1_000_000}}
@@ -367,7 +367,7 @@ func TestLinkInLoopLive(t *testing.T) {
 		t.Fatal(err)
 	}
 	rate("link lowered to 500 KB/s", 500_000)
-	if n := loopServed(); n != 1 {
+	if n := waitLoopServed(1); n != 1 {
 		t.Errorf("the loops serve %d directions, want the download", n)
 	}
 	err := srv.Reconfigure(nil, []ListenerConfig{{Name: "t", Addr: "127.0.0.1:0", Upstream: upstream, Limits: own}}, time.Second) // as configured: same socket

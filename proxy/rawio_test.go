@@ -231,7 +231,7 @@ sluice_shaped_pipes %d
 			if err != nil {
 				t.Errorf("while reading ahead: %v", err)
 			}
-			if n := loopServed(); n != 1 {
+			if n := waitLoopServed(1); n != 1 {
 				t.Errorf("the shaping loop serves %d directions, want the slow one", n)
 			}
 			for _, lim := range []ConnLimits{{}, slow, {Down: shaper.Limit{Rate: 200_000_000}}, slow, {}} {
@@ -317,6 +317,18 @@ func smallReadBuffers(t *testing.T, conns ...*net.TCPConn) {
 			t.Fatal(err)
 		}
 	}
+}
+
+// waitLoopServed waits up to 5 s for the shaping loops to serve want
+// directions, and returns how many they serve then. A loop hands a
+// direction back for a moment whenever its upstream has nothing queued
+// yet, so a single look can miss it.
+func waitLoopServed(want int64) int64 {
+	n := loopServed()
+	for deadline := time.Now().Add(5 * time.Second); n != want && time.Now().Before(deadline); n = loopServed() {
+		time.Sleep(5 * time.Millisecond) // polling a count the loops update
+	}
+	return n
 }
 
 // waitIdle waits until srv has no conns left.

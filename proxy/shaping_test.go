@@ -220,10 +220,7 @@ func TestShapedWaitEndsOnShutdown(t *testing.T) {
 		t.Fatal(err) // the first burst
 	}
 	// The wait is the shaping loop's (the pump read ahead).
-	for deadline := time.Now().Add(5 * time.Second); loopServed() != 1 && time.Now().Before(deadline); {
-		time.Sleep(5 * time.Millisecond) // polling the loop's count
-	}
-	if n := loopServed(); n != 1 {
+	if n := waitLoopServed(1); n != 1 {
 		t.Fatalf("the shaping loop serves %d directions, want 1", n)
 	}
 	shutdownPromptly(t, srv)
