@@ -245,28 +245,20 @@ func decode(settings map[string]any) (*Config, error) {
 
 // cores reads "auto", "all" or a count of cores.
 func (d *decoder) cores(path string, v any) Cores {
-	var n int
-	switch x := v.(type) {
-	case nil:
+	if v == nil {
 		return CoresAuto
-	case int:
-		n = x
-	case int64:
-		n = int(x)
-	case string:
-		switch t := strings.ToLower(strings.TrimSpace(x)); t {
+	}
+	if s, ok := v.(string); ok {
+		switch s = strings.ToLower(strings.TrimSpace(s)); s {
 		case "auto":
 			return CoresAuto
 		case "all":
 			return CoresAll
-		default:
-			var err error
-			if n, err = strconv.Atoi(t); err != nil {
-				n = 0
-			}
 		}
+		v = s
 	}
-	if n < 1 || n > MaxCores {
+	n, ok := wholeNumber(v)
+	if !ok || n < 1 || n > MaxCores {
 		d.failf(path, `want "auto", "all" or a whole number of cores from 1 to %d, got %s`, MaxCores, describe(v))
 		return CoresAuto
 	}
