@@ -6,6 +6,7 @@ import (
 	"os"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -61,6 +62,11 @@ type coreGovernor struct {
 	// setProcs sets GOMAXPROCS to n, or to Go's default if n is 0, and
 	// returns what it is now.
 	setProcs func(n int) int
+	// cpu is the process's CPU time so far (processCPU).
+	cpu func() (time.Duration, bool)
+	// modeSet wakes run when the mode changes: it samples in auto mode
+	// only.
+	modeSet chan struct{}
 	// max is Go's default: every core the process may use.
 	max int
 	// fixed: GOMAXPROCS is set in the environment, which wins over the
@@ -82,6 +88,8 @@ func newCoreGovernor(log *slog.Logger, mode config.Cores) *coreGovernor {
 	g := &coreGovernor{
 		log:      log,
 		setProcs: setGOMAXPROCS,
+		cpu:      processCPU,
+		modeSet:  make(chan struct{}, 1),
 		max:      runtime.GOMAXPROCS(0),
 		procs:    runtime.GOMAXPROCS(0),
 	}
@@ -138,6 +146,10 @@ func (g *coreGovernor) setMode(mode config.Cores, reason string) {
 	defer g.mu.Unlock()
 	changed := g.mode != mode
 	g.mode = mode
+	select {
+	case g.modeSet <- struct{}{}:
+	default:
+	}
 	switch {
 	case mode == config.CoresAll:
 		g.setLocked(0, reason, -1)
@@ -187,6 +199,24 @@ func (g *coreGovernor) setLocked(n int, reason string, busy float64) {
 func (g *coreGovernor) sample(s coreSample) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	g.sampleLocked(s)
+}
+
+// tick takes a sample at now if the mode is auto. Under mu, so no sample
+// starts once setMode has changed the mode.
+func (g *coreGovernor) tick(now time.Time) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.mode != config.CoresAuto {
+		return
+	}
+	if cpu, ok := g.cpu(); ok {
+		g.sampleLocked(coreSample{at: now, cpu: cpu})
+	}
+}
+
+// sampleLocked is sample with mu held.
+func (g *coreGovernor) sampleLocked(s coreSample) {
 	g.samples = append(g.samples, s)
 	// Keep one sample at or beyond coreDownSpan back, none older.
 	for len(g.samples) > 2 && s.at.Sub(g.samples[1].at) >= coreDownSpan {
@@ -219,7 +249,8 @@ func (g *coreGovernor) busySince(s coreSample, span time.Duration) (float64, boo
 	return 0, false
 }
 
-// run samples the process's CPU time every coreTick until ctx is done.
+// run samples the process's CPU time every coreTick while the mode is
+// auto, until ctx is done. In another mode nothing wakes it but a change.
 func (g *coreGovernor) run(ctx context.Context) {
 	if g.fixed || g.max <= 1 {
 		return
@@ -227,16 +258,28 @@ func (g *coreGovernor) run(ctx context.Context) {
 	t := time.NewTicker(coreTick)
 	defer t.Stop()
 	for {
+		g.mu.Lock()
+		auto := g.mode == config.CoresAuto
+		g.mu.Unlock()
+		ticks := t.C
+		if !auto {
+			t.Stop()
+			ticks = nil
+		}
 		select {
 		case <-ctx.Done():
 			return
-		case now := <-t.C:
-			if cpu, ok := processCPU(); ok {
-				g.sample(coreSample{at: now, cpu: cpu})
-			}
+		case <-g.modeSet:
+			t.Reset(coreTick)
+		case now := <-ticks:
+			coreTicks.Add(1)
+			g.tick(now)
 		}
 	}
 }
+
+// coreTicks counts run's wake-ups by its ticker, for tests.
+var coreTicks atomic.Int64
 
 // processCPU is the CPU time of every thread of the process, user and
 // system.

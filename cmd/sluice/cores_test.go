@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"io"
 	"log/slog"
@@ -277,4 +278,45 @@ func grepLines(text, sub string) string {
 		}
 	}
 	return strings.Join(out, "\n")
+}
+
+// TestCoresSampleInAutoOnly: run samples the CPU time in auto mode only;
+// in another mode nothing wakes it but a change of mode.
+func TestCoresSampleInAutoOnly(t *testing.T) {
+	f := newFakeCores(4, config.CoresAll)
+	sampled := make(chan struct{}, 100)
+	f.coreGovernor.cpu = func() (time.Duration, bool) {
+		sampled <- struct{}{}
+		return 0, true
+	}
+	f.modeSet = make(chan struct{}, 1)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { f.coreGovernor.run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+
+	quiet := func(mode string) {
+		t.Helper()
+		ticks := coreTicks.Load()
+		select {
+		case <-sampled:
+			t.Fatalf("%s: run sampled the CPU time", mode)
+		case <-time.After(3 * coreTick): // three ticks' worth without a sample
+		}
+		if n := coreTicks.Load() - ticks; n != 0 {
+			t.Fatalf("%s: run woke %d times", mode, n)
+		}
+	}
+	quiet("all")
+	f.setMode(config.CoresAuto, "reload")
+	select {
+	case <-sampled:
+	case <-time.After(5 * time.Second):
+		t.Fatal("auto: no sample within 5 s")
+	}
+	f.setMode(2, "reload")
+	for len(sampled) > 0 { // taken before setMode: tick holds mu while it samples
+		<-sampled
+	}
+	quiet("2")
 }
