@@ -516,6 +516,7 @@ type LinkDirJSON struct {
 	Key      KeyLimitJSON  `json:"key"`   // each key's default share
 	Bytes    int64         `json:"bytes"`
 	Borrowed int64         `json:"borrowed"` // bytes keys took beyond their assured rate
+	Grants   int64         `json:"grants"`   // grants made: bytes ÷ grants is the average grant
 	Tokens   int64         `json:"tokens"`   // the bucket's fill now, bytes
 	Waiting  int           `json:"waiting"`  // connections waiting for a grant now
 	Keys     int           `json:"keys"`     // keys with connections
@@ -560,7 +561,7 @@ func linkJSON(ls LinkStats) LinkJSON {
 		}
 		j := &LinkDirJSON{Rate: ds.Limit.Rate, Burst: ds.Limit.Burst,
 			Key:   KeyLimitJSON{ds.Limit.Key.Rate, ds.Limit.Key.Ceil, ds.Limit.Key.Weight},
-			Bytes: ds.Bytes, Borrowed: ds.Borrowed, Tokens: ds.Tokens, Waiting: ds.Waiting, Keys: ds.LinkStats.Keys, Members: ds.Members}
+			Bytes: ds.Bytes, Borrowed: ds.Borrowed, Grants: ds.Grants, Tokens: ds.Tokens, Waiting: ds.Waiting, Keys: ds.LinkStats.Keys, Members: ds.Members}
 		for _, k := range ds.Keys {
 			j.KeyStats = append(j.KeyStats, KeyStatJSON{Key: k.Key, Limit: KeyLimitJSON{k.Limit.Rate, k.Limit.Ceil, k.Limit.Weight},
 				Conns: k.Members, Waiting: k.Waiting, Bytes: k.Bytes, Borrowed: k.Borrowed})

@@ -409,3 +409,37 @@ func TestLinkWaitEndsOnShutdown(t *testing.T) {
 		t.Errorf("link: %d bytes granted, %d waiting; want 8192 (the one grant moved), none", st.Bytes, st.Waiting)
 	}
 }
+
+// TestLinkGrantsFollowShare: a download under a link alone takes grants of
+// 10 ms of its share of the link, at least a chunk and at most 16 KiB:
+// alone on 4 MB/s (40 KB), 16 KiB; with three more downloads (1 MB/s
+// each), 10 KB. Measured by the link's own counters, bytes over grants.
+func TestLinkGrantsFollowShare(t *testing.T) {
+	defer test.TimeOut(60 * time.Second).Stop()
+	checkRoutines(t)
+	upstream := endless(t)
+	srv, addr := startLinked(t, upstream, 4_000_000, ConnLimits{}) // a 20 KB burst: the most a grant can be
+	grant := func(name string, want float64) {
+		t.Helper()
+		time.Sleep(500 * time.Millisecond) // real time for the share to be measured and the grants to follow
+		st0 := srv.Links(false)[0].Dirs[Down]
+		time.Sleep(time.Second)
+		st1 := srv.Links(false)[0].Dirs[Down]
+		grants := st1.Grants - st0.Grants
+		if grants == 0 {
+			t.Fatalf("%s: no grants in a second", name)
+		}
+		got := float64(st1.Bytes-st0.Bytes) / float64(grants)
+		if got/want < 0.9 || got/want > 1.1 {
+			t.Errorf("%s: grants of %.0f bytes on average (%d of them), want %.0f ±10%%", name, got, grants, want)
+		}
+	}
+	r, c := readFrom(t, addr, "127.0.0.1")
+	defer func() { c.Close(); <-r.done }()
+	grant("alone on 4 MB/s", maxLinkGrant)
+	for range 3 {
+		r, c := readFrom(t, addr, "127.0.0.1")
+		defer func() { c.Close(); <-r.done }()
+	}
+	grant("four on 4 MB/s", 10_000)
+}

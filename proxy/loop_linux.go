@@ -446,7 +446,11 @@ func (p *pump) loopServe(served int) (time.Time, int) {
 			if p.gate.Load() != lp.gate || chunk > loopMaxGrant {
 				return time.Time{}, serveBack // a limit the hand-in did not see
 			}
-			n := min(lp.queued, int(chunk))
+			size := int(chunk)
+			if lp.g == nil {
+				size = p.linkGrant(size)
+			}
+			n := min(lp.queued, size)
 			if lp.g != nil {
 				var wait time.Duration
 				if n, wait = lp.g.TryTake(n); n == 0 {

@@ -15,7 +15,7 @@ type Collector struct {
 
 	bytes, accepted, ended, active, waited, waiting, rate, burst *prometheus.Desc
 
-	linkBytes, linkBorrowed, linkRate, linkTokens, linkWaiting, linkKeys, linkConns *prometheus.Desc
+	linkBytes, linkBorrowed, linkGrants, linkRate, linkTokens, linkWaiting, linkKeys, linkConns *prometheus.Desc
 
 	mp4Videos, mp4Plans, mp4Burst, mp4Fallbacks, mp4Cached, mp4Waited, mp4Paced, mp4Rate *prometheus.Desc
 
@@ -40,6 +40,7 @@ func NewCollector(srv *Server) *Collector {
 
 		linkBytes:    d("link_bytes_total", "Bytes granted on a link, per direction.", "link", "direction"),
 		linkBorrowed: d("link_borrowed_bytes_total", "Bytes keys took on a link beyond their assured rate.", "link", "direction"),
+		linkGrants:   d("link_grants_total", "Grants a link made, per direction: link_bytes_total over this is the average grant.", "link", "direction"),
 		linkRate:     d("link_rate_limit_bytes_per_second", "A link's rate, per direction.", "link", "direction"),
 		linkTokens:   d("link_tokens_bytes", "A link's bucket fill now: unused budget, up to its burst.", "link", "direction"),
 		linkWaiting:  d("link_connections_waiting", "Connections waiting for a link's grant now.", "link", "direction"),
@@ -64,7 +65,7 @@ func NewCollector(srv *Server) *Collector {
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.bytes, c.accepted, c.ended, c.active, c.waited, c.waiting, c.rate, c.burst,
-		c.linkBytes, c.linkBorrowed, c.linkRate, c.linkTokens, c.linkWaiting, c.linkKeys, c.linkConns,
+		c.linkBytes, c.linkBorrowed, c.linkGrants, c.linkRate, c.linkTokens, c.linkWaiting, c.linkKeys, c.linkConns,
 		c.mp4Videos, c.mp4Plans, c.mp4Burst, c.mp4Fallbacks, c.mp4Cached, c.mp4Waited, c.mp4Paced, c.mp4Rate, c.readAhead, c.shapedPipes, c.loopDirs} {
 		ch <- d
 	}
@@ -83,6 +84,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 			dir := Dir(d).String()
 			ch <- prometheus.MustNewConstMetric(c.linkBytes, prometheus.CounterValue, float64(ds.Bytes), l.Name, dir)
 			ch <- prometheus.MustNewConstMetric(c.linkBorrowed, prometheus.CounterValue, float64(ds.Borrowed), l.Name, dir)
+			ch <- prometheus.MustNewConstMetric(c.linkGrants, prometheus.CounterValue, float64(ds.Grants), l.Name, dir)
 			ch <- prometheus.MustNewConstMetric(c.linkRate, prometheus.GaugeValue, float64(ds.Limit.Rate), l.Name, dir)
 			ch <- prometheus.MustNewConstMetric(c.linkTokens, prometheus.GaugeValue, float64(ds.Tokens), l.Name, dir)
 			ch <- prometheus.MustNewConstMetric(c.linkWaiting, prometheus.GaugeValue, float64(ds.Waiting), l.Name, dir)

@@ -54,7 +54,7 @@ type Link struct {
 	drive   func(at time.Time) // set: a driver dispatches, not the timer
 	last    time.Time          // last grant, for the busy catch-up
 
-	granted, borrowed int64
+	granted, borrowed, grants int64
 
 	onGrant func(*Member) // test hook: called for each queued member granted
 }
@@ -210,6 +210,9 @@ type LinkStats struct {
 	Bytes int64
 	// Borrowed is the part of Bytes keys took beyond their assured rate.
 	Borrowed int64
+	// Grants is the number of grants made (refunds do not lower it):
+	// Bytes ÷ Grants is the average grant.
+	Grants int64
 	// Tokens is the link bucket's fill now, in bytes.
 	Tokens int64
 	// Waiting is the number of members waiting for a grant now.
@@ -224,7 +227,7 @@ func (l *Link) Stats() LinkStats {
 	defer l.mu.Unlock()
 	now := l.clock.Now()
 	l.bucket.advance(now, l.catchUp(now))
-	s := LinkStats{Bytes: l.granted, Borrowed: l.borrowed, Tokens: l.bucket.nt / nano, Waiting: l.waiting, Keys: len(l.keys)}
+	s := LinkStats{Bytes: l.granted, Borrowed: l.borrowed, Grants: l.grants, Tokens: l.bucket.nt / nano, Waiting: l.waiting, Keys: len(l.keys)}
 	for _, k := range l.keys {
 		s.Members += k.members
 	}
@@ -455,6 +458,35 @@ func (m *Member) Leave() {
 // Key returns the member's key.
 func (m *Member) Key() string { return m.k.name }
 
+// ShareWindow is the time over which Member.Share measures its key's rate.
+const ShareWindow = 100 * time.Millisecond
+
+// Share returns the member's share of the link as it stands, in bytes per
+// second: what its key was granted per second over its last measure of at
+// least ShareWindow, split evenly among the key's members (which the link
+// serves equally). It is 0 until the key has been measured, and for a
+// member that left. A caller sizes its grants from it: a connection's
+// share of a link is not set anywhere but found by the link's fair order,
+// so it is measured.
+func (m *Member) Share() int64 {
+	l := m.l
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	k := m.k
+	if m.left || k.members == 0 {
+		return 0
+	}
+	now := l.clock.Now()
+	switch d := now.Sub(k.shareAt); {
+	case k.shareAt.IsZero():
+		k.shareAt, k.shareBase = now, k.granted
+	case d >= ShareWindow:
+		k.rate = int64(float64(max(k.granted-k.shareBase, 0)) / d.Seconds())
+		k.shareAt, k.shareBase = now, k.granted
+	}
+	return k.rate / int64(k.members)
+}
+
 // catchUp is how much beyond burst the link bucket may hold now: like a
 // Gate's busy caller, a link with waiters keeps MaxCatchUp's worth of rate
 // that late timers would otherwise lose.
@@ -496,6 +528,7 @@ func (l *Link) grant(k *linkKey, want int64, green bool, now time.Time) {
 	k.granted += want
 	k.lastGrant = now
 	l.granted += want
+	l.grants++
 	l.last = now
 }
 
@@ -820,6 +853,12 @@ type linkKey struct {
 	granted   int64
 	borrowed  int64
 	lastGrant time.Time
+
+	// Member.Share's measure: the key's rate over its last window
+	// (granted-shareBase bytes since shareAt, once shareWindow is over).
+	shareAt   time.Time
+	shareBase int64
+	rate      int64
 }
 
 // advance refills the key's buckets up to now; a busy key keeps, like the

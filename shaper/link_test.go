@@ -742,3 +742,42 @@ func TestLinkDriverWithTake(t *testing.T) {
 		t.Fatalf("only an Ask waits: drives %v; want the driver asked", drives)
 	}
 }
+
+// Share measures a member's share of the link: its key's rate over the
+// last window, split among the key's members.
+func TestLinkShare(t *testing.T) {
+	s := newSim(t, shaper.LinkLimit{Limit: shaper.Limit{Rate: 3 * mbps}})
+	a := s.add("a", 2, 0)
+	b := s.add("b", 1, 0)[0]
+	shares := func() []int64 {
+		return []int64{a[0].m.Share(), a[1].m.Share(), b.m.Share()}
+	}
+	s.warm()
+	if got := shares(); got[0] != 0 || got[1] != 0 || got[2] != 0 {
+		t.Fatalf("shares before a measure = %v, want 0s", got)
+	}
+	s.run(500 * time.Millisecond)
+	got := shares()
+	near(t, "a[0]'s share", got[0], 3*mbps/4, 0.02)
+	near(t, "a[1]'s share", got[1], 3*mbps/4, 0.02)
+	near(t, "b's share", got[2], 3*mbps/2, 0.02)
+	if got[0] != got[1] {
+		t.Errorf("members of one key: shares %d and %d, want them equal", got[0], got[1])
+	}
+
+	// Within a window the last measure stands.
+	s.run(shaper.ShareWindow / 2)
+	if again := shares(); again[0] != got[0] || again[2] != got[2] {
+		t.Errorf("shares within a window = %v, want the last measure %v", again, got)
+	}
+
+	// b leaves: its share is 0, and a's key takes the whole link.
+	s.leave([]*simMember{b})
+	if n := b.m.Share(); n != 0 {
+		t.Errorf("share of a member that left = %d, want 0", n)
+	}
+	s.run(shaper.ShareWindow)
+	a[0].m.Share() // a measure with b in it; the next starts here
+	s.run(500 * time.Millisecond)
+	near(t, "a[0]'s share alone", a[0].m.Share(), 3*mbps/2, 0.02)
+}
