@@ -481,10 +481,10 @@ func (m *Member) Share() int64 {
 	case k.shareAt.IsZero():
 		k.shareAt, k.shareBase = now, k.granted
 	case d >= ShareWindow:
-		k.rate = int64(float64(max(k.granted-k.shareBase, 0)) / d.Seconds())
+		k.shareRate = int64(float64(max(k.granted-k.shareBase, 0)) / d.Seconds())
 		k.shareAt, k.shareBase = now, k.granted
 	}
-	return k.rate / int64(k.members)
+	return k.shareRate / int64(k.members)
 }
 
 // catchUp is how much beyond burst the link bucket may hold now: like a
@@ -855,10 +855,10 @@ type linkKey struct {
 	lastGrant time.Time
 
 	// Member.Share's measure: the key's rate over its last window
-	// (granted-shareBase bytes since shareAt, once shareWindow is over).
+	// (granted-shareBase bytes since shareAt, once ShareWindow is over).
 	shareAt   time.Time
 	shareBase int64
-	rate      int64
+	shareRate int64
 }
 
 // advance refills the key's buckets up to now; a busy key keeps, like the
