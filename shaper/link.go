@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -283,7 +284,7 @@ type Member struct {
 	size       int64 // what the head of its key's queue will be granted
 	queued     bool
 	prev, next *Member
-	left       bool
+	left       atomic.Bool // written under l.mu; read without it by Share
 
 	// An Ask's: the grant goes to notify, or, granted while the Ask
 	// itself dispatches (inAsk), to got for the Ask to return.
@@ -385,7 +386,7 @@ func (m *Member) ask(n, upTo int, notify func(int)) (int, error) {
 	l := m.l
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if m.left {
+	if m.left.Load() {
 		return 0, ErrLeft
 	}
 	now := l.clock.Now()
@@ -441,10 +442,10 @@ func (m *Member) Leave() {
 	l := m.l
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if m.left {
+	if m.left.Load() {
 		return
 	}
-	m.left = true
+	m.left.Store(true)
 	if m.queued {
 		l.dequeue(m)
 	}
@@ -467,24 +468,26 @@ const ShareWindow = 100 * time.Millisecond
 // serves equally). It is 0 until the key has been measured, and for a
 // member that left. A caller sizes its grants from it: a connection's
 // share of a link is not set anywhere but found by the link's fair order,
-// so it is measured.
+// so it is measured. The link measures as it grants; Share takes no lock
+// and reads no clock, so a caller may ask it for every grant.
 func (m *Member) Share() int64 {
-	l := m.l
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	k := m.k
-	if m.left || k.members == 0 {
+	if m.left.Load() {
 		return 0
 	}
-	now := l.clock.Now()
+	return m.k.share.Load()
+}
+
+// measure ends the key's share window at a grant at now once ShareWindow
+// is over, and publishes the share of each of its members. Requires l.mu.
+func (k *linkKey) measure(now time.Time) {
 	switch d := now.Sub(k.shareAt); {
 	case k.shareAt.IsZero():
 		k.shareAt, k.shareBase = now, k.granted
 	case d >= ShareWindow:
-		k.shareRate = int64(float64(max(k.granted-k.shareBase, 0)) / d.Seconds())
+		rate := int64(float64(max(k.granted-k.shareBase, 0)) / d.Seconds())
+		k.share.Store(rate / int64(max(k.members, 1)))
 		k.shareAt, k.shareBase = now, k.granted
 	}
-	return k.shareRate / int64(k.members)
 }
 
 // catchUp is how much beyond burst the link bucket may hold now: like a
@@ -527,6 +530,7 @@ func (l *Link) grant(k *linkKey, want int64, green bool, now time.Time) {
 	}
 	k.granted += want
 	k.lastGrant = now
+	k.measure(now)
 	l.granted += want
 	l.grants++
 	l.last = now
@@ -854,11 +858,11 @@ type linkKey struct {
 	borrowed  int64
 	lastGrant time.Time
 
-	// Member.Share's measure: the key's rate over its last window
-	// (granted-shareBase bytes since shareAt, once ShareWindow is over).
+	// Member.Share's measure (measure): granted-shareBase bytes since
+	// shareAt, and each member's share of the last window's rate.
 	shareAt   time.Time
 	shareBase int64
-	shareRate int64
+	share     atomic.Int64
 }
 
 // advance refills the key's buckets up to now; a busy key keeps, like the

@@ -743,7 +743,7 @@ func TestLinkDriverWithTake(t *testing.T) {
 	}
 }
 
-// Share measures a member's share of the link: its key's rate over the
+// Share measures a member's share of the link: its key's rate over its
 // last window, split among the key's members.
 func TestLinkShare(t *testing.T) {
 	s := newSim(t, shaper.LinkLimit{Limit: shaper.Limit{Rate: 3 * mbps}})
@@ -752,10 +752,10 @@ func TestLinkShare(t *testing.T) {
 	shares := func() []int64 {
 		return []int64{a[0].m.Share(), a[1].m.Share(), b.m.Share()}
 	}
-	s.warm()
 	if got := shares(); got[0] != 0 || got[1] != 0 || got[2] != 0 {
 		t.Fatalf("shares before a measure = %v, want 0s", got)
 	}
+	s.warm()
 	s.run(500 * time.Millisecond)
 	got := shares()
 	near(t, "a[0]'s share", got[0], 3*mbps/4, 0.02)
@@ -765,10 +765,18 @@ func TestLinkShare(t *testing.T) {
 		t.Errorf("members of one key: shares %d and %d, want them equal", got[0], got[1])
 	}
 
-	// Within a window the last measure stands.
-	s.run(shaper.ShareWindow / 2)
-	if again := shares(); again[0] != got[0] || again[2] != got[2] {
-		t.Errorf("shares within a window = %v, want the last measure %v", again, got)
+	// A measure stands for a window: over a second of 1 ms steps, a
+	// key's share changes at most once a window.
+	changes, last := 0, b.m.Share()
+	for range 1000 {
+		s.run(time.Millisecond)
+		if n := b.m.Share(); n != last {
+			changes++
+			last = n
+		}
+	}
+	if most := int(time.Second / shaper.ShareWindow); changes > most {
+		t.Errorf("b's share changed %d times in a second, want at most %d (one a window)", changes, most)
 	}
 
 	// b leaves: its share is 0, and a's key takes the whole link.
@@ -776,8 +784,6 @@ func TestLinkShare(t *testing.T) {
 	if n := b.m.Share(); n != 0 {
 		t.Errorf("share of a member that left = %d, want 0", n)
 	}
-	s.run(shaper.ShareWindow)
-	a[0].m.Share() // a measure with b in it; the next starts here
 	s.run(500 * time.Millisecond)
 	near(t, "a[0]'s share alone", a[0].m.Share(), 3*mbps/2, 0.02)
 }

@@ -99,12 +99,8 @@ func newCoreGovernor(log *slog.Logger, mode config.Cores) *coreGovernor {
 	if g.fixed {
 		log.Info("cores", slog.Int("gomaxprocs", g.procs), slog.Int("cpus", runtime.NumCPU()),
 			slog.String("mode", "GOMAXPROCS"), slog.String("reason", "start"))
-		if mode != config.CoresAuto {
-			log.Warn("cores: the GOMAXPROCS environment variable is set and wins over the config", slog.String("cores", mode.String()))
-		}
-		return g
 	}
-	g.setMode(mode, "start")
+	g.setMode(mode, "start") // with GOMAXPROCS fixed, only warns if the config asked otherwise
 	return g
 }
 

@@ -381,15 +381,17 @@ func TestRunBadConfigAndBusyPort(t *testing.T) {
 }
 
 // TestRunLogsCores: at start, sluice logs the cores Go schedules on, as
-// GOMAXPROCS sets them (docs/operating.md).
+// GOMAXPROCS sets them (docs/operating.md), and warns that it wins over
+// the config's cores.
 func TestRunLogsCores(t *testing.T) {
 	defer test.TimeOut(30 * time.Second).Stop()
 	ln := listenBackend(t)
 	cmd := exec.Command(sluiceBin, "run", "--config", writeConfig(t,
-		"admin: {listen: '127.0.0.1:0'}\n"+fmt.Sprintf(runConfig, ln.Addr(), "1s")))
+		"cores: 2\nadmin: {listen: '127.0.0.1:0'}\n"+fmt.Sprintf(runConfig, ln.Addr(), "1s")))
 	cmd.Env = append(os.Environ(), "GOMAXPROCS=1")
 	p := startCmd(t, cmd)
-	l := p.waitLine(t, "cores", map[string]any{"gomaxprocs": 1})
+	l := p.waitLine(t, "cores", map[string]any{"gomaxprocs": 1, "mode": "GOMAXPROCS"})
+	p.waitLine(t, "cores: the GOMAXPROCS environment variable is set and wins over the config", map[string]any{"cores": "2"})
 	if cpus, ok := l["cpus"].(float64); !ok || cpus < 1 {
 		t.Errorf("cores line %v: want cpus >= 1", l)
 	}
