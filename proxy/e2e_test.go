@@ -97,15 +97,21 @@ func (l *logBuffer) String() string {
 // the server, its address and its log.
 func startProxy(t testing.TB, cfg ListenerConfig) (*Server, string, *logBuffer) {
 	t.Helper()
+	return startProxyWith(t, Options{}, cfg)
+}
+
+// startProxyWith is startProxy with opts (its Listeners and Logger are
+// startProxy's).
+func startProxyWith(t testing.TB, opts Options, cfg ListenerConfig) (*Server, string, *logBuffer) {
+	t.Helper()
 	logs := &logBuffer{}
 	cfg.Name = "t"
 	if cfg.Addr == "" {
 		cfg.Addr = "127.0.0.1:0"
 	}
-	srv, err := New(Options{
-		Listeners: []ListenerConfig{cfg},
-		Logger:    slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
-	})
+	opts.Listeners = []ListenerConfig{cfg}
+	opts.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	srv, err := New(opts)
 	if err != nil {
 		t.Fatal(err)
 	}

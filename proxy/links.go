@@ -55,33 +55,49 @@ func (lc LinkConfig) validate() error {
 type link struct {
 	cfg   LinkConfig
 	dirs  [2]*shaper.Link // nil for a direction the link does not limit
-	loops [2]*shapeLoop   // the shaping loop that drives each (nil where there are none)
+	loops [2]*shaper.Loop // the shaping loop that drives each (nil where there are none)
 }
 
 // unlimitedLink is what a direction's budget becomes when a reload removes
 // it: live members stop being held back; new connections no longer join.
 var unlimitedLink = shaper.LinkLimit{Limit: shaper.Limit{Rate: shaper.MaxRate}}
 
-func newLink(lc LinkConfig) *link {
+func (s *Server) newLink(lc LinkConfig) *link {
 	l := &link{cfg: lc}
 	for d, ll := range [2]shaper.LinkLimit{Up: lc.Up, Down: lc.Down} {
 		if ll.Rate > 0 {
-			l.dirs[d], l.loops[d] = newDrivenLink(ll)
+			l.dirs[d], l.loops[d] = s.newLinkDir(ll)
 		}
 	}
 	return l
 }
 
+// newLinkDir makes one direction of a link, at ll, driven by one of the
+// shaping loops if there are any (see [shaper.Loop.Drive]): the loop then
+// makes the link's grants when its own timer fires, and serves at once the
+// directions of the link's members it has. A link's timer of its own would
+// wake a goroutine of its own every few milliseconds, and then the loops
+// its grants went to.
+func (s *Server) newLinkDir(ll shaper.LinkLimit) (*shaper.Link, *shaper.Loop) {
+	sl := shaper.NewLink(ll, s.clock)
+	if len(s.loops) == 0 {
+		return sl, nil
+	}
+	loop := s.loops[s.linksMade.Add(1)%uint64(len(s.loops))]
+	loop.Drive(sl)
+	return sl, loop
+}
+
 // update applies lc to a link in service. A direction that becomes limited
 // gets a budget for new connections; one that is no longer limited stops
 // holding back its live connections.
-func (l *link) update(lc LinkConfig) {
+func (l *link) update(s *Server, lc LinkConfig) {
 	for d, ll := range [2]shaper.LinkLimit{Up: lc.Up, Down: lc.Down} {
 		switch {
 		case ll.Rate > 0 && l.dirs[d] != nil:
 			_ = l.dirs[d].SetLimit(ll) // validated
 		case ll.Rate > 0:
-			l.dirs[d], l.loops[d] = newDrivenLink(ll)
+			l.dirs[d], l.loops[d] = s.newLinkDir(ll)
 		case l.dirs[d] != nil:
 			_ = l.dirs[d].SetLimit(unlimitedLink)
 			l.dirs[d] = nil
@@ -161,10 +177,10 @@ func (s *Server) setLinks(links []LinkConfig) {
 	next := make(map[string]*link, len(links))
 	for _, lc := range links {
 		if l := s.links[lc.Name]; l != nil {
-			l.update(lc)
+			l.update(s, lc)
 			next[lc.Name] = l
 		} else {
-			next[lc.Name] = newLink(lc)
+			next[lc.Name] = s.newLink(lc)
 		}
 	}
 	for name, l := range s.links {
@@ -271,4 +287,16 @@ func (s *Server) SetLinkLimit(name string, d Dir, ll shaper.LinkLimit) error {
 		return fmt.Errorf("proxy: link %q does not limit %s", name, d)
 	}
 	return sl.SetLimit(ll)
+}
+
+// loopStats sums the counters of the Server's shaping loops.
+func (s *Server) loopStats() shaper.LoopStats {
+	var sum shaper.LoopStats
+	for _, l := range s.loops {
+		st := l.Stats()
+		sum.Tasks += st.Tasks
+		sum.HandIns += st.HandIns
+		sum.Wakes += st.Wakes
+	}
+	return sum
 }

@@ -75,7 +75,7 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(c.readAhead, prometheus.GaugeValue, float64(AheadBudget-aheadBudget.Load()))
 	ch <- prometheus.MustNewConstMetric(c.shapedPipes, prometheus.GaugeValue, float64(ShapedPipes-pipeBudget.Load()))
-	ch <- prometheus.MustNewConstMetric(c.loopDirs, prometheus.GaugeValue, float64(loopServed()))
+	ch <- prometheus.MustNewConstMetric(c.loopDirs, prometheus.GaugeValue, float64(c.srv.loopStats().Tasks))
 	for _, l := range c.srv.Links(false) {
 		for d, ds := range l.Dirs {
 			if ds == nil {

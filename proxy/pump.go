@@ -33,23 +33,49 @@ type pump struct {
 	c        *conn
 	dir      Dir
 	src, dst net.Conn
-	bytes    atomic.Int64
+	bytes    atomic.Int64 // moved, read by Stats while the pump runs
+
+	shaping    // what holds the direction back, and the grant taken
+	splicePath // both ends TCP: wait for queued bytes, then splice them
+	rawMove    // a shaped grant moved with raw system calls (rawio_linux.go)
+	readAhead  // bytes read from src ahead of the grants (ahead.go)
+
+	// pacer is set, before the conn is listed, when an MP4 Observer
+	// watches the conn (both directions).
+	pacer *pacer
+	// lp is the shaping loop's state (loop_linux.go); nil until a first
+	// hand-in.
+	lp *loopState
+
+	// err is how the direction ended: nil after a clean half-close. Set
+	// before the pump's exit is counted in conn.running.
+	err error
+}
+
+// shaping is what holds a direction back: its own gate and its seats on
+// links, and the grant it took.
+type shaping struct {
 	chunk    atomic.Int64                // grant size when shaped; set by applyLimits
 	gate     atomic.Pointer[shaper.Gate] // nil while the direction has never been limited
 	members  []*shaper.Member            // seats on the links the conn crosses; set before the pump runs
-	linkLoop *shapeLoop                  // the loop that drives the link of a conn that crosses one
+	linkLoop *shaper.Loop                // the loop that drives the link of a conn that crosses one
 	taken    *shaper.Gate                // the gate the current grant came from, for refunds
 	inLink   atomic.Bool                 // waiting for a link's grant
+}
 
-	// The splice path; srcRaw is nil on the user-space path.
+// splicePath is the state of the splice path; srcRaw is nil on the
+// user-space path.
+type splicePath struct {
 	srcRaw syscall.RawConn
 	dstTCP *net.TCPConn
 	lr     io.LimitedReader // reused: R is src, N is set per move
 	ready  func(fd uintptr) bool
 	avail  int   // set by ready: bytes queued on src
 	rerr   error // set by ready: io.EOF or the socket's error
+}
 
-	// A raw move of a shaped grant (rawio_linux.go).
+// rawMove is a raw move of a shaped grant in progress (rawio_linux.go).
+type rawMove struct {
 	dstRaw        syscall.RawConn
 	rawInFn       func(fd uintptr) bool // p.rawIn, bound once
 	rawOutFn      func(fd uintptr) bool // p.rawOut, bound once
@@ -58,45 +84,17 @@ type pump struct {
 	rawWant, rawN int
 	rawErr        error
 	rawNoWait     bool // rawIn, rawOut: return what moved rather than wait
+}
 
-	lp *loopState // the shaping loop's state (loop_linux.go); nil until a first hand-in
-
-	// Bytes read ahead of the grants (moveAhead): ahead[aheadOff:aheadLen]
-	// are read from src and not yet written; or heldN bytes are spliced
-	// from src into held and not yet out. At most one of the two is set.
+// readAhead holds bytes read ahead of the grants (moveAhead):
+// ahead[aheadOff:aheadLen] are read from src and not yet written; or heldN
+// bytes are spliced from src into held and not yet out. At most one of the
+// two is set.
+type readAhead struct {
 	ahead              *[]byte
 	aheadOff, aheadLen int
 	held               *pipe
 	heldN              int
-
-	// pacer is set, before the conn is listed, when an MP4 Observer
-	// watches the conn (both directions).
-	pacer *pacer
-
-	// err is how the direction ended: nil after a clean half-close. Set
-	// before the pump's exit is counted in conn.running.
-	err error
-}
-
-// loopState is a pump's while a loop has its direction; a pump makes it at
-// its first hand-in.
-type loopState struct {
-	back    chan struct{}         // the loop hands the direction back
-	peekNow func(fd uintptr) bool // p.peekNow, bound once
-	granted func(int)             // p.linkGranted, bound once
-	loop    *shapeLoop            // the loop the conn's id picks, or its link's
-	idx     int                   // in the loop's heap; -1 when not there
-	at      time.Time             // when it is due
-	gap     int64                 // ns between grants of its own gate's
-	queued  int                   // bytes known to be queued on src, read-ahead included
-	err     error                 // what ended the loop's moves
-
-	gate  *shaper.Gate   // p.gate at the hand-in: another one hands the direction back
-	g     *shaper.Gate   // the own gate grants come from, or nil
-	m     *shaper.Member // the link's seat, or nil
-	grant int            // granted and not yet moved
-	asked bool           // m's grant is asked for and has not come
-	held  int            // g's tokens held while m's grant is asked for
 }
 
 func (p *pump) init(c *conn, dir Dir, src, dst net.Conn) {

@@ -42,12 +42,13 @@ func TestShapedMovesWaitForRoom(t *testing.T) {
 			checkRoutines(t)
 			pipeBudget.Store(c.pipes)
 			defer pipeBudget.Store(ShapedPipes)
-			loopOff.Store(!c.loop)
-			defer loopOff.Store(false)
-			handIns := loopHandIns.Load()
+			loops := 0 // one per P
+			if !c.loop {
+				loops = -1 // none
+			}
 			b := newBackend(t)
 			lim := shaper.Limit{Rate: c.rate, Burst: 8192}
-			_, addr, _ := startProxy(t, ListenerConfig{Upstream: b.addr(), Limits: ConnLimits{Up: lim, Down: lim}})
+			srv, addr, _ := startProxyWith(t, Options{ShapingLoops: loops}, ListenerConfig{Upstream: b.addr(), Limits: ConnLimits{Up: lim, Down: lim}})
 			client, server := connect(t, addr, b)
 			defer client.Close()
 			defer server.Close()
@@ -65,7 +66,7 @@ func TestShapedMovesWaitForRoom(t *testing.T) {
 			}
 			// Each direction is handed in, and handed back when the
 			// loop finds no room, more than once.
-			switch n := loopHandIns.Load() - handIns; {
+			switch n := srv.loopStats().HandIns; {
 			case c.loop && n < 4:
 				t.Errorf("the loop was handed a direction %d times, want at least 4", n)
 			case !c.loop && n != 0:
@@ -108,7 +109,7 @@ func TestLoopFullAtEnd(t *testing.T) {
 				}
 			}
 			srv.mu.Unlock()
-			handIns := loopHandIns.Load()
+			handIns := srv.loopStats().HandIns
 			const size = 60_000 // under aheadSize: one read-ahead takes it all
 			// The two buffers fill in well under the 500 ms stall at
 			// 1 MB/s.
@@ -116,7 +117,7 @@ func TestLoopFullAtEnd(t *testing.T) {
 			if err := res.exact(size); err != nil {
 				t.Fatal(err)
 			}
-			if n := loopHandIns.Load() - handIns; n < 2 {
+			if n := srv.loopStats().HandIns - handIns; n < 2 {
 				t.Errorf("the loop was handed the direction %d times, want at least 2 (in, back when full, in again)", n)
 			}
 		})
@@ -231,7 +232,7 @@ sluice_shaped_pipes %d
 			if err != nil {
 				t.Errorf("while reading ahead: %v", err)
 			}
-			if n := waitLoopServed(1); n != 1 {
+			if n := waitLoopServed(srv, 1); n != 1 {
 				t.Errorf("the shaping loop serves %d directions, want the slow one", n)
 			}
 			for _, lim := range []ConnLimits{{}, slow, {Down: shaper.Limit{Rate: 200_000_000}}, slow, {}} {
@@ -323,9 +324,9 @@ func smallReadBuffers(t *testing.T, conns ...*net.TCPConn) {
 // directions, and returns how many they serve then. A loop hands a
 // direction back for a moment whenever its upstream has nothing queued
 // yet, so a single look can miss it.
-func waitLoopServed(want int64) int64 {
-	n := loopServed()
-	for deadline := time.Now().Add(5 * time.Second); n != want && time.Now().Before(deadline); n = loopServed() {
+func waitLoopServed(srv *Server, want int64) int64 {
+	n := srv.loopStats().Tasks
+	for deadline := time.Now().Add(5 * time.Second); n != want && time.Now().Before(deadline); n = srv.loopStats().Tasks {
 		time.Sleep(5 * time.Millisecond) // polling a count the loops update
 	}
 	return n
@@ -363,39 +364,18 @@ func TestLoopWakesOnGrid(t *testing.T) {
 		clients = append(clients, client)
 		go io.Copy(io.Discard, client)
 	}
-	for deadline := time.Now().Add(5 * time.Second); loopServed() < conns && time.Now().Before(deadline); {
-		time.Sleep(5 * time.Millisecond) // polling the loops' count
-	}
-	if n := loopServed(); n < conns {
+	if n := waitLoopServed(srv, conns); n < conns {
 		t.Fatalf("the loops serve %d directions, want %d", n, conns)
 	}
-	w0, t0 := loopWakes.Load(), time.Now()
+	w0, t0 := srv.loopStats().Wakes, time.Now()
 	time.Sleep(time.Second) // real time, for a count of wake-ups a second
-	wakes := float64(loopWakes.Load()-w0) / time.Since(t0).Seconds()
+	wakes := float64(srv.loopStats().Wakes-w0) / time.Since(t0).Seconds()
 	// 1,600 grants a second in all; one wake-up each would be 1,600.
-	if most := float64(len(loops)) * 130; wakes > most {
-		t.Errorf("the loops' timers woke %.0f times a second for %d conns at 1 MB/s, want at most %.0f (%d loops on an 8.4 ms grid)", wakes, conns, most, len(loops))
+	if most := float64(len(srv.loops)) * 130; wakes > most {
+		t.Errorf("the loops' timers woke %.0f times a second for %d conns at 1 MB/s, want at most %.0f (%d loops on an 8.4 ms grid)", wakes, conns, most, len(srv.loops))
 	}
 	for _, c := range clients {
 		c.Close()
 	}
 	waitIdle(t, srv)
-}
-
-func TestLoopStep(t *testing.T) {
-	for _, c := range []struct {
-		gap  int64
-		n    int
-		want int64
-	}{
-		{10_000_000, 1, 1 << 20},   // alone: within 1 ms of its time
-		{10_000_000, 8, 1 << 23},   // eight at 1 MB/s, 10 KB grants: the 8.4 ms grid
-		{10_000_000, 500, 1 << 23}, // never beyond maxLoopStep
-		{8_192_000, 8, 1 << 22},    // 8 KiB grants at 1 MB/s: a power of two within the gap
-		{0, 5, 1},                  // no gate of its own: no grid
-	} {
-		if got := loopStep(c.gap, c.n); got != c.want {
-			t.Errorf("loopStep(%d, %d) = %d, want %d", c.gap, c.n, got, c.want)
-		}
-	}
 }

@@ -28,19 +28,14 @@ func (p *pump) rawOut(fd uintptr) bool                             { panic("unre
 
 type pipe struct{}
 
-// The shaping loop of loop_linux.go serves only the splice path.
-func loopServed() int64                           { return 0 }
+// The shaping loops of loop_linux.go serve only the splice path.
+func newLoops(int, shaper.Clock) []*shaper.Loop   { return nil }
 func (p *pump) loopable() bool                    { return false }
 func (p *pump) runInLoop(queued int) (int, error) { panic("unreachable") }
 func (p *pump) peekNow(fd uintptr) bool           { panic("unreachable") }
 
+type loopState struct{}
+
 // takePipe: no pipes, so shaped moves read ahead by copying.
 func takePipe() *pipe     { return nil }
 func putPipe(*pipe, bool) {}
-
-type shapeLoop struct{}
-
-// newDrivenLink: without shaping loops a link runs its own timer.
-func newDrivenLink(ll shaper.LinkLimit) (*shaper.Link, *shapeLoop) {
-	return shaper.NewLink(ll, nil), nil
-}

@@ -108,15 +108,31 @@ type Options struct {
 	// returns something other than *net.TCPConn still works, but bytes are
 	// then copied through user space instead of spliced.
 	DialContext func(ctx context.Context, network, addr string) (net.Conn, error)
+	// Clock is the time source of every timed decision: idle timeouts,
+	// the drain of removed listeners, accept back-off, the connections'
+	// gates, links, the shaping loops and MP4 pacing. Nil means the real
+	// clock. Upstream dials are bounded on the real clock, as the dialer
+	// works.
+	Clock shaper.Clock
+	// ShapingLoops is how many shaping loops serve the small grants of
+	// shaped directions (see [shaper.Loop]). Zero means one per P
+	// (GOMAXPROCS at New); negative means none: each shaped direction
+	// waits on its own gate and each link runs its own timer.
+	ShapingLoops int
 }
 
 // Server accepts and proxies connections for a set of listeners. Its
 // methods are safe for concurrent use. A Server is started once; after
 // Shutdown or Close it cannot be restarted.
 type Server struct {
-	opts Options
-	log  *slog.Logger
-	dial func(ctx context.Context, network, addr string) (net.Conn, error)
+	opts  Options
+	log   *slog.Logger
+	dial  func(ctx context.Context, network, addr string) (net.Conn, error)
+	clock shaper.Clock
+	epoch time.Time // conn.lastActive counts from it
+
+	loops     []*shaper.Loop // the shaping loops; none when ShapingLoops < 0
+	linksMade atomic.Uint64  // spreads links over the loops
 
 	// ctx bounds upstream dials; it is cancelled, with errShutdown as the
 	// cause, when the server closes its connections.
@@ -174,8 +190,13 @@ func New(opts Options) (*Server, error) {
 	if err := checkLinks(opts.Links, opts.Listeners); err != nil {
 		return nil, err
 	}
-	s := &Server{opts: opts, log: opts.Logger, dial: opts.DialContext,
+	s := &Server{opts: opts, log: opts.Logger, dial: opts.DialContext, clock: opts.Clock,
 		conns: map[*conn]struct{}{}, stats: map[string]*listenerStats{}}
+	if s.clock == nil {
+		s.clock = shaper.RealClock()
+	}
+	s.epoch = s.clock.Now()
+	s.loops = newLoops(opts.ShapingLoops, s.clock)
 	s.setLinks(opts.Links)
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)

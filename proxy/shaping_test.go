@@ -220,7 +220,7 @@ func TestShapedWaitEndsOnShutdown(t *testing.T) {
 		t.Fatal(err) // the first burst
 	}
 	// The wait is the shaping loop's (the pump read ahead).
-	if n := waitLoopServed(1); n != 1 {
+	if n := waitLoopServed(srv, 1); n != 1 {
 		t.Fatalf("the shaping loop serves %d directions, want 1", n)
 	}
 	shutdownPromptly(t, srv)

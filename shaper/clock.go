@@ -68,3 +68,16 @@ func coalesce(now time.Time, d time.Duration) time.Duration {
 	}
 	return d + step - time.Duration(rem)
 }
+
+// exactTimer is c.NewTimer without the real clock's coalescing, for a
+// caller whose times are on a grid of its own (a [Loop]).
+func exactTimer(c Clock, d time.Duration) (Timer, <-chan time.Time) {
+	if _, ok := c.(realClock); ok {
+		t := time.NewTimer(d)
+		return t, t.C
+	}
+	return c.NewTimer(d)
+}
+
+// RealClock returns the wall clock: what a nil Clock in an Options means.
+func RealClock() Clock { return realClock{} }
