@@ -466,7 +466,7 @@ func (a *Admin) setListenerLimits(r *http.Request) (any, error) {
 	if l == nil {
 		return nil, errorf(http.StatusNotFound, "no listener %q", name)
 	}
-	next, err := a.decodeLimits(r, *l.limits.Load(), l.cfg.Load().Chunk)
+	next, err := a.decodeLimits(r, *l.limits.Load(), l.config().Chunk)
 	if err != nil {
 		return nil, err
 	}
@@ -551,10 +551,7 @@ type LinkJSON struct {
 }
 
 func linkJSON(ls LinkStats) LinkJSON {
-	out := LinkJSON{Name: ls.Name, KeyBy: ls.KeyBy}
-	if out.KeyBy == "" {
-		out.KeyBy = "none"
-	}
+	out := LinkJSON{Name: ls.Name, KeyBy: ls.KeyBy.String()}
 	for d, ds := range ls.Dirs {
 		if ds == nil {
 			continue

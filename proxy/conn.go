@@ -5,8 +5,8 @@ import (
 	"errors"
 	"io"
 	"log/slog"
-	"math"
 	"net"
+	"net/netip"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -14,7 +14,8 @@ import (
 	"time"
 
 	"github.com/sluiceproxy/sluice/mp4probe"
-	"github.com/sluiceproxy/sluice/shaper"
+	"github.com/sluiceproxy/sluice/proxy/admit"
+	"github.com/sluiceproxy/sluice/proxy/upstream"
 )
 
 // Log keys (snake_case, shared by every log line of the package).
@@ -24,6 +25,7 @@ const (
 	keyClient   = "client"
 	keyUpstream = "upstream"
 	keyErr      = "err"
+	keyReason   = "reason"
 	keyDur      = "dur"
 	keyResult   = "result"
 	keyBytesUp  = "bytes_up"
@@ -68,9 +70,6 @@ var results = [...]string{resultOK, resultReset, resultIdle, resultShutdown, res
 // return at once.
 var aLongTimeAgo = time.Unix(1, 0)
 
-// monoEpoch anchors lastActive: durations since it use the monotonic clock.
-var monoEpoch = time.Now()
-
 // conn is one proxied connection.
 //
 // It has no context of its own (a context, its children map and an
@@ -81,7 +80,10 @@ type conn struct {
 	srv    *Server
 	l      *listener
 	cfg    *ListenerConfig // l's config when the conn was accepted
-	stats  *listenerStats  // its listener's counters, by the name it was accepted under
+	dialer upstream.Dialer // l's upstream when the conn was accepted
+
+	hold   admit.Hold     // what admission gave it (nil: nothing); forget releases it
+	stats  *listenerStats // its listener's counters, by the name it was accepted under
 	id     uint64
 	client *net.TCPConn
 	start  time.Time
@@ -94,7 +96,7 @@ type conn struct {
 	limits ConnLimits    // as last applied; guarded by mu
 
 	// lastActive is when a byte last moved either way (or the conn was
-	// accepted), in nanoseconds since monoEpoch; the server's idle reaper
+	// accepted), in nanoseconds since the Server's epoch; its idle reaper
 	// reads it.
 	lastActive atomic.Int64
 	running    atomic.Int32 // pumps still running
@@ -104,137 +106,79 @@ type conn struct {
 	pumps [2]pump
 }
 
-// abort ends the conn for cause: the first cause wins and is what the
-// conn's log line reports. It is safe to call from any goroutine, any number
-// of times.
-func (c *conn) abort(cause error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.cause != nil {
-		return
-	}
-	c.cause = cause
-	if c.done != nil {
-		close(c.done)
-	}
-	// Best effort: a socket that is already closed has nothing to unblock.
-	_ = c.client.SetDeadline(aLongTimeAgo)
-	if c.up != nil {
-		_ = c.up.SetDeadline(aLongTimeAgo)
+// A connection's life, in the order it happens: the accept loop takes
+// it; the listener's admission step decides whether it is served; newConn
+// registers it (stats, links, MP4 observer); serve dials its upstream and
+// starts one pump per direction (pump.go); each pump forwards its source's
+// end as a half-close once every granted byte is written; the last pump
+// to end calls finish, which closes both sockets, logs the connection's
+// one line, and forget, which unregisters it and releases what admission
+// gave it.
+
+// accept runs one listener's accept loop until the listener is closed.
+func (s *Server) accept(l *listener) {
+	defer s.acceptWG.Done()
+	var backoff time.Duration
+	for {
+		c, err := l.ln.AcceptTCP()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			// Out of descriptors or memory, or an aborted handshake: back
+			// off like net/http, without spinning, and keep serving.
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			s.log.Warn("accept", slog.String(keyListener, l.name()), slog.Any(keyErr, err),
+				slog.Duration("retry_in", backoff), slog.Bool("fd_exhausted", isFDExhausted(err)))
+			t, wake := s.clock.NewTimer(backoff)
+			select {
+			case <-wake:
+			case <-s.ctx.Done():
+				t.Stop()
+				return
+			}
+			continue
+		}
+		backoff = 0
+		rt := l.route.Load()
+		d := rt.admit.Admit(admit.Conn{Listener: rt.cfg.Name, Client: clientAddr(c)}, s.clock.Now())
+		if d.Verdict != admit.Admit {
+			s.log.Debug("conn refused", slog.String(keyListener, rt.cfg.Name), slog.String(keyReason, d.Reason))
+			_ = c.SetLinger(0) // refuse with a reset
+			c.Close()
+			continue
+		}
+		cn := s.newConn(l, rt, c, d)
+		if cn == nil {
+			d.Release()
+			_ = c.SetLinger(0) // refuse with a reset: sluice is closing
+			c.Close()
+			continue
+		}
+		go cn.serve()
 	}
 }
 
-// A conn is the context of its own gate waits: it is done once aborted.
-// (A context.Context of its own would cost every idle connection its
-// allocations; the done channel is only made for a conn that waits.)
-var _ context.Context = (*conn)(nil)
-
-func (c *conn) Deadline() (time.Time, bool) { return time.Time{}, false }
-func (c *conn) Value(any) any               { return nil }
-
-func (c *conn) Done() <-chan struct{} {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.done == nil {
-		c.done = make(chan struct{})
-		if c.cause != nil {
-			close(c.done)
-		}
+// newConn registers an admitted connection on rt, the route it was
+// admitted by, or returns nil when the server is closing.
+func (s *Server) newConn(l *listener, rt *route, c *net.TCPConn, d admit.Decision) *conn {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ctx.Err() != nil {
+		return nil
 	}
-	return c.done
-}
-
-func (c *conn) Err() error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.cause != nil {
-		return context.Canceled
+	cfg := rt.cfg
+	st := s.statsFor(cfg.Name)
+	st.accepted.Add(1)
+	cn := &conn{srv: s, l: l, cfg: cfg, dialer: rt.dialer, hold: d.Hold, stats: st, id: s.nextID.Add(1), client: c, start: s.clock.Now()}
+	cn.limits = *l.limits.Load() // what serve applies once the upstream is dialed; listed meanwhile
+	if cn.obs = st.mp4.observer(cfg.MP4); cn.obs != nil {
+		cn.pumps[Up].pacer, cn.pumps[Down].pacer = &pacer{obs: cn.obs}, &pacer{obs: cn.obs}
 	}
-	return nil
-}
-
-// pacedGrant is how much rate a grant covers when the kernel paces the
-// client socket. 10 ms gives 10 KB grants at 1 MB/s and 100 KB at 10 MB/s;
-// 100 ms windows stay within 0.95–1.06 of the rate for a client on an
-// Ethernet-MSS path (measured in docs/shaping.md). Whether the kernel also
-// spreads a grant's packets depends on the path: on a path with a minimum
-// RTT below a few milliseconds (loopback, a LAN) Linux sends a grant of up
-// to 64 KB as one burst whatever the pacing rate; on a longer path it
-// sends a few segments at a time at the rate (docs/shaping.md).
-const pacedGrant = 10 * time.Millisecond
-
-// unpacedGrant is how much rate a grant covers without kernel pacing: at
-// least one chunk, so from 1.6 MB/s a grant is 5 ms of the rate (500 KB at
-// 100 MB/s). A client receives each grant as one block, so a 100 ms window
-// is within about one grant (±5%) of the rate. Against 1 ms grants it cut
-// CPU at 100 MB/s by a third (docs/shaping.md); 8 ms grants cut more but
-// put windows and the rate's error at the edge of their targets.
-const unpacedGrant = 5 * time.Millisecond
-
-// maxPacedRate is the highest down rate, in bytes per second, at which
-// sluice asks the kernel to pace. At 100 MB/s the kernel's pacing stalled
-// the socket for 40–60 ms in two 10-s runs of three (a 0.5× window, 0.7%
-// short) on the benchmark machine, whatever the grant size; at 30 and
-// 50 MB/s it never did. Above it, unpaced grants measured smooth
-// (docs/shaping.md).
-const maxPacedRate = 50_000_000
-
-// pacingHeadroomPct is how far above the down rate SO_MAX_PACING_RATE is set.
-const pacingHeadroomPct = 2
-
-// maxPacedGrant caps a grant, in bytes: reached from 52 MB/s paced and
-// from 105 MB/s unpaced. Paced grants of 768 KiB and 1 MiB at 100 MB/s cut
-// CPU by a third but stalled the stream for 40–70 ms once in every 10 s
-// run (a 0.6× window, 0.7% short); 512 KiB never did (measured in
-// docs/shaping.md).
-const maxPacedGrant = 512 << 10
-
-// applyLimits sets the conn's gates (making them on first need), grant
-// sizes and kernel pacing to lim. Connections of an unlimited listener
-// carry no gate at all.
-func (c *conn) applyLimits(lim *ConnLimits) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.limits = *lim
-	pace := lim.KernelPacing && !lim.Down.Unlimited() && lim.Down.Rate <= maxPacedRate && spliceSupported
-	for d, l := range [2]shaper.Limit{Up: lim.Up, Down: lim.Down} {
-		p := &c.pumps[d]
-		chunk := c.cfg.Chunk
-		switch {
-		case pace && Dir(d) == Down:
-			chunk = max(chunk, min(int(l.Rate*int64(pacedGrant)/int64(time.Second)), maxPacedGrant))
-			l.Burst = max(l.Burst, int64(chunk))
-		case !l.Unlimited():
-			chunk = max(chunk, min(int(l.Rate*int64(unpacedGrant)/int64(time.Second)), maxPacedGrant))
-			l.Burst = max(l.Burst, int64(chunk))
-		}
-		p.chunk.Store(int64(chunk))
-		if g := p.gate.Load(); g != nil {
-			_ = g.SetLimit(l) // cannot fail: the Server validated l
-		} else if !l.Unlimited() {
-			p.gate.Store(shaper.NewGate(l, nil))
-		}
-	}
-	if pace || c.paced {
-		rate := uint64(math.MaxUint64) // the kernel's "no limit"
-		if pace {
-			// A little above the gate's rate: the gate stays the exact
-			// limit on average, the kernel only spaces packets. At
-			// exactly the rate, pacing's own rounding made 100 MB/s
-			// come out 0.1–0.3% short (measured).
-			rate = uint64(lim.Down.Rate) * (100 + pacingHeadroomPct) / 100
-		}
-		if err := setPacingRate(c.client, rate); err != nil {
-			c.srv.log.Debug("set pacing rate", slog.Uint64(keyConnID, c.id), slog.Any(keyErr, err))
-		}
-		c.paced = pace
-	}
-}
-
-func (c *conn) abortCause() error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.cause
+	s.joinLinks(cn)
+	cn.touch()
+	s.conns[cn] = struct{}{}
+	return cn
 }
 
 // serve dials the upstream and starts both pumps; the last pump to end
@@ -242,7 +186,7 @@ func (c *conn) abortCause() error {
 // connection costs two small goroutine stacks, not also the dialer's deep
 // one. The conn owns c.client and c.up.
 func (c *conn) serve() {
-	up, err := c.dialUpstream()
+	up, err := c.dialer.Dial(c.srv.ctx)
 	if err == nil {
 		c.mu.Lock()
 		c.up = up
@@ -306,10 +250,77 @@ func (c *conn) finish() {
 	c.srv.forget(c, result)
 }
 
-func (c *conn) dialUpstream() (net.Conn, error) {
-	ctx, cancel := context.WithTimeout(c.srv.ctx, c.cfg.ConnectTimeout)
-	defer cancel()
-	return c.srv.dial(ctx, "tcp", c.cfg.Upstream)
+// forget unregisters an ended connection and adds it to its listener's
+// counters, in one step under s.mu, so a scrape never counts it twice or
+// not at all.
+func (s *Server) forget(c *conn, result string) {
+	c.leaveLinks()
+	if c.hold != nil {
+		c.hold.Release()
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c.stats.ended(c, result)
+	delete(s.conns, c)
+	if len(s.conns) == 0 && s.connsDone != nil {
+		close(s.connsDone)
+		s.connsDone = nil
+	}
+}
+
+// abort ends the conn for cause: the first cause wins and is what the
+// conn's log line reports. It is safe to call from any goroutine, any number
+// of times.
+func (c *conn) abort(cause error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.cause != nil {
+		return
+	}
+	c.cause = cause
+	if c.done != nil {
+		close(c.done)
+	}
+	// Best effort: a socket that is already closed has nothing to unblock.
+	_ = c.client.SetDeadline(aLongTimeAgo)
+	if c.up != nil {
+		_ = c.up.SetDeadline(aLongTimeAgo)
+	}
+}
+
+// A conn is the context of its own gate waits: it is done once aborted.
+// (A context.Context of its own would cost every idle connection its
+// allocations; the done channel is only made for a conn that waits.)
+var _ context.Context = (*conn)(nil)
+
+func (c *conn) Deadline() (time.Time, bool) { return time.Time{}, false }
+func (c *conn) Value(any) any               { return nil }
+
+func (c *conn) Done() <-chan struct{} {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.done == nil {
+		c.done = make(chan struct{})
+		if c.cause != nil {
+			close(c.done)
+		}
+	}
+	return c.done
+}
+
+func (c *conn) Err() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.cause != nil {
+		return context.Canceled
+	}
+	return nil
+}
+
+func (c *conn) abortCause() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.cause
 }
 
 // result names how the connection ended, and the error worth logging. The
@@ -341,28 +352,13 @@ func (c *conn) result(errUp, errDown error) (string, error) {
 
 // touch records that bytes moved now.
 func (c *conn) touch() {
-	c.lastActive.Store(int64(time.Since(monoEpoch)))
+	c.lastActive.Store(int64(c.srv.clock.Now().Sub(c.srv.epoch)))
 }
 
 // idleFor returns how long no byte has moved, as of now (nanoseconds since
-// monoEpoch).
+// the Server's epoch).
 func (c *conn) idleFor(now time.Duration) time.Duration {
 	return now - time.Duration(c.lastActive.Load())
-}
-
-// waitingForTokens reports whether a pump is held back by the conn's own
-// limit: such a conn has bytes to move and is not idle, however long a
-// grant takes at a low rate.
-func (c *conn) waitingForTokens() bool {
-	for i := range c.pumps {
-		if c.pumps[i].inLink.Load() {
-			return true
-		}
-		if g := c.pumps[i].gate.Load(); g != nil && g.Stats().Waiting {
-			return true
-		}
-	}
-	return false
 }
 
 func (c *conn) logDone(result string, err error) {
@@ -380,7 +376,7 @@ func (c *conn) logDone(result string, err error) {
 		slog.String(keyUpstream, c.cfg.Upstream),
 		slog.Int64(keyBytesUp, c.pumps[Up].bytes.Load()),
 		slog.Int64(keyBytesDn, c.pumps[Down].bytes.Load()),
-		slog.Duration(keyDur, time.Since(c.start)),
+		slog.Duration(keyDur, c.srv.clock.Now().Sub(c.start)),
 		slog.String(keyResult, result),
 	}
 	if pc := c.pumps[Down].pacer; pc != nil && pc.plans > 0 {
@@ -419,4 +415,19 @@ func closeWrite(w net.Conn) error {
 		return cw.CloseWrite()
 	}
 	return nil
+}
+
+func isFDExhausted(err error) bool {
+	return errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE)
+}
+
+// clientAddr is c's peer address, an IPv4-mapped one as IPv4, for
+// admission; the zero value if unknown.
+func clientAddr(c *net.TCPConn) netip.AddrPort {
+	a, ok := c.RemoteAddr().(*net.TCPAddr)
+	if !ok {
+		return netip.AddrPort{}
+	}
+	ap := a.AddrPort()
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 }

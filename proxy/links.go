@@ -17,9 +17,8 @@ type LinkConfig struct {
 	// Up (client → upstream) and Down (upstream → client); a zero Rate
 	// leaves that direction unshaped by this link.
 	Up, Down shaper.LinkLimit
-	// KeyBy groups connections into keys: "" or "none" (one key),
-	// "source_ip", "cidr", "listener", "upstream".
-	KeyBy string
+	// KeyBy groups connections into keys; the zero value is one key.
+	KeyBy KeyBy
 	// Prefix and Prefix6 are the "cidr" prefix lengths for IPv4 and IPv6.
 	Prefix, Prefix6 int
 }
@@ -40,15 +39,54 @@ func (lc LinkConfig) validate() error {
 		}
 	}
 	switch lc.KeyBy {
-	case "", "none", "source_ip", "listener", "upstream":
-	case "cidr":
+	case KeyNone, KeySourceIP, KeyListener, KeyUpstream:
+	case KeyCIDR:
 		if lc.Prefix < 1 || lc.Prefix > 32 || lc.Prefix6 < 1 || lc.Prefix6 > 128 {
 			return fmt.Errorf("link %q: cidr prefixes %d and %d out of range", lc.Name, lc.Prefix, lc.Prefix6)
 		}
 	default:
-		return fmt.Errorf("link %q: unknown key mode %q", lc.Name, lc.KeyBy)
+		return fmt.Errorf("link %q: unknown key mode %d", lc.Name, lc.KeyBy)
 	}
 	return nil
+}
+
+// KeyBy is how a link groups its connections into keys, each with its
+// own share of the link. The zero value puts every connection under one
+// key.
+type KeyBy uint8
+
+// The ways to key a link's connections.
+const (
+	KeyNone     KeyBy = iota // one key for every connection
+	KeySourceIP              // the client's IP address
+	KeyCIDR                  // the client's network (LinkConfig.Prefix, Prefix6)
+	KeyListener              // the listener's name
+	KeyUpstream              // the upstream's address
+)
+
+var keyByNames = [...]string{KeyNone: "none", KeySourceIP: "source_ip", KeyCIDR: "cidr", KeyListener: "listener", KeyUpstream: "upstream"}
+
+// String returns the config form: "none", "source_ip", "cidr",
+// "listener" or "upstream".
+func (k KeyBy) String() string {
+	if int(k) < len(keyByNames) {
+		return keyByNames[k]
+	}
+	return fmt.Sprintf("KeyBy(%d)", k)
+}
+
+// ParseKeyBy reads the config form of a KeyBy; "" is KeyNone. It returns
+// an error naming the forms for anything else.
+func ParseKeyBy(s string) (KeyBy, error) {
+	if s == "" {
+		return KeyNone, nil
+	}
+	for k, name := range keyByNames {
+		if s == name {
+			return KeyBy(k), nil
+		}
+	}
+	return 0, fmt.Errorf("key mode %q: want none, source_ip, cidr, listener or upstream", s)
 }
 
 // link is a LinkConfig in service: one shaper.Link per limited direction.
@@ -118,13 +156,13 @@ func (l *link) retire() {
 // key returns the key a connection joins the link under.
 func (l *link) key(client net.Addr, cfg *ListenerConfig) string {
 	switch l.cfg.KeyBy {
-	case "source_ip", "cidr":
+	case KeySourceIP, KeyCIDR:
 		ap, err := netip.ParseAddrPort(addrString(client))
 		if err != nil {
 			return ""
 		}
 		ip := ap.Addr().Unmap()
-		if l.cfg.KeyBy == "source_ip" {
+		if l.cfg.KeyBy == KeySourceIP {
 			return ip.String()
 		}
 		bits := l.cfg.Prefix
@@ -136,9 +174,9 @@ func (l *link) key(client net.Addr, cfg *ListenerConfig) string {
 			return ip.String()
 		}
 		return p.String()
-	case "listener":
+	case KeyListener:
 		return cfg.Name
-	case "upstream":
+	case KeyUpstream:
 		return cfg.Upstream
 	}
 	return ""
@@ -227,7 +265,7 @@ type LinkDirStats struct {
 // LinkStats describe a link in service.
 type LinkStats struct {
 	Name  string
-	KeyBy string
+	KeyBy KeyBy
 	// Dirs are Up and Down; nil where the link does not limit.
 	Dirs [2]*LinkDirStats
 }

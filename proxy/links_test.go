@@ -83,7 +83,7 @@ func TestLinkKeysEndToEnd(t *testing.T) {
 	defer test.TimeOut(60 * time.Second).Stop()
 	checkRoutines(t)
 	const rate = 4_000_000
-	srv, addr := startLinks(t, []LinkConfig{{Name: "line", Down: shaper.LinkLimit{Limit: shaper.Limit{Rate: rate}}, KeyBy: "source_ip"}},
+	srv, addr := startLinks(t, []LinkConfig{{Name: "line", Down: shaper.LinkLimit{Limit: shaper.Limit{Rate: rate}}, KeyBy: KeySourceIP}},
 		ListenerConfig{Upstream: endless(t), Links: []string{"line"}})
 
 	var readers [2][]*reader
@@ -155,7 +155,7 @@ func TestLinkConfigErrors(t *testing.T) {
 		{nil, `listener "t": no link "x"`},
 		{[]LinkConfig{{Name: "x"}}, `link "x": a rate in up, down or both is required`},
 		{[]LinkConfig{{Name: "x", Up: shaper.LinkLimit{Limit: shaper.Limit{Rate: 5}, Key: shaper.KeyLimit{Weight: -1}}}}, `link "x" up: shaper: invalid limit`},
-		{[]LinkConfig{{Name: "x", Up: shaper.LinkLimit{Limit: shaper.Limit{Rate: 5}}, KeyBy: "tenant"}}, `unknown key mode "tenant"`},
+		{[]LinkConfig{{Name: "x", Up: shaper.LinkLimit{Limit: shaper.Limit{Rate: 5}}, KeyBy: 9}}, `unknown key mode 9`},
 		{[]LinkConfig{{Name: "x", Up: shaper.LinkLimit{Limit: shaper.Limit{Rate: 5}}}, {Name: "x", Up: shaper.LinkLimit{Limit: shaper.Limit{Rate: 5}}}}, "duplicate name"},
 	} {
 		if _, err := New(Options{Links: tc.links, Listeners: lis}); err == nil || !strings.Contains(err.Error(), tc.want) {
@@ -168,7 +168,7 @@ func TestAdminLinks(t *testing.T) {
 	defer test.TimeOut(30 * time.Second).Stop()
 	f := newAdminFixture(t, AdminOptions{})
 	b := newBackend(t)
-	err := f.srv.Reconfigure([]LinkConfig{{Name: "line", Up: shaper.LinkLimit{Limit: shaper.Limit{Rate: 1 << 20}}, KeyBy: "listener"}},
+	err := f.srv.Reconfigure([]LinkConfig{{Name: "line", Up: shaper.LinkLimit{Limit: shaper.Limit{Rate: 1 << 20}}, KeyBy: KeyListener}},
 		[]ListenerConfig{{Name: "t", Addr: "127.0.0.1:0", Upstream: b.addr(), Links: []string{"line"}}}, time.Second)
 	if err != nil {
 		t.Fatal(err)
@@ -434,4 +434,21 @@ func TestLinkGrantsFollowShare(t *testing.T) {
 		defer func() { c.Close(); <-r.done }()
 	}
 	grant("four on 4 MB/s", 10_000)
+}
+
+func TestKeyByRoundTrip(t *testing.T) {
+	for _, k := range []KeyBy{KeyNone, KeySourceIP, KeyCIDR, KeyListener, KeyUpstream} {
+		t.Run(k.String(), func(t *testing.T) {
+			got, err := ParseKeyBy(k.String())
+			if err != nil || got != k {
+				t.Errorf("ParseKeyBy(%q) = %v, %v; want %v", k.String(), got, err, k)
+			}
+		})
+	}
+	if got, err := ParseKeyBy(""); err != nil || got != KeyNone {
+		t.Errorf(`ParseKeyBy("") = %v, %v; want none`, got, err)
+	}
+	if _, err := ParseKeyBy("tenant"); err == nil || !strings.Contains(err.Error(), "want none, source_ip") {
+		t.Errorf(`ParseKeyBy("tenant") error = %v, want one naming the forms`, err)
+	}
 }

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/sluiceproxy/sluice/mp4probe"
+	"github.com/sluiceproxy/sluice/shaper"
 )
 
 // MP4Config paces MP4 video in the downstream bytes of a listener's
@@ -125,7 +126,8 @@ type pacer struct {
 	obs   *mp4probe.Observer
 	plan  *mp4probe.Plan // the plan followed; its clock started at start
 	start time.Time
-	timer *time.Timer
+	timer shaper.Timer // made at the first wait, on the Server's clock
+	wake  <-chan time.Time
 	// waited and paced are read by Stats while the pump runs.
 	waited atomic.Int64 // nanoseconds held back
 	paced  atomic.Int64 // bytes moved under a plan
@@ -152,7 +154,7 @@ func (p *pump) pace(want int) (int, error) {
 		pc.plan = nil
 		return want, nil
 	}
-	now := time.Now()
+	now := p.c.srv.clock.Now()
 	if plan != pc.plan {
 		pc.plan, pc.start = plan, now
 		pc.plans++
@@ -189,12 +191,12 @@ func (p *pump) pace(want int) (int, error) {
 		return g, nil
 	}
 	if pc.timer == nil {
-		pc.timer = time.NewTimer(wait)
+		pc.timer, pc.wake = p.c.srv.clock.NewTimer(wait)
 	} else {
 		pc.timer.Reset(wait)
 	}
 	select {
-	case <-pc.timer.C:
+	case <-pc.wake:
 	case <-p.c.Done():
 		pc.timer.Stop()
 		return 0, p.c.Err()

@@ -100,7 +100,7 @@ func (s *Server) Stats() []ListenerStats {
 		return &out[len(out)-1]
 	}
 	for _, l := range s.listeners {
-		cfg := l.cfg.Load()
+		cfg := l.config()
 		ls := add(cfg.Name)
 		ls.Addr, ls.Upstream, ls.Limits = l.ln.Addr().String(), cfg.Upstream, *l.limits.Load()
 		ls.MP4Enabled = cfg.MP4.Enabled

@@ -378,8 +378,12 @@ func linkConfigs(cfg *config.Config) []proxy.LinkConfig {
 				Overrides: overrides,
 			}
 		}
+		by, err := proxy.ParseKeyBy(k.By)
+		if err != nil {
+			panic(fmt.Sprintf("links.%s.keys.by: %v", l.Name, err)) // config.Load allows only the forms ParseKeyBy reads
+		}
 		out = append(out, proxy.LinkConfig{Name: l.Name, Up: dir(l.Up), Down: dir(l.Down),
-			KeyBy: k.By, Prefix: k.Prefix, Prefix6: k.Prefix6})
+			KeyBy: by, Prefix: k.Prefix, Prefix6: k.Prefix6})
 	}
 	return out
 }

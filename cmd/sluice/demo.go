@@ -83,7 +83,7 @@ func runDemo(ctx context.Context, w io.Writer, d time.Duration) error {
 	}
 	line := []string{"line"}
 	srv, err := proxy.New(proxy.Options{
-		Links: []proxy.LinkConfig{{Name: "line", KeyBy: "listener", Down: shaper.LinkLimit{
+		Links: []proxy.LinkConfig{{Name: "line", KeyBy: proxy.KeyListener, Down: shaper.LinkLimit{
 			Limit: shaper.Limit{Rate: demoLinkRate}, Key: shaper.KeyLimit{Rate: demoAssured}}}},
 		Listeners: []proxy.ListenerConfig{
 			{Name: "video", Addr: "127.0.0.1:0", Upstream: origin.Addr().String(), Limits: lim(demoVideoRate, 0), Links: line},

@@ -1,0 +1,52 @@
+package proxy
+
+import "time"
+
+// reapPeriod is how often the idle reaper scans: an eighth of the shortest
+// idle timeout, within [5ms, 5s], so a connection closes between 1× and
+// 1.125× its timeout; 5s when no listener has one (a reload may add one,
+// and connections keep the timeout they were accepted with).
+func reapPeriod(ls []ListenerConfig) time.Duration {
+	var shortest time.Duration
+	for _, l := range ls {
+		if l.IdleTimeout > 0 && (shortest == 0 || l.IdleTimeout < shortest) {
+			shortest = l.IdleTimeout
+		}
+	}
+	if shortest == 0 {
+		return 5 * time.Second
+	}
+	return min(max(shortest/8, 5*time.Millisecond), 5*time.Second)
+}
+
+// reapIdle aborts connections idle for longer than their listener's idle
+// timeout; a connection waiting for its own tokens is not idle. One goroutine and one timer serve every connection: a timer per
+// connection would cost each idle one about a quarter KiB. It runs until
+// the server has closed and every connection is gone.
+func (s *Server) reapIdle(stop <-chan struct{}) {
+	period := time.Duration(s.reapEvery.Load())
+	t, tick := s.clock.NewTimer(period)
+	defer t.Stop()
+	var idle []*conn
+	for {
+		select {
+		case <-tick:
+		case <-stop:
+			return
+		}
+		period = time.Duration(s.reapEvery.Load()) // Reconfigure may change it
+		t.Reset(period)
+		now := s.clock.Now().Sub(s.epoch)
+		idle = idle[:0]
+		s.mu.Lock()
+		for c := range s.conns {
+			if to := c.cfg.IdleTimeout; to > 0 && c.idleFor(now) >= to && !c.waitingForTokens() {
+				idle = append(idle, c)
+			}
+		}
+		s.mu.Unlock()
+		for _, c := range idle {
+			c.abort(errIdleTimeout)
+		}
+	}
+}

@@ -1,0 +1,129 @@
+package proxy
+
+import (
+	"fmt"
+	"log/slog"
+	"math"
+	"time"
+
+	"github.com/sluiceproxy/sluice/shaper"
+)
+
+// ConnLimits are per-connection limits, per direction.
+type ConnLimits struct {
+	// Up is client → upstream; Down is upstream → client.
+	Up, Down shaper.Limit
+	// KernelPacing also sets SO_MAX_PACING_RATE 2% above Down.Rate on the
+	// client socket (Linux, up to 50 MB/s) and takes 10 ms grants instead
+	// of 5 ms ones. On a path with a minimum RTT of a few milliseconds or
+	// more the kernel then spaces each grant's packets at the rate; on
+	// loopback and LANs a grant still leaves as one burst
+	// (docs/shaping.md).
+	KernelPacing bool
+}
+
+func (l ConnLimits) validate() error {
+	if err := l.Up.Validate(); err != nil {
+		return fmt.Errorf("up: %w", err)
+	}
+	if err := l.Down.Validate(); err != nil {
+		return fmt.Errorf("down: %w", err)
+	}
+	return nil
+}
+
+// DefaultChunk is the grant size of shaped connections.
+const DefaultChunk = 8192
+
+// pacedGrant is how much rate a grant covers when the kernel paces the
+// client socket. 10 ms gives 10 KB grants at 1 MB/s and 100 KB at 10 MB/s;
+// 100 ms windows stay within 0.95–1.06 of the rate for a client on an
+// Ethernet-MSS path (measured in docs/shaping.md). Whether the kernel also
+// spreads a grant's packets depends on the path: on a path with a minimum
+// RTT below a few milliseconds (loopback, a LAN) Linux sends a grant of up
+// to 64 KB as one burst whatever the pacing rate; on a longer path it
+// sends a few segments at a time at the rate (docs/shaping.md).
+const pacedGrant = 10 * time.Millisecond
+
+// unpacedGrant is how much rate a grant covers without kernel pacing: at
+// least one chunk, so from 1.6 MB/s a grant is 5 ms of the rate (500 KB at
+// 100 MB/s). A client receives each grant as one block, so a 100 ms window
+// is within about one grant (±5%) of the rate. Against 1 ms grants it cut
+// CPU at 100 MB/s by a third (docs/shaping.md); 8 ms grants cut more but
+// put windows and the rate's error at the edge of their targets.
+const unpacedGrant = 5 * time.Millisecond
+
+// maxPacedRate is the highest down rate, in bytes per second, at which
+// sluice asks the kernel to pace. At 100 MB/s the kernel's pacing stalled
+// the socket for 40–60 ms in two 10-s runs of three (a 0.5× window, 0.7%
+// short) on the benchmark machine, whatever the grant size; at 30 and
+// 50 MB/s it never did. Above it, unpaced grants measured smooth
+// (docs/shaping.md).
+const maxPacedRate = 50_000_000
+
+// pacingHeadroomPct is how far above the down rate SO_MAX_PACING_RATE is set.
+const pacingHeadroomPct = 2
+
+// maxPacedGrant caps a grant, in bytes: reached from 52 MB/s paced and
+// from 105 MB/s unpaced. Paced grants of 768 KiB and 1 MiB at 100 MB/s cut
+// CPU by a third but stalled the stream for 40–70 ms once in every 10 s
+// run (a 0.6× window, 0.7% short); 512 KiB never did (measured in
+// docs/shaping.md).
+const maxPacedGrant = 512 << 10
+
+// applyLimits sets the conn's gates (making them on first need), grant
+// sizes and kernel pacing to lim. Connections of an unlimited listener
+// carry no gate at all.
+func (c *conn) applyLimits(lim *ConnLimits) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.limits = *lim
+	pace := lim.KernelPacing && !lim.Down.Unlimited() && lim.Down.Rate <= maxPacedRate && spliceSupported
+	for d, l := range [2]shaper.Limit{Up: lim.Up, Down: lim.Down} {
+		p := &c.pumps[d]
+		chunk := c.cfg.Chunk
+		switch {
+		case pace && Dir(d) == Down:
+			chunk = max(chunk, min(int(l.Rate*int64(pacedGrant)/int64(time.Second)), maxPacedGrant))
+			l.Burst = max(l.Burst, int64(chunk))
+		case !l.Unlimited():
+			chunk = max(chunk, min(int(l.Rate*int64(unpacedGrant)/int64(time.Second)), maxPacedGrant))
+			l.Burst = max(l.Burst, int64(chunk))
+		}
+		p.chunk.Store(int64(chunk))
+		if g := p.gate.Load(); g != nil {
+			_ = g.SetLimit(l) // cannot fail: the Server validated l
+		} else if !l.Unlimited() {
+			p.gate.Store(shaper.NewGate(l, c.srv.clock))
+		}
+	}
+	if pace || c.paced {
+		rate := uint64(math.MaxUint64) // the kernel's "no limit"
+		if pace {
+			// A little above the gate's rate: the gate stays the exact
+			// limit on average, the kernel only spaces packets. At
+			// exactly the rate, pacing's own rounding made 100 MB/s
+			// come out 0.1–0.3% short (measured).
+			rate = uint64(lim.Down.Rate) * (100 + pacingHeadroomPct) / 100
+		}
+		if err := setPacingRate(c.client, rate); err != nil {
+			c.srv.log.Debug("set pacing rate", slog.Uint64(keyConnID, c.id), slog.Any(keyErr, err))
+		}
+		c.paced = pace
+	}
+}
+
+// waitingForTokens reports whether a pump is held back by the conn's own
+// limit: such a conn has bytes to move and is not idle, however long a
+// grant takes at a low rate.
+func (c *conn) waitingForTokens() bool {
+	for i := range c.pumps {
+		if c.pumps[i].inLink.Load() {
+			return true
+		}
+		if g := c.pumps[i].gate.Load(); g != nil && g.Stats().Waiting {
+			return true
+		}
+	}
+	return false
+}
