@@ -139,21 +139,41 @@ func connect(t testing.TB, proxyAddr string, b *backend) (client, server *net.TC
 	return client, b.accept(t)
 }
 
+// realWait lets d of real time pass: for the few end-to-end tests that
+// measure a rate or a count per second on real sockets and timers, or
+// stall a receiver (the proxy's timing logic is tested on a fake clock).
+// It never stands in for synchronisation.
+func realWait(d time.Duration) {
+	time.Sleep(d) // real time, measured
+}
+
+// overRealTime returns how fast count grows, per second, over d of real
+// time after settle.
+func overRealTime(settle, d time.Duration, count func() int64) float64 {
+	realWait(settle)
+	n0, t0 := count(), time.Now()
+	realWait(d)
+	return float64(count()-n0) / time.Since(t0).Seconds()
+}
+
 // waitLog waits until the proxy logged a line containing every part.
 func waitLog(t *testing.T, logs *logBuffer, parts ...string) string {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for time.Now().Before(deadline) {
+	var found string
+	if poll(func() bool {
 		for _, line := range strings.Split(logs.String(), "\n") {
 			ok := true
 			for _, p := range parts {
 				ok = ok && strings.Contains(line, p)
 			}
 			if ok {
-				return line
+				found = line
+				return true
 			}
 		}
-		time.Sleep(5 * time.Millisecond) // polling a log, not synchronising goroutines
+		return false
+	}) {
+		return found
 	}
 	t.Fatalf("no log line with %q within 5s; log:\n%s", parts, logs.String())
 	return ""
@@ -194,7 +214,7 @@ type streamResult struct {
 func transfer(w, r *net.TCPConn, seed uint64, size int, readDelay time.Duration) streamResult {
 	got := make(chan streamResult, 1)
 	go func() {
-		time.Sleep(readDelay) // a stalled receiver, when a test asks for one
+		realWait(readDelay) // a stalled receiver, when a test asks for one
 		var res streamResult
 		res.got, res.n, res.err = hashAll(r)
 		got <- res
@@ -528,12 +548,12 @@ func TestIdleConnsHoldNoPipes(t *testing.T) {
 	// close them. A pipe held per idle direction would stay: 2*conns pipes,
 	// 4*conns descriptors.
 	extra := pipeFDs(t) - before
-	for deadline := time.Now().Add(5 * time.Second); extra > 0 && time.Now().Before(deadline); {
+	poll(func() bool { // finalizers run on their own goroutine
 		runtime.GC()
 		runtime.GC()
-		time.Sleep(10 * time.Millisecond) // polling for finalizers, which run on their own goroutine
 		extra = pipeFDs(t) - before
-	}
+		return extra <= 0
+	})
 	if extra > 0 {
 		t.Errorf("%d idle connections hold %d pipe descriptors after the pool is emptied, want 0", conns, extra)
 	}
@@ -609,14 +629,15 @@ func TestShutdownDrainTimeout(t *testing.T) {
 // waitClosed waits until nothing accepts on addr any more.
 func waitClosed(t *testing.T, addr string) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for time.Now().Before(deadline) {
+	if poll(func() bool { // the kernel's listen state
 		c, err := net.Dial("tcp", addr)
 		if err != nil {
-			return
+			return true
 		}
 		c.Close()
-		time.Sleep(5 * time.Millisecond) // polling the kernel's listen state
+		return false
+	}) {
+		return
 	}
 	t.Fatalf("%s still accepts connections", addr)
 }

@@ -20,12 +20,13 @@ func reapPeriod(ls []ListenerConfig) time.Duration {
 }
 
 // reapIdle aborts connections idle for longer than their listener's idle
-// timeout; a connection waiting for its own tokens is not idle. One goroutine and one timer serve every connection: a timer per
-// connection would cost each idle one about a quarter KiB. It runs until
+// timeout; a connection waiting for its own tokens is not idle. One
+// goroutine and one timer, on the Server's clock, serve every
+// connection: a timer per connection would cost each idle one about a
+// quarter KiB. Each scan ends before the timer is re-armed. It runs until
 // the server has closed and every connection is gone.
 func (s *Server) reapIdle(stop <-chan struct{}) {
-	period := time.Duration(s.reapEvery.Load())
-	t, tick := s.clock.NewTimer(period)
+	t, tick := s.clock.NewTimer(time.Duration(s.reapEvery.Load()))
 	defer t.Stop()
 	var idle []*conn
 	for {
@@ -34,8 +35,6 @@ func (s *Server) reapIdle(stop <-chan struct{}) {
 		case <-stop:
 			return
 		}
-		period = time.Duration(s.reapEvery.Load()) // Reconfigure may change it
-		t.Reset(period)
 		now := s.clock.Now().Sub(s.epoch)
 		idle = idle[:0]
 		s.mu.Lock()
@@ -48,5 +47,6 @@ func (s *Server) reapIdle(stop <-chan struct{}) {
 		for _, c := range idle {
 			c.abort(errIdleTimeout)
 		}
+		t.Reset(time.Duration(s.reapEvery.Load())) // Reconfigure may change the period
 	}
 }

@@ -102,9 +102,9 @@ func TestLinkKeysEndToEnd(t *testing.T) {
 		}
 		return s
 	}
-	time.Sleep(time.Second) // letting the shares settle, real time for a rate measurement
+	realWait(time.Second) // letting the shares settle
 	a0, b0, t0 := sum(readers[0]), sum(readers[1]), time.Now()
-	time.Sleep(3 * time.Second)
+	realWait(3 * time.Second)
 	a1, b1, el := sum(readers[0]), sum(readers[1]), time.Since(t0).Seconds()
 	ra, rb := float64(a1-a0)/el, float64(b1-b0)/el
 	for name, got := range map[string]float64{"127.0.0.2 (1 conn)": ra, "127.0.0.3 (10 conns)": rb} {
@@ -124,11 +124,7 @@ func TestLinkKeysEndToEnd(t *testing.T) {
 	if err := srv.SetLinkLimit("line", Down, shaper.LinkLimit{Limit: shaper.Limit{Rate: rate / 2}}); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(500 * time.Millisecond)
-	a0, b0, t0 = sum(readers[0]), sum(readers[1]), time.Now()
-	time.Sleep(2 * time.Second)
-	el = time.Since(t0).Seconds()
-	if got := float64(sum(readers[0])-a0+sum(readers[1])-b0) / el; got/(rate/2) > 1.05 || got/(rate/2) < 0.9 {
+	if got := overRealTime(500*time.Millisecond, 2*time.Second, func() int64 { return sum(readers[0]) + sum(readers[1]) }); got/(rate/2) > 1.05 || got/(rate/2) < 0.9 {
 		t.Errorf("after halving: %.0f B/s, %.3f× the new rate", got, got/(rate/2))
 	}
 	for _, c := range conns {
@@ -338,10 +334,7 @@ func TestLinkInLoopLive(t *testing.T) {
 	defer func() { c.Close(); <-r.done }()
 	rate := func(name string, want float64) {
 		t.Helper()
-		time.Sleep(300 * time.Millisecond) // letting the change take hold; real time for a rate measurement
-		n0, t0 := r.n.Load(), time.Now()
-		time.Sleep(time.Second)
-		got := float64(r.n.Load()-n0) / time.Since(t0).Seconds()
+		got := overRealTime(300*time.Millisecond, time.Second, r.n.Load) // after the change takes hold
 		if got/want < 0.85 || got/want > 1.15 {
 			t.Errorf("%s: %.0f B/s, %.2f× %.0f; want within ±15%%", name, got, got/want, want)
 		}
@@ -379,9 +372,7 @@ func TestLinkWaitEndsOnShutdown(t *testing.T) {
 		ListenerConfig{Upstream: endless(t), Links: []string{"line"}})
 	r, c := readFrom(t, addr, "127.0.0.1")
 	defer c.Close()
-	for deadline := time.Now().Add(5 * time.Second); (r.n.Load() < 8192 || srv.loopStats().Tasks != 1) && time.Now().Before(deadline); {
-		time.Sleep(5 * time.Millisecond) // polling the client's count and the loop's
-	}
+	poll(func() bool { return r.n.Load() >= 8192 && srv.loopStats().Tasks == 1 })
 	if n, l := r.n.Load(), srv.loopStats().Tasks; n != 8192 || l != 1 {
 		t.Fatalf("%d bytes read, %d directions in the loop; want the first burst, and the download waiting in the loop", n, l)
 	}
@@ -413,9 +404,9 @@ func TestLinkGrantsFollowShare(t *testing.T) {
 	srv, addr := startLinked(t, upstream, 4_000_000, ConnLimits{}) // a 20 KB burst: the most a grant can be
 	grant := func(name string, want float64) {
 		t.Helper()
-		time.Sleep(500 * time.Millisecond) // real time for the share to be measured and the grants to follow
+		realWait(500 * time.Millisecond) // for the share to be measured and the grants to follow
 		st0 := srv.Links(false)[0].Dirs[Down]
-		time.Sleep(time.Second)
+		realWait(time.Second)
 		st1 := srv.Links(false)[0].Dirs[Down]
 		grants := st1.Grants - st0.Grants
 		if grants == 0 {

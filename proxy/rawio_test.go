@@ -225,10 +225,8 @@ sluice_shaped_pipes %d
 			}
 			// At 1 MB/s (8 KiB grants) the pump holds its pipe or
 			// buffer almost all the time; the gauge shows it.
-			err := gauges(c.memory, c.held)
-			for deadline := time.Now().Add(5 * time.Second); err != nil && time.Now().Before(deadline); err = gauges(c.memory, c.held) {
-				time.Sleep(5 * time.Millisecond) // polling a gauge
-			}
+			var err error
+			poll(func() bool { err = gauges(c.memory, c.held); return err == nil })
 			if err != nil {
 				t.Errorf("while reading ahead: %v", err)
 			}
@@ -236,7 +234,7 @@ sluice_shaped_pipes %d
 				t.Errorf("the shaping loop serves %d directions, want the slow one", n)
 			}
 			for _, lim := range []ConnLimits{{}, slow, {Down: shaper.Limit{Rate: 200_000_000}}, slow, {}} {
-				time.Sleep(300 * time.Millisecond) // letting the pump read ahead at the current limit
+				realWait(300 * time.Millisecond) // letting the pump read ahead at the current limit
 				if err := srv.SetLimits("t", lim); err != nil {
 					t.Fatal(err)
 				}
@@ -325,20 +323,15 @@ func smallReadBuffers(t *testing.T, conns ...*net.TCPConn) {
 // direction back for a moment whenever its upstream has nothing queued
 // yet, so a single look can miss it.
 func waitLoopServed(srv *Server, want int64) int64 {
-	n := srv.loopStats().Tasks
-	for deadline := time.Now().Add(5 * time.Second); n != want && time.Now().Before(deadline); n = srv.loopStats().Tasks {
-		time.Sleep(5 * time.Millisecond) // polling a count the loops update
-	}
+	var n int64
+	poll(func() bool { n = srv.loopStats().Tasks; return n == want })
 	return n
 }
 
 // waitIdle waits until srv has no conns left.
 func waitIdle(t *testing.T, srv *Server) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for srv.ActiveConns() != 0 && time.Now().Before(deadline) {
-		time.Sleep(5 * time.Millisecond) // polling a count the proxy updates as conns end
-	}
+	poll(func() bool { return srv.ActiveConns() == 0 })
 	if n := srv.ActiveConns(); n != 0 {
 		t.Fatalf("%d conns still active", n)
 	}
@@ -368,7 +361,7 @@ func TestLoopWakesOnGrid(t *testing.T) {
 		t.Fatalf("the loops serve %d directions, want %d", n, conns)
 	}
 	w0, t0 := srv.loopStats().Wakes, time.Now()
-	time.Sleep(time.Second) // real time, for a count of wake-ups a second
+	realWait(time.Second) // for a count of wake-ups a second
 	wakes := float64(srv.loopStats().Wakes-w0) / time.Since(t0).Seconds()
 	// 1,600 grants a second in all; one wake-up each would be 1,600.
 	if most := float64(len(srv.loops)) * 130; wakes > most {

@@ -168,10 +168,21 @@ func TestReconfigureAfterClose(t *testing.T) {
 // proxy updates after the peer already saw the effect.
 func eventually(t *testing.T, cond func() bool) {
 	t.Helper()
+	if !poll(cond) {
+		t.Fatal("condition not met within 5s")
+	}
+}
+
+// poll reports whether cond became true within 5 s, polling every 2 ms.
+// It is for state that another process or the kernel changes (a socket's
+// queue, a finalizer, a log line written after the peer saw the effect),
+// where no channel can say when: the tests' one polling sleep.
+func poll(cond func() bool) bool {
 	for deadline := time.Now().Add(5 * time.Second); !cond(); {
 		if time.Now().After(deadline) {
-			t.Fatal("condition not met within 5s")
+			return false
 		}
-		time.Sleep(2 * time.Millisecond) // polling proxy state, not synchronising goroutines
+		time.Sleep(2 * time.Millisecond) // polling, not synchronising goroutines
 	}
+	return true
 }

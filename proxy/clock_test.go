@@ -1,0 +1,90 @@
+package proxy
+
+import (
+	"io"
+	"testing"
+	"time"
+
+	"github.com/pion/transport/v2/test"
+
+	"github.com/sluiceproxy/sluice/shaper/shapertest"
+)
+
+// exchange moves one byte each way between client and server, through
+// the proxy: the connection is up, and active now.
+func exchange(t *testing.T, client, server io.ReadWriter) {
+	t.Helper()
+	b := []byte{7}
+	for _, p := range [][2]io.ReadWriter{{client, server}, {server, client}} {
+		if _, err := p[0].Write(b); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(p[1], b); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestIdleTimeoutOnClock: on a fake clock, a connection idle for its
+// 10 s timeout is closed by the reaper's first scan after it, and kept
+// before: the reaper scans every 1.25 s (an eighth of the timeout), so a
+// connection closes between 1× and 1.125× its timeout. Activity restarts
+// the count.
+func TestIdleTimeoutOnClock(t *testing.T) {
+	defer test.TimeOut(20 * time.Second).Stop()
+	checkRoutines(t)
+	clk := shapertest.NewClock()
+	b := newBackend(t)
+	srv, addr, logs := startProxyWith(t, Options{Clock: clk}, ListenerConfig{Upstream: b.addr(), IdleTimeout: 10 * time.Second})
+	client, server := connect(t, addr, b)
+	defer client.Close()
+	defer server.Close()
+	clk.BlockUntil(1) // the reaper's timer
+	const period = 1250 * time.Millisecond
+	// scans advances the clock by n periods, one at a time: each fires
+	// the reaper's timer once, and BlockUntil(1) returns once that scan
+	// is done and the timer re-armed.
+	scans := func(n int) {
+		for range n {
+			clk.Advance(period)
+			clk.BlockUntil(1)
+		}
+	}
+	scans(5)
+	exchange(t, client, server) // active now: idle from here
+	scans(7)                    // idle for at most 8.75 s
+	if n := srv.ActiveConns(); n != 1 {
+		t.Fatalf("%d conns after at most 8.75 s idle, want the one (timeout 10 s)", n)
+	}
+	scans(2) // the last scan saw it idle for over 10 s
+	if _, err := client.Read(make([]byte, 1)); err == nil {
+		t.Fatal("read from an idle-timed-out connection succeeded")
+	}
+	waitLog(t, logs, "conn done", "result=idle_timeout")
+}
+
+// TestDrainOnClock: a listener removed by a reload stops accepting; its
+// connection runs on for the drain (30 s on the fake clock) and is closed
+// at that instant, not before.
+func TestDrainOnClock(t *testing.T) {
+	defer test.TimeOut(20 * time.Second).Stop()
+	checkRoutines(t)
+	clk := shapertest.NewClock()
+	b := newBackend(t)
+	srv, addr, logs := startProxyWith(t, Options{Clock: clk}, ListenerConfig{Upstream: b.addr()})
+	client, server := connect(t, addr, b)
+	defer client.Close()
+	defer server.Close()
+	exchange(t, client, server)
+	if err := srv.Reconfigure(nil, nil, 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	waitClosed(t, addr)
+	clk.Advance(30*time.Second - time.Nanosecond)
+	exchange(t, client, server)  // still served
+	clk.Advance(time.Nanosecond) // the drain timer runs inside Advance
+	if _, err := client.Read(make([]byte, 1)); err == nil {
+		t.Fatal("read from a drained connection succeeded")
+	}
+	waitLog(t, logs, "conn done", "result=shutdown")
+}
