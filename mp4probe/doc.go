@@ -13,7 +13,8 @@
 // it give up on that body, counted by reason in [Stats]; it never panics.
 //
 // This package knows nothing of sockets, proxies or clocks: a Plan says how
-// long after a body started each byte is due, and the caller waits.
+// long after a body started each byte is due, and the caller waits. It
+// must not import proxy, shaper or config.
 //
 // Typical usage, one Observer per proxied connection:
 //

@@ -1,5 +1,6 @@
 // Bytes read ahead of a shaped pump's grants, and the pooled buffers
 // that shaped moves copy through.
+
 package proxy
 
 import (

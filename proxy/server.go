@@ -1,6 +1,14 @@
-// Package proxy runs sluice's TCP listeners: it accepts connections, dials
-// their upstream, and moves bytes both ways with one pump per direction,
-// through the kernel's splice path when both ends are TCP sockets.
+// Package proxy runs sluice's TCP listeners: it accepts connections, asks
+// each listener's admission step ([admit]) whether to serve them, dials
+// their upstream ([upstream]), and moves bytes both ways with one pump per
+// direction, through the kernel's splice path when both ends are TCP
+// sockets, shaped by [shaper] gates, links and loops and paced by
+// [mp4probe] plans. A connection's life, in order, is in conn.go.
+//
+// It takes plain structs, never config (it must not import config), and
+// serves no HTTP: the admin API and the Prometheus collector live in
+// proxy/admin, over the Server's exported methods. Every timed decision
+// runs on [Options.Clock].
 //
 // Typical usage:
 //
