@@ -1,12 +1,15 @@
 package proxy
 
 import (
+	"errors"
 	"io"
+	"os"
 	"testing"
 	"time"
 
 	"github.com/pion/transport/v2/test"
 
+	"github.com/sluiceproxy/sluice/shaper"
 	"github.com/sluiceproxy/sluice/shaper/shapertest"
 )
 
@@ -87,4 +90,46 @@ func TestDrainOnClock(t *testing.T) {
 		t.Fatal("read from a drained connection succeeded")
 	}
 	waitLog(t, logs, "conn done", "result=shutdown")
+}
+
+// TestShapedExactOnClock: a download held to 81,920 B/s (a grant of 8 KiB
+// every 100 ms) on a fake clock moves exactly its burst at once, then
+// exactly the rate's bytes for each 100 ms the clock advances, and not a
+// byte more: the client reads burst + rate × 1 s after one second, and a
+// short read deadline then gets nothing. The pump takes its own grants
+// (no shaping loop: the loops serve on a grid that rounds grants up by up
+// to 8.4 ms, tested in shaper).
+func TestShapedExactOnClock(t *testing.T) {
+	defer test.TimeOut(20 * time.Second).Stop()
+	checkRoutines(t)
+	const rate, burst = 81_920, 8192
+	clk := shapertest.NewClock()
+	_, addr, _ := startProxyWith(t, Options{Clock: clk, ShapingLoops: -1},
+		ListenerConfig{Upstream: endless(t), Limits: ConnLimits{Down: shaper.Limit{Rate: rate, Burst: burst}}})
+	client := dial(t, addr)
+	defer client.Close()
+	// The reaper's timer and the gate's: the pump waits for tokens.
+	clk.BlockUntil(2)
+	if _, err := io.ReadFull(client, make([]byte, burst)); err != nil {
+		t.Fatal(err)
+	}
+	got := int64(burst)
+	for range 10 {
+		clk.Advance(100 * time.Millisecond) // one grant's tokens
+		clk.BlockUntil(2)                   // moved, and waiting again
+		n, err := io.ReadFull(client, make([]byte, burst))
+		got += int64(n)
+		if err != nil {
+			t.Fatalf("after %d bytes: %v", got, err)
+		}
+	}
+	if want := int64(burst + rate); got != want {
+		t.Errorf("read %d bytes after 1 s of fake time, want burst + rate = %d", got, want)
+	}
+	if err := client.SetReadDeadline(time.Now().Add(100 * time.Millisecond)); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := client.Read(make([]byte, 1)); n != 0 || !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Errorf("Read after the second's bytes = %d, %v; want nothing before the deadline", n, err)
+	}
 }

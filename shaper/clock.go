@@ -46,27 +46,44 @@ const MaxSlack = 8 * time.Millisecond
 
 // coalesce returns how long to wait from now for something due after d:
 // d, plus less than half of it (at most [MaxSlack]), so that the wait ends
-// on a multiple of a power-of-two step of time shared by every Gate. Waits
-// of many Gates then end together, and a process shaping many connections
-// wakes once for a batch of them rather than once per connection: wake-ups,
-// not bytes, are most of the CPU a shaped connection costs. Ending late
-// loses nothing: the tokens that accrue meanwhile stay in the bucket (see
-// [MaxCatchUp]), so rates are kept exactly; only the instant of a grant
-// moves, by less than half the gap between grants.
+// on the time grid ([OnGrid]) with a step of at most half of d and at most
+// MaxSlack. Waits of many Gates then end together, and a process shaping
+// many connections wakes once for a batch of them rather than once per
+// connection: wake-ups, not bytes, are most of the CPU a shaped connection
+// costs. Ending late loses nothing: the tokens that accrue meanwhile stay
+// in the bucket (see [MaxCatchUp]), so rates are kept exactly; only the
+// instant of a grant moves, by less than half the gap between grants.
 func coalesce(now time.Time, d time.Duration) time.Duration {
-	step := time.Duration(1)
-	for step*2 <= min(d/2, MaxSlack) {
-		step *= 2
-	}
+	step := GridStep(min(d/2, MaxSlack))
 	if step == 1 {
 		return d
 	}
-	at := now.UnixNano() + int64(d)
-	rem := at & int64(step-1)
-	if rem == 0 {
-		return d
+	return OnGrid(now.Add(d), step).Sub(now)
+}
+
+// The time grid: waits in shaper end on multiples of a power-of-two step
+// of time, counted in nanoseconds since the Unix epoch, so that waits due
+// close together, of any Gate or [Loop], end together and wake the process
+// once. The step sets how late a wait may end: a Gate's waits use up to
+// [MaxSlack], a Loop's up to [MaxLoopStep].
+
+// GridStep returns the largest power of two of nanoseconds that is at most
+// limit, and 1 ns for a limit below 2 ns.
+func GridStep(limit time.Duration) time.Duration {
+	step := time.Duration(1)
+	for step*2 <= limit {
+		step *= 2
 	}
-	return d + step - time.Duration(rem)
+	return step
+}
+
+// OnGrid returns the first multiple of step (a power of two, see
+// [GridStep]) at or after t.
+func OnGrid(t time.Time, step time.Duration) time.Time {
+	if rem := t.UnixNano() & int64(step-1); rem != 0 {
+		t = t.Add(step - time.Duration(rem))
+	}
+	return t
 }
 
 // exactTimer is c.NewTimer without the real clock's coalescing, for a

@@ -291,7 +291,7 @@ func (l *Loop) run() {
 				s.at = l.clock.Now()
 				l.due.Fix(0)
 			case nextAfter:
-				s.at = LoopGrid(l.clock.Now().Add(next.wait), LoopStep(next.gap, l.due.Len()+l.parked))
+				s.at = OnGrid(l.clock.Now().Add(next.wait), LoopStep(next.gap, l.due.Len()+l.parked))
 				l.due.Fix(0)
 			case nextPark:
 				l.due.Pop()
@@ -360,7 +360,7 @@ func (l *Loop) sleep() {
 	}
 }
 
-// The Loop serves a task on a time grid: a task due at t is served at the
+// The Loop serves a task on the time grid ([OnGrid]): a task due at t is served at the
 // next multiple of its step, a power of two of nanoseconds. Tasks then
 // come due together and the Loop wakes once for them all: at 1 MB/s with
 // 10 KB grants, at most 119 times a second however many connections it
@@ -383,21 +383,7 @@ const (
 // LoopStep is the grid step of a task with gap between grants in a Loop
 // that serves n tasks.
 func LoopStep(gap time.Duration, n int) time.Duration {
-	limit := min(gap*time.Duration(n)/LoopBatch, MaxLoopStep)
-	step := time.Duration(1)
-	for step*2 <= limit {
-		step *= 2
-	}
-	return step
-}
-
-// LoopGrid returns the first multiple of step (a power of two) at or
-// after t.
-func LoopGrid(t time.Time, step time.Duration) time.Time {
-	if rem := t.UnixNano() & int64(step-1); rem != 0 {
-		t = t.Add(step - time.Duration(rem))
-	}
-	return t
+	return GridStep(min(gap*time.Duration(n)/LoopBatch, MaxLoopStep))
 }
 
 // GrantGap is the time between grants of chunk bytes at rate bytes per

@@ -30,18 +30,18 @@ func TestLoopStep(t *testing.T) {
 	}
 }
 
-func TestLoopGrid(t *testing.T) {
+func TestOnGrid(t *testing.T) {
 	t0 := shapertest.Epoch
 	step := time.Duration(1 << 20)
-	on := shaper.LoopGrid(t0, step)
+	on := shaper.OnGrid(t0, step)
 	if on.UnixNano()%int64(step) != 0 || on.Before(t0) || on.Sub(t0) >= step {
-		t.Fatalf("LoopGrid(t0, %v) = t0+%v, want the next multiple of the step", step, on.Sub(t0))
+		t.Fatalf("OnGrid(t0, %v) = t0+%v, want the next multiple of the step", step, on.Sub(t0))
 	}
-	if got := shaper.LoopGrid(on, step); !got.Equal(on) {
-		t.Errorf("LoopGrid of a time on the grid moved it by %v", got.Sub(on))
+	if got := shaper.OnGrid(on, step); !got.Equal(on) {
+		t.Errorf("OnGrid of a time on the grid moved it by %v", got.Sub(on))
 	}
-	if got := shaper.LoopGrid(on.Add(1), step); got.Sub(on) != step {
-		t.Errorf("LoopGrid(on+1ns) = on+%v, want on+%v", got.Sub(on), step)
+	if got := shaper.OnGrid(on.Add(1), step); got.Sub(on) != step {
+		t.Errorf("OnGrid(on+1ns) = on+%v, want on+%v", got.Sub(on), step)
 	}
 }
 
@@ -104,14 +104,14 @@ func TestLoopServesOnGrid(t *testing.T) {
 	l.Add(k)
 	clk.BlockUntil(1) // served at once, then waiting on its timer
 	step := shaper.LoopStep(10*time.Millisecond, 1)
-	first := shaper.LoopGrid(shapertest.Epoch.Add(3*time.Millisecond), step).Sub(shapertest.Epoch)
+	first := shaper.OnGrid(shapertest.Epoch.Add(3*time.Millisecond), step).Sub(shapertest.Epoch)
 	clk.Advance(first - 1)
 	if n := len(k.times()); n != 1 {
 		t.Fatalf("served %d times before its time, want 1 (at the hand-in)", n)
 	}
 	clk.Advance(1)
 	clk.BlockUntil(1)
-	second := shaper.LoopGrid(shapertest.Epoch.Add(first+3*time.Millisecond), step).Sub(shapertest.Epoch)
+	second := shaper.OnGrid(shapertest.Epoch.Add(first+3*time.Millisecond), step).Sub(shapertest.Epoch)
 	clk.Advance(second - first)
 	<-k.back
 	got := k.times()
