@@ -7,8 +7,6 @@ import (
 	"testing"
 )
 
-const oneListener = "listeners: [{listen: ':1', upstream: 'a:1'}]\n"
-
 func TestAdmin(t *testing.T) {
 	t.Setenv(AdminTokenEnv, "") // the test sets it where it wants it
 	os.Unsetenv(AdminTokenEnv)
@@ -82,38 +80,4 @@ func TestAdminErrors(t *testing.T) {
 			t.Fatalf("Parse error = %v, want it to name %s", err, AdminTokenEnv)
 		}
 	})
-}
-
-func TestDiff(t *testing.T) {
-	old, err := Parse([]byte(`
-listeners:
-  - {name: a, listen: ':1', upstream: 'h:1', conn: {down: {rate: 10Mbit}}}
-  - {name: b, listen: ':2', upstream: 'h:1'}
-`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	next, err := Parse([]byte(`
-log: {level: debug}
-listeners:
-  - {name: a, listen: ':1', upstream: 'h:2', conn: {down: {rate: 20Mbit}}}
-  - {name: c, listen: ':3', upstream: 'h:1'}
-`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	got := strings.Join(Diff(old, next), "\n")
-	want := strings.Join([]string{
-		"log.level info → debug",
-		"listener b removed",
-		"listener a: upstream h:1 → h:2",
-		"listener a: conn.down.rate 10Mbit → 20Mbit",
-		"listener c added",
-	}, "\n")
-	if got != want {
-		t.Errorf("Diff =\n%s\nwant\n%s", got, want)
-	}
-	if d := Diff(old, old); len(d) != 0 {
-		t.Errorf("Diff(old, old) = %q, want nothing", d)
-	}
 }

@@ -184,34 +184,3 @@ func (d *decoder) share(path string, m map[string]any) (rate, ceil Rate, weight 
 	}
 	return rate, ceil, weight
 }
-
-func (d *decoder) integer(path string, v any, def, lo, hi int) int {
-	if v == nil {
-		return def
-	}
-	n, ok := wholeNumber(v)
-	switch {
-	case !ok:
-		d.failf(path, "want a whole number from %d to %d, got %s", lo, hi, describe(v))
-		return def
-	case n < lo || n > hi:
-		d.failf(path, "want a whole number from %d to %d, got %d", lo, hi, n)
-		return def
-	}
-	return n
-}
-
-// wholeNumber reads an integer, or a string holding one (from the
-// environment); false for anything else.
-func wholeNumber(v any) (int, bool) {
-	switch x := v.(type) {
-	case int:
-		return x, true
-	case int64:
-		return int(x), true
-	case string:
-		n, err := strconv.Atoi(x)
-		return n, err == nil
-	}
-	return 0, false
-}

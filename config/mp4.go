@@ -1,10 +1,6 @@
 package config
 
-import (
-	"math"
-	"strconv"
-	"time"
-)
+import "time"
 
 // MP4 paces MP4 video a listener forwards downstream: the metadata and the
 // first BurstSeconds of media at full speed, then each byte by the time the
@@ -69,33 +65,4 @@ func (d *decoder) mp4(path string, v any) MP4 {
 		d.failf(path+".floor", "%s is above ceil %s: want floor <= ceil", c.Floor, c.Ceil)
 	}
 	return c
-}
-
-// number reads a decimal number from lo to hi.
-func (d *decoder) number(path string, v any, def, lo, hi float64) float64 {
-	var f float64
-	switch x := v.(type) {
-	case nil:
-		return def
-	case int:
-		f = float64(x)
-	case int64:
-		f = float64(x)
-	case float64:
-		f = x
-	case string:
-		var err error
-		if f, err = strconv.ParseFloat(x, 64); err != nil {
-			d.failf(path, "want a number from %g to %g, got %s", lo, hi, describe(v))
-			return def
-		}
-	default:
-		d.failf(path, "want a number from %g to %g, got %s", lo, hi, describe(v))
-		return def
-	}
-	if math.IsNaN(f) || f < lo || f > hi {
-		d.failf(path, "want a number from %g to %g, got %g", lo, hi, f)
-		return def
-	}
-	return f
 }

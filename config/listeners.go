@@ -1,0 +1,171 @@
+package config
+
+import (
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Listener is one listening socket and where its connections go.
+type Listener struct {
+	// Name labels the listener in logs and metrics. Default: the listen
+	// address. Names are unique within a config.
+	Name string
+	// Listen is the local address, "host:port"; an empty host means all
+	// addresses and port 0 picks a free port.
+	Listen string
+	// Upstream is the address connections are forwarded to, "host:port".
+	Upstream string
+	// Timeouts bound dialing and idleness.
+	Timeouts Timeouts
+	// Chunk is the most a shaped connection moves per grant. Default
+	// DefaultChunk; from MinChunk to MaxChunk.
+	Chunk Size
+	// Conn limits each connection, per direction.
+	Conn ConnLimits
+	// Links names the links every connection of this listener crosses.
+	Links []string
+	// MP4 paces MP4 video downloads.
+	MP4 MP4
+}
+
+// ConnLimits are the per-connection limits of a listener.
+type ConnLimits struct {
+	// Up is client → upstream.
+	Up DirLimit
+	// Down is upstream → client.
+	Down DirLimit
+}
+
+// DirLimit limits one direction of a connection.
+type DirLimit struct {
+	// Rate is the sustained limit; zero means no limit.
+	Rate Rate
+	// Burst is the most a connection may send at once after a pause.
+	// Default: the listener's chunk.
+	Burst Size
+	// KernelPacing (down only) also asks the kernel to pace the client
+	// socket at Rate (SO_MAX_PACING_RATE), smoothing packets within a
+	// chunk. Default true.
+	KernelPacing bool
+}
+
+// Timeouts are a listener's connection time limits.
+type Timeouts struct {
+	// Connect bounds the dial to the upstream. Default 5s; must be > 0.
+	Connect time.Duration
+	// Idle closes a connection after this long with no byte moved in either
+	// direction. Default 5m; 0 disables the idle timeout.
+	Idle time.Duration
+}
+
+// Listener defaults and bounds. MaxBurst bounds links' bursts too.
+const (
+	DefaultChunk          = 8 << 10
+	MinChunk              = 512
+	MaxChunk              = 4 << 20
+	MaxBurst              = 1 << 30
+	DefaultConnectTimeout = 5 * time.Second
+	DefaultIdleTimeout    = 5 * time.Minute
+)
+
+// listeners reads the listeners: list. links are the links already read,
+// which the listeners may name.
+func (d *decoder) listeners(v any, links []Link) []Listener {
+	list, ok := v.([]any)
+	if v == nil || (ok && len(list) == 0) {
+		d.failf("listeners", "want at least one listener, like [{name: web, listen: \"0.0.0.0:8080\", upstream: \"10.0.0.1:80\"}]")
+		return nil
+	}
+	if !ok {
+		d.failf("listeners", "want a list of listeners, got %s", describe(v))
+		return nil
+	}
+	out := make([]Listener, 0, len(list))
+	names := map[string]string{}
+	addrs := map[string]string{}
+	for i, item := range list {
+		path := "listeners[" + strconv.Itoa(i) + "]"
+		m := d.object(path, item, "name", "listen", "upstream", "links", "timeouts", "chunk", "conn", "mp4")
+		if m == nil {
+			continue
+		}
+		l := Listener{
+			Listen:   d.hostPort(path+".listen", m["listen"], true),
+			Upstream: d.hostPort(path+".upstream", m["upstream"], false),
+		}
+		l.Name = d.str(path+".name", m["name"], l.Listen)
+		to := d.object(path+".timeouts", m["timeouts"], "connect", "idle")
+		l.Timeouts.Connect = d.duration(path+".timeouts.connect", to["connect"], DefaultConnectTimeout, true)
+		l.Timeouts.Idle = d.duration(path+".timeouts.idle", to["idle"], DefaultIdleTimeout, false)
+		l.Chunk = d.size(path+".chunk", m["chunk"], DefaultChunk, MinChunk, MaxChunk)
+		cl := d.object(path+".conn", m["conn"], "up", "down")
+		l.Conn.Up = d.dirLimit(path+".conn.up", cl["up"], l.Chunk, false)
+		l.Conn.Down = d.dirLimit(path+".conn.down", cl["down"], l.Chunk, true)
+		l.Links = d.linkRefs(path+".links", m["links"], links)
+		l.MP4 = d.mp4(path+".mp4", m["mp4"])
+
+		if prev, dup := names[l.Name]; dup && l.Name != "" {
+			d.failf(path+".name", "%q is already the name of %s", l.Name, prev)
+		}
+		names[l.Name] = path
+		if prev, dup := addrs[l.Listen]; dup && l.Listen != "" && !strings.HasSuffix(l.Listen, ":0") {
+			d.failf(path+".listen", "%q is already the address of %s", l.Listen, prev)
+		}
+		addrs[l.Listen] = path
+		out = append(out, l)
+	}
+	return out
+}
+
+// linkRefs reads a listener's list of link names, which must exist.
+func (d *decoder) linkRefs(path string, v any, links []Link) []string {
+	if v == nil {
+		return nil
+	}
+	list, ok := v.([]any)
+	if !ok {
+		d.failf(path, "want a list of link names, like [hk-line], got %s", describe(v))
+		return nil
+	}
+	var out []string
+	for i, item := range list {
+		name, ok := item.(string)
+		p := path + "[" + strconv.Itoa(i) + "]"
+		if !ok {
+			d.failf(p, "want a link name, got %s", describe(item))
+			continue
+		}
+		name = strings.ToLower(name)
+		if !slices.ContainsFunc(links, func(l Link) bool { return l.Name == name }) {
+			d.failf(p, "no link %q under links:", name)
+			continue
+		}
+		if slices.Contains(out, name) {
+			d.failf(p, "link %q is listed twice", name)
+			continue
+		}
+		out = append(out, name)
+	}
+	return out
+}
+
+// dirLimit reads {rate, burst, kernel_pacing}. kernel_pacing is only
+// allowed downstream, where sluice writes to the client.
+func (d *decoder) dirLimit(path string, v any, chunk Size, down bool) DirLimit {
+	keys := []string{"rate", "burst"}
+	if down {
+		keys = append(keys, "kernel_pacing")
+	}
+	m := d.object(path, v, keys...)
+	l := DirLimit{
+		Rate:         d.rate(path+".rate", m["rate"]),
+		KernelPacing: d.boolean(path+".kernel_pacing", m["kernel_pacing"], down),
+	}
+	l.Burst = d.size(path+".burst", m["burst"], chunk, 1, MaxBurst)
+	if m["burst"] != nil && l.Rate == 0 {
+		d.failf(path+".burst", "has no effect without a rate; set %s.rate too", path)
+	}
+	return l
+}
