@@ -1,7 +1,11 @@
 // Package config loads sluice's configuration: a YAML file with SLUICE_*
 // environment overrides, read through viper, checked strictly (unknown keys
 // are errors), with every unit converted once into base units: [Rate] in
-// bytes per second, [Size] in bytes, durations as [time.Duration].
+// bytes per second, [Size] in bytes, durations as [time.Duration]. Each
+// YAML block has a file of its own (listeners.go, links.go, admin.go,
+// mp4.go, process.go for log, cores and shutdown); decode.go holds the
+// readers they share. It must not import proxy, shaper or mp4probe: cmd
+// turns a Config into their plain structs.
 //
 // Typical usage:
 //
