@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"context"
-	"encoding/json"
 	"log/slog"
 	"net"
 	"strings"
@@ -156,54 +155,6 @@ func TestLinkConfigErrors(t *testing.T) {
 	} {
 		if _, err := New(Options{Links: tc.links, Listeners: lis}); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("New(links %+v) = %v, want %q", tc.links, err, tc.want)
-		}
-	}
-}
-
-func TestAdminLinks(t *testing.T) {
-	defer test.TimeOut(30 * time.Second).Stop()
-	f := newAdminFixture(t, AdminOptions{})
-	b := newBackend(t)
-	err := f.srv.Reconfigure([]LinkConfig{{Name: "line", Up: shaper.LinkLimit{Limit: shaper.Limit{Rate: 1 << 20}}, KeyBy: KeyListener}},
-		[]ListenerConfig{{Name: "t", Addr: "127.0.0.1:0", Upstream: b.addr(), Links: []string{"line"}}}, time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	client, server := connect(t, f.srv.Addr("t").String(), b)
-	defer client.Close()
-	defer server.Close()
-	roundTrip(t, client, server, "through the link")
-
-	status, body := f.call(t, "GET", "/v1/links/line", "", "")
-	var l LinkJSON
-	if err := json.Unmarshal([]byte(body), &l); status != 200 || err != nil || l.Up == nil || l.Down != nil ||
-		l.Up.Rate != 1<<20 || l.Up.Members != 1 || len(l.Up.KeyStats) != 1 || l.Up.KeyStats[0].Key != "t" || l.Up.Bytes < 16 {
-		t.Fatalf("GET /v1/links/line: %d %s", status, body)
-	}
-	if s, b := f.call(t, "PUT", "/v1/links/line/limits", adminToken, `{"up": {"rate": "1000KB/s"}}`); s != 200 || !strings.Contains(b, `"rate": 1000000`) {
-		t.Errorf("PUT link limits: %d %s", s, b)
-	}
-	for _, tc := range []struct {
-		path, body string
-		status     int
-	}{
-		{"/v1/links/nope/limits", `{"up": {"rate": 5}}`, 404},
-		{"/v1/links/line/limits", `{"down": {"rate": 5}}`, 409},
-		{"/v1/links/line/limits", `{"up": {"rate": 0}}`, 400},
-		{"/v1/links/line/limits", `{"up": {"rate": 5}, "kernel_pacing": true}`, 400},
-		{"/v1/links/line/limits", `{}`, 400},
-	} {
-		if s, b := f.call(t, "PUT", tc.path, adminToken, tc.body); s != tc.status {
-			t.Errorf("PUT %s %s: %d %s, want %d", tc.path, tc.body, s, b, tc.status)
-		}
-	}
-	if s, _ := f.call(t, "PUT", "/v1/links/line/limits", "", `{"up": {"rate": 5}}`); s != 401 {
-		t.Errorf("PUT link limits without a token: %d, want 401", s)
-	}
-	_, metrics := f.call(t, "GET", "/metrics", "", "")
-	for _, want := range []string{`sluice_link_rate_limit_bytes_per_second{direction="up",link="line"} 1e+06`, `sluice_link_connections{direction="up",link="line"} 1`} {
-		if !strings.Contains(metrics, want) {
-			t.Errorf("/metrics lacks %s", want)
 		}
 	}
 }

@@ -58,6 +58,9 @@ type ListenerStats struct {
 	Upstream string
 	// Limits are the current per-connection limits.
 	Limits ConnLimits
+	// Chunk is the grant size of the listener's new connections, in bytes;
+	// 0 for a listener that is gone.
+	Chunk int
 	// Active is the number of live connections accepted under this name.
 	Active int
 	// Accepted counts connections accepted.
@@ -103,6 +106,7 @@ func (s *Server) Stats() []ListenerStats {
 		cfg := l.config()
 		ls := add(cfg.Name)
 		ls.Addr, ls.Upstream, ls.Limits = l.ln.Addr().String(), cfg.Upstream, *l.limits.Load()
+		ls.Chunk = cfg.Chunk
 		ls.MP4Enabled = cfg.MP4.Enabled
 	}
 	var gone []string
@@ -150,6 +154,8 @@ type ConnInfo struct {
 	Bytes [2]int64
 	// Limits are the connection's current limits; a zero Rate is none.
 	Limits ConnLimits
+	// Chunk is the connection's grant size, in bytes.
+	Chunk int
 	// Waiting reports, per direction, whether the pump waits for tokens, of
 	// its own limit or a link's.
 	Waiting [2]bool
@@ -172,7 +178,7 @@ func (s *Server) Conns() []ConnInfo {
 
 func (c *conn) info() ConnInfo {
 	ci := ConnInfo{ID: c.id, Listener: c.cfg.Name, Client: addrString(c.client.RemoteAddr()),
-		Upstream: c.cfg.Upstream, Start: c.start}
+		Upstream: c.cfg.Upstream, Start: c.start, Chunk: c.cfg.Chunk}
 	c.mu.Lock()
 	ci.Limits = c.limits
 	c.mu.Unlock()

@@ -24,6 +24,7 @@ import (
 	"github.com/sluiceproxy/sluice/config"
 	"github.com/sluiceproxy/sluice/mp4probe"
 	"github.com/sluiceproxy/sluice/proxy"
+	"github.com/sluiceproxy/sluice/proxy/admin"
 	"github.com/sluiceproxy/sluice/shaper"
 )
 
@@ -35,7 +36,7 @@ type sluiced struct {
 	level *slog.LevelVar
 
 	srv      *proxy.Server
-	admin    *proxy.Admin
+	admin    *admin.Handler
 	adminSrv *http.Server
 	adminLn  net.Listener
 	reg      *prometheus.Registry
@@ -140,7 +141,7 @@ func (d *sluiced) initMetrics() {
 		ConstLabels: prometheus.Labels{"version": version, "goversion": goVersion(), "revision": revision()},
 	})
 	build.Set(1)
-	d.reg.MustRegister(d.reloads, d.reloadOK, d.reloadSuccess, build, proxy.NewCollector(d.srv),
+	d.reg.MustRegister(d.reloads, d.reloadOK, d.reloadSuccess, build, admin.NewCollector(d.srv),
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	d.reg.MustRegister(d.cores.collectors()...)
 }
@@ -151,7 +152,7 @@ func (d *sluiced) startAdmin(cfg *config.Config) error {
 		return fmt.Errorf("admin: %w", err)
 	}
 	d.adminLn = ln
-	d.admin = proxy.NewAdmin(d.srv, proxy.AdminOptions{
+	d.admin = admin.New(d.srv, admin.Options{
 		Token:     cfg.Admin.Token,
 		AuthReads: !isLoopbackAddr(ln.Addr()),
 		Gatherer:  d.reg,

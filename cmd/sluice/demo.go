@@ -19,6 +19,7 @@ import (
 	"github.com/sluiceproxy/sluice/config"
 	"github.com/sluiceproxy/sluice/mp4probe"
 	"github.com/sluiceproxy/sluice/proxy"
+	"github.com/sluiceproxy/sluice/proxy/admin"
 	"github.com/sluiceproxy/sluice/shaper"
 )
 
@@ -106,14 +107,14 @@ func runDemo(ctx context.Context, w io.Writer, d time.Duration) error {
 	if err != nil {
 		return err
 	}
-	hs := &http.Server{Handler: proxy.NewAdmin(srv, proxy.AdminOptions{
+	hs := &http.Server{Handler: admin.New(srv, admin.Options{
 		Token:     token,
 		ParseRate: func(s string) (int64, error) { r, err := config.ParseRate(s); return int64(r), err },
 		ParseSize: func(s string) (int64, error) { z, err := config.ParseSize(s); return int64(z), err },
 	}), ReadHeaderTimeout: 5 * time.Second, ErrorLog: slog.NewLogLogger(slog.DiscardHandler, slog.LevelError)}
 	go func() { _ = hs.Serve(adminLn) }()
 	defer hs.Close()
-	admin := &adminClient{base: "http://" + adminLn.Addr().String(), token: token, http: &http.Client{Timeout: 5 * time.Second}}
+	api := &adminClient{base: "http://" + adminLn.Addr().String(), token: token, http: &http.Client{Timeout: 5 * time.Second}}
 
 	fmt.Fprintf(w, "sluice demo: an origin, a sluice with two listeners on one shared link, %d clients, all on loopback, for %v.\n", demoVideo+demoBulk, d)
 	fmt.Fprintf(w, "  video %s: %d clients, %s per connection down\n", srv.Addr("video"), demoVideo, fmtBits(demoVideoRate))
@@ -124,7 +125,7 @@ func runDemo(ctx context.Context, w io.Writer, d time.Duration) error {
 		srv.Addr("movie"), demoViewers, demoMovieSeconds, fmtBits(demoMovieRate), demoMovieBurst)
 	fmt.Fprintf(w, "    then %g× the video's own rate (%s), so a viewer who quits early has not pulled the whole file\n",
 		demoMovieFactor, fmtBits(demoMovieFactor*demoMovieRate))
-	fmt.Fprintf(w, "  admin API %s (token %s): try `sluice top --admin %s` in another terminal\n\n", admin.base, token, admin.base)
+	fmt.Fprintf(w, "  admin API %s (token %s): try `sluice top --admin %s` in another terminal\n\n", api.base, token, api.base)
 
 	cctx, stop := context.WithCancel(ctx)
 	defer stop()
@@ -155,7 +156,7 @@ func runDemo(ctx context.Context, w io.Writer, d time.Duration) error {
 		}()
 	}
 
-	view := &topView{c: admin, conns: 10}
+	view := &topView{c: api, conns: 10}
 	if _, err := view.frame(ctx); err != nil {
 		return err
 	}
@@ -178,20 +179,20 @@ func runDemo(ctx context.Context, w io.Writer, d time.Duration) error {
 		case !doubled && el >= d/2:
 			doubled = true
 			body := fmt.Sprintf(`{"down": {"rate": %d}}`, 2*demoLinkRate)
-			if err := admin.do(ctx, "PUT", "/v1/links/line/limits", strings.NewReader(body), nil); err != nil {
+			if err := api.do(ctx, "PUT", "/v1/links/line/limits", strings.NewReader(body), nil); err != nil {
 				return err
 			}
 			fmt.Fprintf(w, ">>> PUT /v1/links/line/limits %s: the line doubles to %s, live; video goes up to its per-connection %s\n\n",
 				body, fmtBits(2*demoLinkRate), fmtBits(demoVideoRate))
 		case !closed && el >= 3*d/4:
 			closed = true
-			var cs struct{ Conns []proxy.ConnJSON }
-			if err := admin.do(ctx, "GET", "/v1/conns?listener=bulk&limit=1", nil, &cs); err != nil {
+			var cs struct{ Conns []admin.ConnJSON }
+			if err := api.do(ctx, "GET", "/v1/conns?listener=bulk&limit=1", nil, &cs); err != nil {
 				return err
 			}
 			if len(cs.Conns) > 0 {
 				id := cs.Conns[0].ID
-				if err := admin.do(ctx, "DELETE", fmt.Sprintf("/v1/conns/%d", id), nil, nil); err != nil {
+				if err := api.do(ctx, "DELETE", fmt.Sprintf("/v1/conns/%d", id), nil, nil); err != nil {
 					return err
 				}
 				fmt.Fprintf(w, ">>> DELETE /v1/conns/%d: that bulk connection is closed; the others run on\n\n", id)

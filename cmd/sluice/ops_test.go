@@ -24,7 +24,7 @@ import (
 
 	"github.com/pion/transport/v2/test"
 
-	"github.com/sluiceproxy/sluice/proxy"
+	"github.com/sluiceproxy/sluice/proxy/admin"
 )
 
 // waitCount waits until sluice has logged at least n lines with msg.
@@ -335,7 +335,7 @@ shutdown: {drain: 30s}
 	cmd.Env = append(os.Environ(), "SLUICE_ADMIN_TOKEN=tok")
 	p := startCmd(t, cmd)
 	addr := p.waitLine(t, "listening", map[string]any{"listener": "t"})["addr"].(string)
-	admin := &adminClient{base: p.adminURL(t), token: "tok", http: &http.Client{Timeout: 10 * time.Second}}
+	api := &adminClient{base: p.adminURL(t), token: "tok", http: &http.Client{Timeout: 10 * time.Second}}
 
 	var wg sync.WaitGroup
 	errs := make(chan error, transfers)
@@ -368,9 +368,9 @@ shutdown: {drain: 30s}
 			}
 		}()
 	}
-	var ls []proxy.ListenerJSON
+	var ls []admin.ListenerJSON
 	for deadline := time.Now().Add(20 * time.Second); ; {
-		if err := admin.do(context.Background(), "GET", "/v1/listeners", nil, &ls); err != nil {
+		if err := api.do(context.Background(), "GET", "/v1/listeners", nil, &ls); err != nil {
 			t.Fatal(err)
 		}
 		if ls[0].Active == transfers {
@@ -393,7 +393,7 @@ shutdown: {drain: 30s}
 			t.Fatal(err)
 		}
 		if i%5 == 0 { // through the admin API, which answers with the result
-			err := admin.do(context.Background(), "POST", "/v1/reload", nil, nil)
+			err := api.do(context.Background(), "POST", "/v1/reload", nil, nil)
 			if bad != (err != nil) {
 				t.Fatalf("reload %d (invalid %v) through the API: %v", i, bad, err)
 			}
@@ -410,8 +410,8 @@ shutdown: {drain: 30s}
 		valid++
 		p.waitCount(t, "reloaded", valid)
 		if i%10 == 1 || i%10 == 2 { // the live conns carry the new rate
-			var cs struct{ Conns []proxy.ConnJSON }
-			if err := admin.do(context.Background(), "GET", "/v1/conns?limit=0&listener=t", nil, &cs); err != nil {
+			var cs struct{ Conns []admin.ConnJSON }
+			if err := api.do(context.Background(), "GET", "/v1/conns?limit=0&listener=t", nil, &cs); err != nil {
 				t.Fatal(err)
 			}
 			for _, c := range cs.Conns {
@@ -421,7 +421,7 @@ shutdown: {drain: 30s}
 			}
 		}
 	}
-	if err := admin.do(context.Background(), "GET", "/v1/listeners", nil, &ls); err != nil {
+	if err := api.do(context.Background(), "GET", "/v1/listeners", nil, &ls); err != nil {
 		t.Fatal(err)
 	}
 	if ls[0].Active != transfers {
@@ -437,7 +437,7 @@ shutdown: {drain: 30s}
 	// A client has all its bytes a moment before sluice records the
 	// connection's end: wait for the last ones to be counted.
 	for deadline := time.Now().Add(10 * time.Second); ; {
-		if err := admin.do(context.Background(), "GET", "/v1/listeners", nil, &ls); err != nil {
+		if err := api.do(context.Background(), "GET", "/v1/listeners", nil, &ls); err != nil {
 			t.Fatal(err)
 		}
 		if ls[0].Active == 0 || time.Now().After(deadline) {
@@ -448,7 +448,7 @@ shutdown: {drain: 30s}
 	if ls[0].Name != "t" || ls[0].Ended["ok"] != transfers || ls[0].Accepted != transfers {
 		t.Errorf("listener t: accepted %d, ended %v; want %d, all ok", ls[0].Accepted, ls[0].Ended, transfers)
 	}
-	resp, err := http.Get(admin.base + "/metrics")
+	resp, err := http.Get(api.base + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -614,7 +614,7 @@ shutdown: {drain: 1s}
 	}
 	path := writeConfig(t, cfg("8Mbit"))
 	p := startCmd(t, exec.Command(sluiceBin, "run", "--config", path))
-	admin := &adminClient{base: p.adminURL(t), http: &http.Client{Timeout: 10 * time.Second}}
+	api := &adminClient{base: p.adminURL(t), http: &http.Client{Timeout: 10 * time.Second}}
 	_, client, server := connectThrough(t, p, ln)
 	roundTrip := func() {
 		if _, err := server.Write([]byte("x")); err != nil {
@@ -625,15 +625,15 @@ shutdown: {drain: 1s}
 		}
 	}
 	roundTrip()
-	var links []proxy.LinkJSON
-	if err := admin.do(context.Background(), "GET", "/v1/links", nil, &links); err != nil {
+	var links []admin.LinkJSON
+	if err := api.do(context.Background(), "GET", "/v1/links", nil, &links); err != nil {
 		t.Fatal(err)
 	}
 	if len(links) != 1 || links[0].Down == nil || links[0].Down.Rate != 1_000_000 || links[0].Down.Members != 1 || links[0].KeyBy != "source_ip" {
 		t.Fatalf("GET /v1/links = %+v", links)
 	}
-	var one proxy.LinkJSON
-	if err := admin.do(context.Background(), "GET", "/v1/links/line", nil, &one); err != nil {
+	var one admin.LinkJSON
+	if err := api.do(context.Background(), "GET", "/v1/links/line", nil, &one); err != nil {
 		t.Fatal(err)
 	}
 	if ks := one.Down.KeyStats; len(ks) != 1 || ks[0].Key != "127.0.0.1" || ks[0].Limit.Weight != 2 || ks[0].Limit.Rate != 125_000 {
@@ -642,7 +642,7 @@ shutdown: {drain: 1s}
 	os.WriteFile(path, []byte(cfg("16Mbit")), 0o600)
 	p.cmd.Process.Signal(syscall.SIGHUP)
 	p.waitLine(t, "reloaded", map[string]any{"diff": "link line: down.rate 8Mbit → 16Mbit"})
-	if err := admin.do(context.Background(), "GET", "/v1/links", nil, &links); err != nil {
+	if err := api.do(context.Background(), "GET", "/v1/links", nil, &links); err != nil {
 		t.Fatal(err)
 	}
 	if links[0].Down.Rate != 2_000_000 || links[0].Down.Members != 1 {
@@ -651,7 +651,7 @@ shutdown: {drain: 1s}
 	roundTrip()
 
 	// Every sluice metric the Grafana dashboard queries exists.
-	resp, err := http.Get(admin.base + "/metrics")
+	resp, err := http.Get(api.base + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -12,7 +12,7 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/sluiceproxy/sluice/proxy"
+	"github.com/sluiceproxy/sluice/proxy/admin"
 )
 
 // topView polls the admin API and renders listeners and the busiest
@@ -31,18 +31,18 @@ type topView struct {
 // frame polls once and renders a frame. Rates need two polls: the first
 // frame shows them as "-".
 func (v *topView) frame(ctx context.Context) (string, error) {
-	var ls []proxy.ListenerJSON
+	var ls []admin.ListenerJSON
 	if err := v.c.do(ctx, "GET", "/v1/listeners", nil, &ls); err != nil {
 		return "", err
 	}
 	var cs struct {
 		Total int              `json:"total"`
-		Conns []proxy.ConnJSON `json:"conns"`
+		Conns []admin.ConnJSON `json:"conns"`
 	}
 	if err := v.c.do(ctx, "GET", "/v1/conns?limit=0", nil, &cs); err != nil {
 		return "", err
 	}
-	var links []proxy.LinkJSON
+	var links []admin.LinkJSON
 	if err := v.c.do(ctx, "GET", "/v1/links", nil, &links); err != nil {
 		return "", err
 	}
@@ -65,7 +65,7 @@ func (v *topView) frame(ctx context.Context) (string, error) {
 		for _, l := range links {
 			for _, d := range []struct {
 				name string
-				j    *proxy.LinkDirJSON
+				j    *admin.LinkDirJSON
 			}{{"down", l.Down}, {"up", l.Up}} {
 				if d.j == nil {
 					continue
@@ -135,7 +135,7 @@ func (v *topView) frame(ctx context.Context) (string, error) {
 
 	// The busiest connections by current down rate, then up rate.
 	type row struct {
-		c      proxy.ConnJSON
+		c      admin.ConnJSON
 		dn, up float64
 	}
 	rows := make([]row, 0, len(cs.Conns))
@@ -241,7 +241,7 @@ func fmtBits(bytesPerSec float64) string {
 	return strconv.FormatFloat(bits, 'f', 0, 64) + " bit/s"
 }
 
-func fmtLimit(l proxy.LimitJSON) string {
+func fmtLimit(l admin.LimitJSON) string {
 	if l.Rate == 0 {
 		return "none"
 	}

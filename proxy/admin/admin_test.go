@@ -1,4 +1,4 @@
-package proxy
+package admin_test
 
 import (
 	"context"
@@ -18,12 +18,14 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
 
+	"github.com/sluiceproxy/sluice/proxy"
+	"github.com/sluiceproxy/sluice/proxy/admin"
 	"github.com/sluiceproxy/sluice/shaper"
 )
 
 const adminToken = "t0ken"
 
-// parseUnit is a tiny stand-in for config.ParseRate/ParseSize (proxy must
+// parseUnit is a tiny stand-in for config.ParseRate/ParseSize (admin must
 // not import config): "<n>KB/s" or "<n>KiB".
 func parseUnit(s string) (int64, error) {
 	for suf, mul := range map[string]int64{"KB/s": 1000, "KiB": 1024} {
@@ -35,8 +37,10 @@ func parseUnit(s string) (int64, error) {
 	return 0, errors.New("want a unit")
 }
 
-type adminFixture struct {
-	srv     *Server
+// fixture is a running proxy with listener "t" (4 MB/s down per
+// connection) in front of a backend, and its admin API over HTTP.
+type fixture struct {
+	srv     *proxy.Server
 	addr    string
 	b       *backend
 	http    *httptest.Server
@@ -44,12 +48,12 @@ type adminFixture struct {
 	reloads int
 }
 
-func newAdminFixture(t *testing.T, opts AdminOptions) *adminFixture {
+func newFixture(t *testing.T, opts admin.Options) *fixture {
 	t.Helper()
-	f := &adminFixture{b: newBackend(t)}
-	f.srv, f.addr, _ = startProxy(t, ListenerConfig{Upstream: f.b.addr(), Limits: ConnLimits{Down: shaper.Limit{Rate: 4_000_000, Burst: 8192}}})
+	f := &fixture{b: newBackend(t)}
+	f.srv, f.addr = startProxy(t, nil, proxy.ListenerConfig{Upstream: f.b.addr(), Limits: proxy.ConnLimits{Down: shaper.Limit{Rate: 4_000_000, Burst: 8192}}})
 	f.reg = prometheus.NewRegistry()
-	f.reg.MustRegister(NewCollector(f.srv))
+	f.reg.MustRegister(admin.NewCollector(f.srv))
 	if opts.Token == "" {
 		opts.Token = adminToken
 	}
@@ -64,13 +68,13 @@ func newAdminFixture(t *testing.T, opts AdminOptions) *adminFixture {
 			return nil
 		}
 	}
-	f.http = httptest.NewServer(NewAdmin(f.srv, opts))
+	f.http = httptest.NewServer(admin.New(f.srv, opts))
 	t.Cleanup(f.http.Close)
 	return f
 }
 
 // call returns the status and body of an admin request; token "" sends none.
-func (f *adminFixture) call(t *testing.T, method, path, token, body string) (int, string) {
+func (f *fixture) call(t *testing.T, method, path, token, body string) (int, string) {
 	t.Helper()
 	req, err := http.NewRequest(method, f.http.URL+path, strings.NewReader(body))
 	if err != nil {
@@ -88,8 +92,8 @@ func (f *adminFixture) call(t *testing.T, method, path, token, body string) (int
 	return resp.StatusCode, string(b)
 }
 
-func TestAdminAuth(t *testing.T) {
-	f := newAdminFixture(t, AdminOptions{})
+func TestAuth(t *testing.T) {
+	f := newFixture(t, admin.Options{})
 	body := `{"down": {"rate": 1000}}`
 	for _, tc := range []struct {
 		name, method, path, token string
@@ -117,7 +121,7 @@ func TestAdminAuth(t *testing.T) {
 	}
 
 	// No token configured: state-changing calls are refused outright.
-	h := NewAdmin(f.srv, AdminOptions{})
+	h := admin.New(f.srv, admin.Options{})
 	rec := httptest.NewRecorder()
 	h.ServeHTTP(rec, httptest.NewRequest("POST", "/v1/reload", nil))
 	if rec.Code != 403 || !strings.Contains(rec.Body.String(), "none is configured") {
@@ -134,7 +138,7 @@ func TestAdminAuth(t *testing.T) {
 			t.Errorf("after SetToken(new), token %q: %d, want %d", tok, rec.Code, want)
 		}
 	}
-	reads := NewAdmin(f.srv, AdminOptions{Token: "x", AuthReads: true})
+	reads := admin.New(f.srv, admin.Options{Token: "x", AuthReads: true})
 	rec = httptest.NewRecorder()
 	reads.ServeHTTP(rec, httptest.NewRequest("GET", "/v1/conns", nil))
 	if rec.Code != 401 {
@@ -142,8 +146,8 @@ func TestAdminAuth(t *testing.T) {
 	}
 }
 
-func TestAdminBadInput(t *testing.T) {
-	f := newAdminFixture(t, AdminOptions{})
+func TestBadInput(t *testing.T) {
+	f := newFixture(t, admin.Options{})
 	before := f.srv.Stats()[0].Limits
 	for _, tc := range []struct {
 		name, path, body, want string
@@ -161,7 +165,7 @@ func TestAdminBadInput(t *testing.T) {
 		{"unknown listener", "/v1/listeners/nope/limits", `{"down": {"rate": 5}}`, `no listener \"nope\"`, 404},
 		{"bad conn id", "/v1/conns/x/limits", `{"down": {"rate": 5}}`, "connection id: want a number", 400},
 		{"unknown conn", "/v1/conns/999/limits", `{"down": {"rate": 5}}`, "no live connection 999", 404},
-		{"huge body", "/v1/listeners/t/limits", `{"down": {"rate": "` + strings.Repeat("9", MaxAdminBody) + `"}}`, "body", 400},
+		{"huge body", "/v1/listeners/t/limits", `{"down": {"rate": "` + strings.Repeat("9", admin.MaxBody) + `"}}`, "body", 400},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			status, body := f.call(t, "PUT", tc.path, adminToken, tc.body)
@@ -190,13 +194,13 @@ func TestAdminBadInput(t *testing.T) {
 	}
 }
 
-// TestAdminLiveChange: rates changed through the API are seen on a running
+// TestLiveChange: rates changed through the API are seen on a running
 // transfer, for a listener and for one connection; a connection can be
 // listed and closed.
-func TestAdminLiveChange(t *testing.T) {
+func TestLiveChange(t *testing.T) {
 	defer test.TimeOut(60 * time.Second).Stop()
 	checkRoutines(t)
-	f := newAdminFixture(t, AdminOptions{})
+	f := newFixture(t, admin.Options{})
 	client, server := connect(t, f.addr, f.b)
 	defer client.Close()
 	defer server.Close()
@@ -213,8 +217,8 @@ func TestAdminLiveChange(t *testing.T) {
 	go func() { a.read(client); close(done) }()
 
 	var list struct {
-		Total int        `json:"total"`
-		Conns []ConnJSON `json:"conns"`
+		Total int              `json:"total"`
+		Conns []admin.ConnJSON `json:"conns"`
 	}
 	status, body := f.call(t, "GET", "/v1/conns", "", "")
 	if err := json.Unmarshal([]byte(body), &list); status != 200 || err != nil || list.Total != 1 || len(list.Conns) != 1 {
@@ -242,21 +246,21 @@ func TestAdminLiveChange(t *testing.T) {
 		t.Fatalf("set conn limits: %d %s", s, b)
 	}
 	measure("conn up to 2.5 MB/s", 2.5e6)
-	var one ConnJSON
+	var one admin.ConnJSON
 	if s, b := f.call(t, "GET", fmt.Sprintf("/v1/conns/%d", id), "", ""); s != 200 || json.Unmarshal([]byte(b), &one) != nil ||
-		one.Limits.Down != (LimitJSON{Rate: 2_500_000, Burst: 8192}) {
+		one.Limits.Down != (admin.LimitJSON{Rate: 2_500_000, Burst: 8192}) {
 		t.Errorf("GET conn: %d %s, want down rate 2500000 with the chunk as burst", s, b)
 	}
 	if s, b := f.call(t, "DELETE", fmt.Sprintf("/v1/conns/%d", id), adminToken, ""); s != 200 {
 		t.Fatalf("close conn: %d %s", s, b)
 	}
 	<-done // the client sees the close
-	eventually(t, func() bool { return f.srv.Stats()[0].Ended[resultClosed] == 1 })
+	eventually(t, func() bool { return f.srv.Stats()[0].Ended["closed"] == 1 })
 }
 
 func TestMetrics(t *testing.T) {
 	defer test.TimeOut(30 * time.Second).Stop()
-	f := newAdminFixture(t, AdminOptions{})
+	f := newFixture(t, admin.Options{})
 	// Known traffic: 3000 bytes down, 1000 up, on one connection that ends.
 	client, server := connect(t, f.addr, f.b)
 	go func() {
@@ -336,9 +340,57 @@ func endedCount(t *testing.T, g prometheus.Gatherer, result string) float64 {
 	return 0
 }
 
-// FuzzAdminLimits: any body to PUT .../limits gets an answer, never a
-// panic; an accepted body sets valid limits; a rejected one changes none.
-func FuzzAdminLimits(f *testing.F) {
+func TestLinks(t *testing.T) {
+	defer test.TimeOut(30 * time.Second).Stop()
+	f := newFixture(t, admin.Options{})
+	b := newBackend(t)
+	err := f.srv.Reconfigure([]proxy.LinkConfig{{Name: "line", Up: shaper.LinkLimit{Limit: shaper.Limit{Rate: 1 << 20}}, KeyBy: proxy.KeyListener}},
+		[]proxy.ListenerConfig{{Name: "t", Addr: "127.0.0.1:0", Upstream: b.addr(), Links: []string{"line"}}}, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	client, server := connect(t, f.srv.Addr("t").String(), b)
+	defer client.Close()
+	defer server.Close()
+	roundTrip(t, client, server, "through the link")
+
+	status, body := f.call(t, "GET", "/v1/links/line", "", "")
+	var l admin.LinkJSON
+	if err := json.Unmarshal([]byte(body), &l); status != 200 || err != nil || l.Up == nil || l.Down != nil ||
+		l.Up.Rate != 1<<20 || l.Up.Members != 1 || len(l.Up.KeyStats) != 1 || l.Up.KeyStats[0].Key != "t" || l.Up.Bytes < 16 {
+		t.Fatalf("GET /v1/links/line: %d %s", status, body)
+	}
+	if s, b := f.call(t, "PUT", "/v1/links/line/limits", adminToken, `{"up": {"rate": "1000KB/s"}}`); s != 200 || !strings.Contains(b, `"rate": 1000000`) {
+		t.Errorf("PUT link limits: %d %s", s, b)
+	}
+	for _, tc := range []struct {
+		path, body string
+		status     int
+	}{
+		{"/v1/links/nope/limits", `{"up": {"rate": 5}}`, 404},
+		{"/v1/links/line/limits", `{"down": {"rate": 5}}`, 409},
+		{"/v1/links/line/limits", `{"up": {"rate": 0}}`, 400},
+		{"/v1/links/line/limits", `{"up": {"rate": 5}, "kernel_pacing": true}`, 400},
+		{"/v1/links/line/limits", `{}`, 400},
+	} {
+		if s, b := f.call(t, "PUT", tc.path, adminToken, tc.body); s != tc.status {
+			t.Errorf("PUT %s %s: %d %s, want %d", tc.path, tc.body, s, b, tc.status)
+		}
+	}
+	if s, _ := f.call(t, "PUT", "/v1/links/line/limits", "", `{"up": {"rate": 5}}`); s != 401 {
+		t.Errorf("PUT link limits without a token: %d, want 401", s)
+	}
+	_, metrics := f.call(t, "GET", "/metrics", "", "")
+	for _, want := range []string{`sluice_link_rate_limit_bytes_per_second{direction="up",link="line"} 1e+06`, `sluice_link_connections{direction="up",link="line"} 1`} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+}
+
+// FuzzLimits: any body to PUT .../limits gets an answer, never a panic; an
+// accepted body sets valid limits; a rejected one changes none.
+func FuzzLimits(f *testing.F) {
 	for _, seed := range []string{
 		`{"down": {"rate": "1000KB/s", "burst": "16KiB"}}`, `{"up": {"rate": 5}, "kernel_pacing": false}`,
 		`{"down": {"rate": "none"}}`, `{}`, `[]`, `{"down": null}`, `{"down": {"rate": 1e30}}`, `{"down": {"rate": -1}}`,
@@ -346,15 +398,8 @@ func FuzzAdminLimits(f *testing.F) {
 		f.Add(seed)
 	}
 	b := newBackend(f)
-	srv, err := New(Options{Listeners: []ListenerConfig{{Name: "t", Addr: "127.0.0.1:0", Upstream: b.addr()}}})
-	if err != nil {
-		f.Fatal(err)
-	}
-	if err := srv.Start(context.Background()); err != nil {
-		f.Fatal(err)
-	}
-	f.Cleanup(func() { srv.Close() })
-	h := NewAdmin(srv, AdminOptions{Token: adminToken, ParseRate: parseUnit, ParseSize: parseUnit})
+	srv, _ := startProxy(f, nil, proxy.ListenerConfig{Upstream: b.addr()})
+	h := admin.New(srv, admin.Options{Token: adminToken, ParseRate: parseUnit, ParseSize: parseUnit})
 	f.Fuzz(func(t *testing.T, body string) {
 		before := srv.Stats()[0].Limits
 		rec := httptest.NewRecorder()

@@ -1,17 +1,19 @@
-package proxy
+package admin
 
 import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/sluiceproxy/sluice/mp4probe"
+	"github.com/sluiceproxy/sluice/proxy"
 )
 
-// Collector exports a Server's counters as Prometheus metrics, read at
+// Collector exports a proxy's counters as Prometheus metrics, read at
 // scrape time (the pumps keep plain atomics; nothing is pushed per byte).
-// Labels are bounded: listener names from the config, directions and
-// results; never a client address.
+// Labels are bounded: listener and link names from the config, directions,
+// results and reasons; never a client address. It is safe for concurrent
+// use.
 type Collector struct {
-	srv *Server
+	p Proxy
 
 	bytes, accepted, ended, active, waited, waiting, rate, burst *prometheus.Desc
 
@@ -22,13 +24,13 @@ type Collector struct {
 	readAhead, shapedPipes, loopDirs *prometheus.Desc
 }
 
-// NewCollector returns a Collector for srv; register it on a registry.
-func NewCollector(srv *Server) *Collector {
+// NewCollector returns a Collector for p; register it on a registry.
+func NewCollector(p Proxy) *Collector {
 	d := func(name, help string, labels ...string) *prometheus.Desc {
 		return prometheus.NewDesc("sluice_"+name, help, labels, nil)
 	}
 	return &Collector{
-		srv:      srv,
+		p:        p,
 		bytes:    d("listener_bytes_total", "Bytes forwarded by a listener's connections, per direction (up: client to upstream).", "listener", "direction"),
 		accepted: d("listener_connections_accepted_total", "Connections accepted by a listener.", "listener"),
 		ended:    d("listener_connections_ended_total", "Connections ended, by result (ok, reset, idle_timeout, shutdown, upstream_error, error, closed).", "listener", "result"),
@@ -73,15 +75,16 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 
 // Collect implements prometheus.Collector.
 func (c *Collector) Collect(ch chan<- prometheus.Metric) {
-	ch <- prometheus.MustNewConstMetric(c.readAhead, prometheus.GaugeValue, float64(AheadBudget-aheadBudget.Load()))
-	ch <- prometheus.MustNewConstMetric(c.shapedPipes, prometheus.GaugeValue, float64(ShapedPipes-pipeBudget.Load()))
-	ch <- prometheus.MustNewConstMetric(c.loopDirs, prometheus.GaugeValue, float64(c.srv.loopStats().Tasks))
-	for _, l := range c.srv.Links(false) {
+	ps := c.p.Process()
+	ch <- prometheus.MustNewConstMetric(c.readAhead, prometheus.GaugeValue, float64(ps.ReadAhead))
+	ch <- prometheus.MustNewConstMetric(c.shapedPipes, prometheus.GaugeValue, float64(ps.Pipes))
+	ch <- prometheus.MustNewConstMetric(c.loopDirs, prometheus.GaugeValue, float64(ps.LoopDirs))
+	for _, l := range c.p.Links(false) {
 		for d, ds := range l.Dirs {
 			if ds == nil {
 				continue
 			}
-			dir := Dir(d).String()
+			dir := proxy.Dir(d).String()
 			ch <- prometheus.MustNewConstMetric(c.linkBytes, prometheus.CounterValue, float64(ds.Bytes), l.Name, dir)
 			ch <- prometheus.MustNewConstMetric(c.linkBorrowed, prometheus.CounterValue, float64(ds.Borrowed), l.Name, dir)
 			ch <- prometheus.MustNewConstMetric(c.linkGrants, prometheus.CounterValue, float64(ds.Grants), l.Name, dir)
@@ -92,11 +95,11 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(c.linkConns, prometheus.GaugeValue, float64(ds.Members), l.Name, dir)
 		}
 	}
-	for _, ls := range c.srv.Stats() {
+	for _, ls := range c.p.Stats() {
 		ch <- prometheus.MustNewConstMetric(c.accepted, prometheus.CounterValue, float64(ls.Accepted), ls.Name)
 		ch <- prometheus.MustNewConstMetric(c.active, prometheus.GaugeValue, float64(ls.Active), ls.Name)
-		for _, r := range results {
-			ch <- prometheus.MustNewConstMetric(c.ended, prometheus.CounterValue, float64(ls.Ended[r]), ls.Name, r)
+		for r, n := range ls.Ended { // every result, 0 for none yet
+			ch <- prometheus.MustNewConstMetric(c.ended, prometheus.CounterValue, float64(n), ls.Name, r)
 		}
 		if m := ls.MP4; ls.MP4Enabled || m.Videos > 0 {
 			ch <- prometheus.MustNewConstMetric(c.mp4Videos, prometheus.CounterValue, float64(m.Videos), ls.Name)
@@ -112,7 +115,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		}
 		lims := [2]struct{ rate, burst int64 }{{ls.Limits.Up.Rate, ls.Limits.Up.Burst}, {ls.Limits.Down.Rate, ls.Limits.Down.Burst}}
 		for d := range ls.Bytes {
-			dir := Dir(d).String()
+			dir := proxy.Dir(d).String()
 			ch <- prometheus.MustNewConstMetric(c.bytes, prometheus.CounterValue, float64(ls.Bytes[d]), ls.Name, dir)
 			ch <- prometheus.MustNewConstMetric(c.waited, prometheus.CounterValue, ls.Waited[d].Seconds(), ls.Name, dir)
 			ch <- prometheus.MustNewConstMetric(c.waiting, prometheus.GaugeValue, float64(ls.Waiting[d]), ls.Name, dir)
