@@ -79,7 +79,8 @@ type LoopSlot struct {
 	parked bool
 }
 
-func (s *LoopSlot) slot() *LoopSlot { return s }
+// slot is Task's method, promoted to every type that embeds a LoopSlot.
+func (s *LoopSlot) slot() *LoopSlot { return s } //nolint:unused // called through Task; its implementations are in other packages
 
 // Next is what a [Task]'s Serve tells its [Loop] to do with it.
 type Next struct {
