@@ -30,7 +30,9 @@ import (
 type Config struct {
 	Log       Log
 	Admin     Admin
-	Links     []Link // sorted by name
+	Links     []Link  // sorted by name
+	Limits    []Limit // sorted by name
+	Bans      []Ban   // sorted by name
 	Listeners []Listener
 	Shutdown  Shutdown
 	Cores     Cores
@@ -82,10 +84,10 @@ func newViper() *viper.Viper {
 // error. Each block has a file of its own with its types and the decoder
 // method that reads it (process.go has log, shutdown and cores); a new block
 // adds its key here and one line to decode.
-var topLevelKeys = []string{"log", "admin", "links", "listeners", "shutdown", "cores"}
+var topLevelKeys = []string{"log", "admin", "links", "limits", "bans", "listeners", "shutdown", "cores"}
 
-// decode reads each block in turn. Listeners come after links, whose names
-// they refer to.
+// decode reads each block in turn. Listeners come after links, limits and
+// bans, whose names they refer to.
 func decode(settings map[string]any) (*Config, error) {
 	d := &decoder{}
 	c := &Config{}
@@ -96,7 +98,9 @@ func decode(settings map[string]any) (*Config, error) {
 	c.Cores = d.cores("cores", top["cores"])
 	c.Admin = d.admin(top["admin"])
 	c.Links = d.links(top["links"])
-	c.Listeners = d.listeners(top["listeners"], c.Links)
+	c.Limits = d.limits(top["limits"])
+	c.Bans = d.bans(top["bans"])
+	c.Listeners = d.listeners(top["listeners"], c.Links, c.Limits, c.Bans)
 
 	if len(d.errs) > 0 {
 		return nil, errors.Join(d.errs...)

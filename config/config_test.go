@@ -29,7 +29,9 @@ func TestLoadExample(t *testing.T) {
 				Up:   DirLimit{Burst: 8192},
 				Down: DirLimit{Rate: 12_500_000, Burst: 64 << 10, KernelPacing: true},
 			},
-			MP4: MP4{Mode: "auto", Factor: DefaultMP4Factor, Burst: DefaultMP4Burst, CacheEntries: DefaultMP4CacheEntries, MetadataBudget: DefaultMP4Budget},
+			MP4:    MP4{Mode: "auto", Factor: DefaultMP4Factor, Burst: DefaultMP4Burst, CacheEntries: DefaultMP4CacheEntries, MetadataBudget: DefaultMP4Budget},
+			Refuse: RefuseClose,
+			Tarpit: Tarpit{Hold: DefaultTarpitHold, Max: DefaultTarpitMax},
 		}},
 		Shutdown: Shutdown{Drain: 30 * time.Second},
 	}
@@ -62,7 +64,7 @@ func TestErrorsNameKeyAndForm(t *testing.T) {
 		`listeners[0].upstream: want "host:port", like "10.0.0.1:80", got "nohost"`,
 		`listeners[0].timeouts.connect: want a duration like "5m" or "30s" greater than zero, got "0s"`,
 		`listeners[0].timeouts.idle: want a duration like "5m" or "30s", got a negative "-5s"`,
-		`listeners[0].rate: unknown key (known keys here: name, listen, upstream, links, timeouts, chunk, conn, mp4)`,
+		`listeners[0].rate: unknown key (known keys here: name, listen, upstream, links, timeouts, chunk, conn, mp4, allow, deny, limits, bans, refuse, tarpit, overflow)`,
 		`shutdown.drain: want a duration like "5m" or "30s", got "forever"`,
 	} {
 		if !strings.Contains(err.Error(), want) {
@@ -159,6 +161,7 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte("cores: 2\nlisteners: [{listen: ':1', upstream: 'a:1'}]"))
 	f.Add([]byte("cores: [all]\nlisteners: [{listen: ':1', upstream: 'a:1'}]"))
 	f.Add([]byte(linksYAML))
+	f.Add([]byte(protectYAML))
 	f.Add([]byte("listeners: [{listen: ':1', upstream: 'a:1', mp4: {enabled: true, factor: 1.5, burst_seconds: 0.5, floor: 1Mbit, default_rate: 2Mbit}}]"))
 	f.Add([]byte("admin: {listen: off}\nlinks: {a: {up: {rate: 1Mbit}, keys: {by: listener, weight: 2}}}\nlisteners: [{listen: ':1', upstream: 'a:1', links: [a]}]"))
 	f.Fuzz(func(t *testing.T, b []byte) {

@@ -166,7 +166,7 @@ func (d *decoder) duration(path string, v any, def time.Duration, positive bool)
 	case nil:
 		return def
 	case string:
-		dur, err := time.ParseDuration(strings.TrimSpace(x))
+		dur, err := parseDuration(strings.TrimSpace(x))
 		switch {
 		case err != nil:
 			d.failf(path, "%s, got %q", form, x)
@@ -313,4 +313,26 @@ func (d *decoder) number(path string, v any, def, lo, hi float64) float64 {
 		return def
 	}
 	return f
+}
+
+// parseDuration is time.ParseDuration that also takes whole days first:
+// "7d", "1d12h".
+func parseDuration(s string) (time.Duration, error) {
+	days, rest, ok := strings.Cut(s, "d")
+	if !ok || days == "" || strings.ContainsAny(days, ".+-") {
+		return time.ParseDuration(s)
+	}
+	n, err := strconv.Atoi(days)
+	if err != nil || n > 366*100 {
+		return time.ParseDuration(s) // its error names s
+	}
+	d := time.Duration(n) * 24 * time.Hour
+	if rest == "" {
+		return d, nil
+	}
+	r, err := time.ParseDuration(rest)
+	if err != nil || r < 0 {
+		return 0, fmt.Errorf("time: invalid duration %q", s)
+	}
+	return d + r, nil
 }

@@ -44,6 +44,32 @@ func Diff(old, next *Config) []string {
 		field(p+"down.burst", o.Down.Burst.String(), n.Down.Burst.String())
 		field(p+"keys", fmt.Sprintf("%+v", o.Keys), fmt.Sprintf("%+v", n.Keys))
 	}
+	limitByName := func(ls []Limit, name string) *Limit { return named(ls, name, func(l Limit) string { return l.Name }) }
+	for _, o := range old.Limits {
+		if limitByName(next.Limits, o.Name) == nil {
+			out = append(out, fmt.Sprintf("limit %s removed", o.Name))
+		}
+	}
+	for _, n := range next.Limits {
+		if o := limitByName(old.Limits, n.Name); o == nil {
+			out = append(out, fmt.Sprintf("limit %s added", n.Name))
+		} else {
+			field("limit "+n.Name, fmt.Sprintf("%+v", *o), fmt.Sprintf("%+v", n))
+		}
+	}
+	banByName := func(bs []Ban, name string) *Ban { return named(bs, name, func(b Ban) string { return b.Name }) }
+	for _, o := range old.Bans {
+		if banByName(next.Bans, o.Name) == nil {
+			out = append(out, fmt.Sprintf("ban policy %s removed", o.Name))
+		}
+	}
+	for _, n := range next.Bans {
+		if o := banByName(old.Bans, n.Name); o == nil {
+			out = append(out, fmt.Sprintf("ban policy %s added", n.Name))
+		} else {
+			field("ban policy "+n.Name, fmt.Sprintf("%+v", *o), fmt.Sprintf("%+v", n))
+		}
+	}
 	byName := func(ls []Listener, name string) *Listener {
 		return named(ls, name, func(l Listener) string { return l.Name })
 	}
@@ -66,6 +92,16 @@ func Diff(old, next *Config) []string {
 		field(p+"timeouts.idle", o.Timeouts.Idle.String(), n.Timeouts.Idle.String())
 		field(p+"chunk", o.Chunk.String(), n.Chunk.String())
 		field(p+"mp4", fmt.Sprintf("%+v", o.MP4), fmt.Sprintf("%+v", n.MP4))
+		field(p+"allow", fmt.Sprint(o.Allow.Prefixes), fmt.Sprint(n.Allow.Prefixes))
+		field(p+"deny", fmt.Sprintf("%d entries %v", len(o.Deny.Prefixes), o.Deny.Entries), fmt.Sprintf("%d entries %v", len(n.Deny.Prefixes), n.Deny.Entries))
+		field(p+"limits", fmt.Sprint(o.Limits), fmt.Sprint(n.Limits))
+		field(p+"bans", o.Bans, n.Bans)
+		field(p+"refuse", o.Refuse, n.Refuse)
+		field(p+"tarpit", fmt.Sprintf("%+v", o.Tarpit), fmt.Sprintf("%+v", n.Tarpit))
+		field(p+"overflow", o.Overflow.Upstream+o.Overflow.RespondFile, n.Overflow.Upstream+n.Overflow.RespondFile)
+		if o.Overflow.RespondFile != "" && o.Overflow.RespondFile == n.Overflow.RespondFile && string(o.Overflow.Respond) != string(n.Overflow.Respond) {
+			out = append(out, p+"overflow.respond_file content changed")
+		}
 		for _, d := range []struct {
 			name string
 			a, b DirLimit

@@ -27,6 +27,14 @@ func (c *Config) YAML() ([]byte, error) {
 		CacheEntries int     `yaml:"cache_entries"`
 		Budget       string  `yaml:"metadata_budget"`
 	}
+	type tarpit struct {
+		Hold string `yaml:"hold"`
+		Max  int    `yaml:"max"`
+	}
+	type overflow struct {
+		Upstream    string `yaml:"upstream,omitempty"`
+		RespondFile string `yaml:"respond_file,omitempty"`
+	}
 	type listener struct {
 		Name     string   `yaml:"name"`
 		Listen   string   `yaml:"listen"`
@@ -38,7 +46,14 @@ func (c *Config) YAML() ([]byte, error) {
 			Up   dir `yaml:"up"`
 			Down dir `yaml:"down"`
 		} `yaml:"conn"`
-		MP4 *mp4 `yaml:"mp4,omitempty"`
+		MP4      *mp4      `yaml:"mp4,omitempty"`
+		Allow    []string  `yaml:"allow,omitempty,flow"`
+		Deny     []string  `yaml:"deny,omitempty,flow"`
+		Limits   []string  `yaml:"limits,omitempty,flow"`
+		Bans     string    `yaml:"bans,omitempty"`
+		Refuse   string    `yaml:"refuse"`
+		Tarpit   *tarpit   `yaml:"tarpit,omitempty"`
+		Overflow *overflow `yaml:"overflow,omitempty"`
 	}
 	mkDir := func(d DirLimit, down bool) dir {
 		out := dir{Rate: d.Rate.String()}
@@ -91,6 +106,44 @@ func (c *Config) YAML() ([]byte, error) {
 		}
 		return out
 	}
+	type queue struct {
+		Size    int    `yaml:"size"`
+		Timeout string `yaml:"timeout"`
+	}
+	type window struct {
+		Max int64  `yaml:"max"`
+		Per string `yaml:"per"`
+	}
+	type limit struct {
+		By      string  `yaml:"by"`
+		Prefix  int     `yaml:"prefix,omitempty"`
+		Prefix6 int     `yaml:"prefix6,omitempty"`
+		Conns   int     `yaml:"conns,omitempty"`
+		Queue   *queue  `yaml:"queue,omitempty"`
+		Rate    string  `yaml:"rate,omitempty"`
+		Burst   *int    `yaml:"burst,omitempty"`
+		Delay   *int    `yaml:"delay,omitempty"`
+		Window  *window `yaml:"window,omitempty"`
+		Borrow  string  `yaml:"borrow,omitempty"`
+	}
+	type tier struct {
+		Over int    `yaml:"over"`
+		Per  string `yaml:"per"`
+		Ban  string `yaml:"ban"`
+	}
+	type repeat struct {
+		Factor float64 `yaml:"factor"`
+		Max    string  `yaml:"max"`
+	}
+	type ban struct {
+		By      string `yaml:"by"`
+		Prefix  int    `yaml:"prefix,omitempty"`
+		Prefix6 int    `yaml:"prefix6,omitempty"`
+		Count   string `yaml:"count"`
+		Tiers   []tier `yaml:"tiers"`
+		Repeat  repeat `yaml:"repeat"`
+		Table   int    `yaml:"table"`
+	}
 	type out struct {
 		Log struct {
 			Level  string `yaml:"level"`
@@ -100,8 +153,10 @@ func (c *Config) YAML() ([]byte, error) {
 			Listen    string `yaml:"listen"`
 			TokenFile string `yaml:"token_file,omitempty"`
 		} `yaml:"admin"`
-		Links     map[string]link `yaml:"links,omitempty"`
-		Listeners []listener      `yaml:"listeners"`
+		Links     map[string]link  `yaml:"links,omitempty"`
+		Limits    map[string]limit `yaml:"limits,omitempty"`
+		Bans      map[string]ban   `yaml:"bans,omitempty"`
+		Listeners []listener       `yaml:"listeners"`
 		Shutdown  struct {
 			Drain string `yaml:"drain"`
 		} `yaml:"shutdown"`
@@ -128,6 +183,39 @@ func (c *Config) YAML() ([]byte, error) {
 		}
 		o.Links[l.Name] = link{Up: mkLinkDir(l.Up), Down: mkLinkDir(l.Down), Keys: k}
 	}
+	if len(c.Limits) > 0 {
+		o.Limits = map[string]limit{}
+	}
+	for _, l := range c.Limits {
+		ol := limit{By: l.By, Conns: l.Conns, Borrow: l.Borrow}
+		if l.By == ByCIDR {
+			ol.Prefix, ol.Prefix6 = l.Prefix, l.Prefix6
+		}
+		if l.Queue.Size > 0 {
+			ol.Queue = &queue{Size: l.Queue.Size, Timeout: l.Queue.Timeout.String()}
+		}
+		if l.Rate.N > 0 {
+			burst, delay := l.Burst, l.Delay
+			ol.Rate, ol.Burst, ol.Delay = l.Rate.String(), &burst, &delay
+		}
+		if l.Window.Max > 0 {
+			ol.Window = &window{Max: l.Window.Max, Per: l.Window.Per.String()}
+		}
+		o.Limits[l.Name] = ol
+	}
+	if len(c.Bans) > 0 {
+		o.Bans = map[string]ban{}
+	}
+	for _, b := range c.Bans {
+		ob := ban{By: b.By, Count: b.Count, Repeat: repeat{Factor: b.Repeat.Factor, Max: b.Repeat.Max.String()}, Table: b.Table}
+		if b.By == ByCIDR {
+			ob.Prefix, ob.Prefix6 = b.Prefix, b.Prefix6
+		}
+		for _, t := range b.Tiers {
+			ob.Tiers = append(ob.Tiers, tier{Over: t.Over, Per: t.Per.String(), Ban: t.Ban.String()})
+		}
+		o.Bans[b.Name] = ob
+	}
 	for _, l := range c.Listeners {
 		ol := listener{
 			Name: l.Name, Listen: l.Listen, Upstream: l.Upstream, Links: l.Links,
@@ -141,6 +229,13 @@ func (c *Config) YAML() ([]byte, error) {
 				Floor: l.MP4.Floor.String(), Ceil: l.MP4.Ceil.String(), DefaultRate: l.MP4.DefaultRate.String(),
 				CacheEntries: l.MP4.CacheEntries, Budget: l.MP4.MetadataBudget.String(),
 			}
+		}
+		ol.Allow, ol.Deny, ol.Limits, ol.Bans, ol.Refuse = l.Allow.Entries, l.Deny.Entries, l.Limits, l.Bans, l.Refuse
+		if l.Refuse == RefuseTarpit {
+			ol.Tarpit = &tarpit{Hold: l.Tarpit.Hold.String(), Max: l.Tarpit.Max}
+		}
+		if l.Overflow.Upstream != "" || l.Overflow.RespondFile != "" {
+			ol.Overflow = &overflow{Upstream: l.Overflow.Upstream, RespondFile: l.Overflow.RespondFile}
 		}
 		o.Listeners = append(o.Listeners, ol)
 	}
