@@ -23,13 +23,6 @@ func (m *Member) Wait() int { return <-m.ch }
 // Cancel takes back a queued ask, as Take does when its context ends.
 func (m *Member) Cancel() { m.cancel(false) }
 
-// OnGrant calls f for each queued member granted.
-func (l *Link) OnGrant(f func(*Member)) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.onGrant = f
-}
-
 // Drain empties the link's bucket.
 func (l *Link) Drain() {
 	l.mu.Lock()

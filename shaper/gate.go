@@ -107,8 +107,7 @@ type Gate struct {
 
 	mu        sync.Mutex
 	lim       Limit
-	nt        int64 // tokens in nano-bytes, 0..lim.Burst*nano; guarded by mu
-	last      time.Time
+	b         bucket        // at lim; guarded by mu
 	changed   chan struct{} // closed and replaced by SetLimit; guarded by mu
 	granted   int64         // bytes granted minus refunds
 	waited    time.Duration
@@ -135,8 +134,7 @@ func NewGate(l Limit, clock Clock) *Gate {
 	g := &Gate{
 		clock:   clock,
 		lim:     l,
-		nt:      l.Burst * nano,
-		last:    clock.Now(),
+		b:       bucket{rate: l.Rate, burst: l.Burst, nt: l.Burst * nano, last: clock.Now()},
 		changed: make(chan struct{}),
 	}
 	g.unlimited.Store(l.Rate == 0)
@@ -162,36 +160,16 @@ const MaxCatchUp = 20 * time.Millisecond
 
 // advance refills the bucket up to now: to at most Burst, or Burst plus
 // MaxCatchUp's worth for a busy caller. Requires g.mu held.
-func (g *Gate) advance(now time.Time) {
-	el := now.Sub(g.last)
-	if el <= 0 {
-		return
-	}
-	g.last = now
-	if g.lim.Rate == 0 {
-		return
-	}
-	limit := g.capacity(now)
-	if g.nt >= limit {
-		return
-	}
-	room := limit - g.nt
-	// Divide before multiplying, so a long pause cannot overflow.
-	if int64(el) >= room/g.lim.Rate+1 {
-		g.nt = limit
-		return
-	}
-	g.nt = min(g.nt+int64(el)*g.lim.Rate, limit)
-}
+func (g *Gate) advance(now time.Time) { g.b.advance(now, g.extra(now)) }
 
-// capacity is the most the bucket holds now, in nano-bytes: Burst, plus
-// MaxCatchUp's worth of Rate for a busy caller. Requires g.mu held.
-func (g *Gate) capacity(now time.Time) int64 {
-	limit := g.lim.Burst * nano
+// extra is what the bucket may hold beyond Burst now, in nano-bytes:
+// MaxCatchUp's worth of Rate for a busy caller, else nothing. Requires
+// g.mu held.
+func (g *Gate) extra(now time.Time) int64 {
 	if g.waiting || now.Sub(g.lastGrant) <= MaxCatchUp {
-		limit += min(g.lim.Rate*int64(MaxCatchUp/time.Microsecond), MaxBurst*nano/1000) * 1000
+		return catchUp(g.lim.Rate)
 	}
-	return limit
+	return 0
 }
 
 // Take blocks until it can grant min(n, Burst) bytes and returns that count
@@ -283,14 +261,13 @@ func (g *Gate) grantNow(n int, now time.Time) (int, time.Duration) {
 	}
 	want := min(int64(n), g.lim.Burst)
 	g.advance(now) // with the waiting state as it was: a waiting caller keeps its catch-up
-	if g.nt >= want*nano {
-		g.nt -= want * nano
+	if g.b.has(want) {
+		g.b.take(want)
 		g.granted += want
 		g.lastGrant = now
 		return int(want), 0
 	}
-	// Ceiling division: the first nanosecond at which want is there.
-	return 0, time.Duration((want*nano - g.nt + g.lim.Rate - 1) / g.lim.Rate)
+	return 0, g.b.readyIn(want)
 }
 
 // EndWait ends a wait TryTake began, without a grant: the caller stopped
@@ -331,7 +308,7 @@ func (g *Gate) Refund(n int) {
 	}
 	now := g.clock.Now()
 	g.advance(now)
-	g.nt = min(g.nt+int64(n)*nano, g.capacity(now))
+	g.b.refund(int64(n), g.extra(now))
 }
 
 // SetLimit changes the Limit from now on, also for a Take already waiting.
@@ -346,13 +323,9 @@ func (g *Gate) SetLimit(l Limit) error {
 	l = l.normalize()
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	now := g.clock.Now()
-	g.advance(now)
-	if g.lim.Rate == 0 {
-		g.nt = l.Burst * nano
-	}
+	g.advance(g.clock.Now())
 	g.lim = l
-	g.nt = min(g.nt, l.Burst*nano)
+	g.b.set(l.Rate, l.Burst)
 	g.unlimited.Store(l.Rate == 0)
 	close(g.changed)
 	g.changed = make(chan struct{})

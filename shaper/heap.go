@@ -35,14 +35,15 @@ func (h *indexHeap[T]) Pop() T { return h.Remove(0) }
 func (h *indexHeap[T]) Remove(i int) T {
 	n := len(h.s) - 1
 	x := h.s[i]
-	if i != n {
-		h.swap(i, n)
-	}
+	last := h.s[n]
 	var zero T
 	h.s[n] = zero
 	h.s = h.s[:n]
-	if i != n && !h.down(i) {
-		h.up(i)
+	if i != n {
+		h.s[i] = last
+		if !h.down(i) {
+			h.up(i)
+		}
 	}
 	h.setIndex(x, -1)
 	return x
@@ -55,25 +56,27 @@ func (h *indexHeap[T]) Fix(i int) {
 	}
 }
 
-func (h *indexHeap[T]) swap(i, j int) {
-	h.s[i], h.s[j] = h.s[j], h.s[i]
-	h.setIndex(h.s[i], i)
-	h.setIndex(h.s[j], j)
-}
-
+// up moves the element at j towards the root to its place, shifting the
+// ones it passes down: one index update per level, not a swap.
 func (h *indexHeap[T]) up(j int) {
+	x := h.s[j]
 	for j > 0 {
 		i := (j - 1) / 2
-		if !h.less(h.s[j], h.s[i]) {
+		if !h.less(x, h.s[i]) {
 			break
 		}
-		h.swap(i, j)
+		h.s[j] = h.s[i]
+		h.setIndex(h.s[j], j)
 		j = i
 	}
+	h.s[j] = x
+	h.setIndex(x, j)
 }
 
-// down sifts the element at i0 down and reports whether it moved.
+// down moves the element at i0 towards the leaves to its place and
+// reports whether it moved.
 func (h *indexHeap[T]) down(i0 int) bool {
+	x := h.s[i0]
 	i, n := i0, len(h.s)
 	for {
 		j := 2*i + 1
@@ -83,11 +86,14 @@ func (h *indexHeap[T]) down(i0 int) bool {
 		if r := j + 1; r < n && h.less(h.s[r], h.s[j]) {
 			j = r
 		}
-		if !h.less(h.s[j], h.s[i]) {
+		if !h.less(h.s[j], x) {
 			break
 		}
-		h.swap(i, j)
+		h.s[i] = h.s[j]
+		h.setIndex(h.s[i], i)
 		i = j
 	}
+	h.s[i] = x
+	h.setIndex(x, i)
 	return i > i0
 }

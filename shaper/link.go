@@ -1,7 +1,6 @@
 package shaper
 
 import (
-	"container/heap"
 	"context"
 	"errors"
 	"fmt"
@@ -44,20 +43,18 @@ type Link struct {
 	lim     LinkLimit
 	bucket  bucket
 	keys    map[string]*linkKey
-	assured keyHeap // waiting keys that may be served from their assured rate, by vt
-	borrow  keyHeap // waiting keys beyond their assured rate, by vtb
-	timed   timeHeap
-	vt, vtb int64 // virtual time of the last green and borrowed grant
-	waiting int   // members waiting
-	blocked int   // of them, waiting in Take (not an Ask)
+	assured indexHeap[*linkKey] // waiting keys that may be served from their assured rate, by vt
+	borrow  indexHeap[*linkKey] // waiting keys beyond their assured rate, by vtb
+	timed   indexHeap[*linkKey] // keys held back by their own buckets, by wakeAt
+	vt, vtb int64               // virtual time of the last green and borrowed grant
+	waiting int                 // members waiting
+	blocked int                 // of them, waiting in Take (not an Ask)
 	timer   Timer
 	timerAt time.Time
 	drive   func(at time.Time) // set: a driver dispatches, not the timer
 	last    time.Time          // last grant, for the busy catch-up
 
 	granted, borrowed, grants int64
-
-	onGrant func(*Member) // test hook: called for each queued member granted
 }
 
 // KeyLimit is a key's share of a Link.
@@ -162,10 +159,13 @@ func NewLink(l LinkLimit, clock Clock) *Link {
 	l = l.normalize()
 	now := clock.Now()
 	return &Link{
-		clock:  clock,
-		lim:    l,
-		bucket: bucket{rate: l.Rate, burst: l.Burst, nt: l.Burst * nano, last: now},
-		keys:   map[string]*linkKey{},
+		clock:   clock,
+		lim:     l,
+		bucket:  bucket{rate: l.Rate, burst: l.Burst, nt: l.Burst * nano, last: now},
+		keys:    map[string]*linkKey{},
+		assured: newIndexHeap(byVT, setMainIdx),
+		borrow:  newIndexHeap(byVTB, setMainIdx),
+		timed:   newIndexHeap(func(a, b *linkKey) bool { return a.wakeAt.Before(b.wakeAt) }, func(k *linkKey, i int) { k.timeIdx = i }),
 	}
 }
 
@@ -428,9 +428,9 @@ func (m *Member) Refund(n int) {
 	defer l.mu.Unlock()
 	now := l.clock.Now()
 	l.bucket.advance(now, l.catchUp(now))
-	l.bucket.refund(int64(n))
+	l.bucket.refund(int64(n), 0)
 	m.k.ceil.advance(now, m.k.catchUp(now, m.k.ceil.rate))
-	m.k.ceil.refund(int64(n))
+	m.k.ceil.refund(int64(n), 0)
 	l.granted -= int64(n)
 	m.k.granted -= int64(n)
 	l.dispatch(now)
@@ -495,7 +495,7 @@ func (k *linkKey) measure(now time.Time) {
 // that late timers would otherwise lose.
 func (l *Link) catchUp(now time.Time) int64 {
 	if l.waiting > 0 || now.Sub(l.last) <= MaxCatchUp {
-		return min(l.lim.Rate*int64(MaxCatchUp/time.Microsecond), MaxBurst*nano/1000) * 1000
+		return catchUp(l.lim.Rate)
 	}
 	return 0
 }
@@ -623,9 +623,9 @@ func (l *Link) dequeue(m *Member) {
 func (l *Link) park(k *linkKey) {
 	switch k.state {
 	case inAssured:
-		heap.Remove(&l.assured, k.mainIdx)
+		l.assured.Remove(k.mainIdx)
 	case inBorrow:
-		heap.Remove(&l.borrow, k.mainIdx)
+		l.borrow.Remove(k.mainIdx)
 	}
 	l.untime(k)
 	k.state = idle
@@ -633,20 +633,20 @@ func (l *Link) park(k *linkKey) {
 
 func (l *Link) pushAssured(k *linkKey) {
 	k.state = inAssured
-	heap.Push(&l.assured, k)
+	l.assured.Push(k)
 }
 
 // untime takes k out of the timed heap, if it is there.
 func (l *Link) untime(k *linkKey) {
 	if k.timeIdx >= 0 {
-		heap.Remove(&l.timed, k.timeIdx)
+		l.timed.Remove(k.timeIdx)
 	}
 }
 
 func (l *Link) pushTimed(k *linkKey, at time.Time) {
 	l.untime(k)
 	k.wakeAt = at
-	heap.Push(&l.timed, k)
+	l.timed.Push(k)
 }
 
 // dispatch grants to waiting members in fair order while the link has
@@ -655,14 +655,14 @@ func (l *Link) pushTimed(k *linkKey, at time.Time) {
 func (l *Link) dispatch(now time.Time) {
 	l.bucket.advance(now, l.catchUp(now))
 	// Keys whose refill time has come go back to the assured order.
-	for l.timed.Len() > 0 && !l.timed[0].wakeAt.After(now) {
-		k := l.timed[0]
+	for l.timed.Len() > 0 && !l.timed.Peek().wakeAt.After(now) {
+		k := l.timed.Peek()
 		l.untime(k)
 		// A key held back by its own bucket was not eligible meanwhile: as
 		// for a key back from idle, that time earns it no credit.
 		switch k.state {
 		case inBorrow: // its assured bucket has refilled
-			heap.Remove(&l.borrow, k.mainIdx)
+			l.borrow.Remove(k.mainIdx)
 			k.vt = max(k.vt, l.vt)
 			l.pushAssured(k)
 		case inTimed: // its ceil bucket has refilled
@@ -694,18 +694,15 @@ func (l *Link) dispatch(now time.Time) {
 			l.blocked--
 			m.ch <- int(want)
 		}
-		if l.onGrant != nil {
-			l.onGrant(m)
-		}
 		if k.q.n == 0 {
 			l.park(k)
 			if k.members == 0 {
 				delete(l.keys, k.name)
 			}
 		} else if green {
-			heap.Fix(&l.assured, k.mainIdx)
+			l.assured.Fix(k.mainIdx)
 		} else {
-			heap.Fix(&l.borrow, k.mainIdx)
+			l.borrow.Fix(k.mainIdx)
 		}
 	}
 	l.arm(now)
@@ -716,11 +713,11 @@ func (l *Link) dispatch(now time.Time) {
 // orders as their buckets require. Requires l.mu.
 func (l *Link) next(now time.Time) (*linkKey, bool) {
 	for l.assured.Len() > 0 {
-		k := l.assured[0]
+		k := l.assured.Peek()
 		want := int64(k.q.head.want)
 		k.advance(now)
 		if !k.ceil.has(want) {
-			heap.Pop(&l.assured)
+			l.assured.Pop()
 			k.state = inTimed
 			l.pushTimed(k, now.Add(k.ceil.readyIn(want)))
 			continue
@@ -729,21 +726,21 @@ func (l *Link) next(now time.Time) (*linkKey, bool) {
 			return k, true
 		}
 		// Beyond its assured rate: borrow, and come back when it refills.
-		heap.Pop(&l.assured)
+		l.assured.Pop()
 		k.state = inBorrow
-		heap.Push(&l.borrow, k)
+		l.borrow.Push(k)
 		if k.lim.Rate > 0 {
 			l.pushTimed(k, now.Add(k.assured.readyIn(want)))
 		}
 	}
 	for l.borrow.Len() > 0 {
-		k := l.borrow[0]
+		k := l.borrow.Peek()
 		want := int64(k.q.head.want)
 		k.advance(now)
 		if k.ceil.has(want) {
 			return k, false
 		}
-		heap.Pop(&l.borrow)
+		l.borrow.Pop()
 		k.state = inTimed
 		l.pushTimed(k, now.Add(k.ceil.readyIn(want)))
 	}
@@ -758,14 +755,14 @@ func (l *Link) arm(now time.Time) {
 	if l.assured.Len() > 0 || l.borrow.Len() > 0 {
 		var k *linkKey
 		if l.assured.Len() > 0 {
-			k = l.assured[0]
+			k = l.assured.Peek()
 		} else {
-			k = l.borrow[0]
+			k = l.borrow.Peek()
 		}
 		at = now.Add(l.bucket.readyIn(max(int64(k.q.head.want), k.q.head.size)))
 	}
-	if l.timed.Len() > 0 && (at.IsZero() || l.timed[0].wakeAt.Before(at)) {
-		at = l.timed[0].wakeAt
+	if l.timed.Len() > 0 && (at.IsZero() || l.timed.Peek().wakeAt.Before(at)) {
+		at = l.timed.Peek().wakeAt
 	}
 	if at.IsZero() {
 		l.disarm()
@@ -876,7 +873,7 @@ func (k *linkKey) advance(now time.Time) {
 // nano-bytes: MaxCatchUp's worth while the key waits or was just served.
 func (k *linkKey) catchUp(now time.Time, rate int64) int64 {
 	if k.q.n > 0 || now.Sub(k.lastGrant) <= MaxCatchUp {
-		return min(rate*int64(MaxCatchUp/time.Microsecond), MaxBurst*nano/1000) * 1000
+		return catchUp(rate)
 	}
 	return 0
 }
@@ -930,122 +927,20 @@ func (q *memberQueue) remove(m *Member) {
 	q.n--
 }
 
-// keyHeap orders waiting keys by virtual time: vt in the assured order,
-// vtb in the borrow order (ties by name, for determinism).
-type keyHeap []*linkKey
-
-func (h keyHeap) Len() int { return len(h) }
-func (h keyHeap) Less(i, j int) bool {
-	a, b := h[i], h[j]
-	va, vb := a.vt, b.vt
-	if a.state == inBorrow {
-		va, vb = a.vtb, b.vtb
-	}
-	if va != vb {
-		return va < vb
+// The fair orders: by virtual time in the assured order, by borrowed
+// virtual time in the borrow order, ties by name for determinism.
+func byVT(a, b *linkKey) bool {
+	if a.vt != b.vt {
+		return a.vt < b.vt
 	}
 	return a.name < b.name
 }
-func (h keyHeap) Swap(i, j int) {
-	h[i], h[j] = h[j], h[i]
-	h[i].mainIdx, h[j].mainIdx = i, j
-}
-func (h *keyHeap) Push(x any) {
-	k := x.(*linkKey)
-	k.mainIdx = len(*h)
-	*h = append(*h, k)
-}
-func (h *keyHeap) Pop() any {
-	old := *h
-	k := old[len(old)-1]
-	old[len(old)-1] = nil
-	*h = old[:len(old)-1]
-	k.mainIdx = -1
-	return k
+
+func byVTB(a, b *linkKey) bool {
+	if a.vtb != b.vtb {
+		return a.vtb < b.vtb
+	}
+	return a.name < b.name
 }
 
-// timeHeap orders keys by wakeAt.
-type timeHeap []*linkKey
-
-func (h timeHeap) Len() int           { return len(h) }
-func (h timeHeap) Less(i, j int) bool { return h[i].wakeAt.Before(h[j].wakeAt) }
-func (h timeHeap) Swap(i, j int) {
-	h[i], h[j] = h[j], h[i]
-	h[i].timeIdx, h[j].timeIdx = i, j
-}
-func (h *timeHeap) Push(x any) {
-	k := x.(*linkKey)
-	k.timeIdx = len(*h)
-	*h = append(*h, k)
-}
-func (h *timeHeap) Pop() any {
-	old := *h
-	k := old[len(old)-1]
-	old[len(old)-1] = nil
-	*h = old[:len(old)-1]
-	k.timeIdx = -1
-	return k
-}
-
-// bucket is a plain token bucket in nano-bytes, refilled lazily. Rate 0
-// means unlimited.
-type bucket struct {
-	rate, burst int64
-	nt          int64
-	last        time.Time
-}
-
-// advance refills up to now, to at most burst plus extra nano-bytes.
-func (b *bucket) advance(now time.Time, extra int64) {
-	el := now.Sub(b.last)
-	if el <= 0 {
-		return
-	}
-	b.last = now
-	if b.rate == 0 {
-		return
-	}
-	limit := b.burst*nano + extra
-	if b.nt >= limit {
-		return
-	}
-	room := limit - b.nt
-	if int64(el) >= room/b.rate+1 {
-		b.nt = limit
-		return
-	}
-	b.nt = min(b.nt+int64(el)*b.rate, limit)
-}
-
-func (b *bucket) has(n int64) bool { return b.rate == 0 || b.nt >= n*nano }
-
-func (b *bucket) take(n int64) {
-	if b.rate != 0 {
-		b.nt -= n * nano
-	}
-}
-
-func (b *bucket) refund(n int64) {
-	if b.rate != 0 {
-		b.nt = min(b.nt+n*nano, b.burst*nano)
-	}
-}
-
-// readyIn is how long until the bucket holds n bytes.
-func (b *bucket) readyIn(n int64) time.Duration {
-	if b.rate == 0 || b.nt >= n*nano {
-		return 0
-	}
-	return time.Duration((n*nano - b.nt + b.rate - 1) / b.rate)
-}
-
-// set changes rate and burst, keeping at most the new burst.
-func (b *bucket) set(rate, burst int64) {
-	if b.rate == 0 && rate != 0 && !b.last.IsZero() {
-		b.nt = burst * nano
-	}
-	b.rate, b.burst = rate, burst
-	if rate != 0 {
-		b.nt = min(b.nt, burst*nano)
-	}
-}
+func setMainIdx(k *linkKey, i int) { k.mainIdx = i }
