@@ -55,7 +55,7 @@ func ParseCIDRList(r io.Reader) ([]netip.Prefix, error) {
 		}
 		p, err := parseCIDR(text)
 		if err != nil {
-			return nil, fmt.Errorf("%w: line %d: %q: %v", ErrBadCIDRList, line, text, err)
+			return nil, fmt.Errorf("%w: line %d: %q: %w", ErrBadCIDRList, line, text, err)
 		}
 		out = append(out, p)
 	}
@@ -63,7 +63,7 @@ func ParseCIDRList(r io.Reader) ([]netip.Prefix, error) {
 		if errors.Is(err, bufio.ErrTooLong) {
 			return nil, fmt.Errorf("%w: a line longer than %d bytes", ErrBadCIDRList, MaxCIDRLine)
 		}
-		return nil, fmt.Errorf("%w: %v", ErrBadCIDRList, err)
+		return nil, fmt.Errorf("%w: %w", ErrBadCIDRList, err)
 	}
 	return out, nil
 }
