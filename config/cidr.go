@@ -14,7 +14,7 @@ import (
 // CIDRList is a list of networks (a listener's allow or deny), read from
 // inline entries and from files ("file:PATH", one entry a line), each
 // entry an address or a prefix. Files are read at load, so a reload reads
-// them again.
+// them again. A relative PATH is read from the config file's directory.
 type CIDRList struct {
 	// Entries are the entries as configured (prefixes masked), files as
 	// "file:PATH": what the effective config shows.
@@ -109,6 +109,7 @@ func (d *decoder) cidrList(path string, v any) CIDRList {
 		}
 		s = strings.TrimSpace(s)
 		if file, ok := strings.CutPrefix(s, "file:"); ok {
+			file = d.path(file)
 			f, err := os.Open(file)
 			if err != nil {
 				d.failf(p, "read %q: %v", file, err)

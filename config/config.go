@@ -21,6 +21,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"strings"
 
 	"github.com/spf13/viper"
@@ -51,16 +52,17 @@ func Load(path string) (*Config, error) {
 	if err := v.ReadInConfig(); err != nil {
 		return nil, fmt.Errorf("read config %q: %w", path, err)
 	}
-	return decode(v.AllSettings())
+	return decode(v.AllSettings(), filepath.Dir(path))
 }
 
-// Parse is [Load] for YAML text already in memory.
+// Parse is [Load] for YAML text already in memory; relative file paths in
+// it are read from the working directory.
 func Parse(yamlText []byte) (*Config, error) {
 	v := newViper()
 	if err := v.ReadConfig(bytes.NewReader(yamlText)); err != nil {
 		return nil, fmt.Errorf("read config: %w", err)
 	}
-	return decode(v.AllSettings())
+	return decode(v.AllSettings(), "")
 }
 
 func newViper() *viper.Viper {
@@ -88,8 +90,8 @@ var topLevelKeys = []string{"log", "admin", "links", "limits", "bans", "listener
 
 // decode reads each block in turn. Listeners come after links, limits and
 // bans, whose names they refer to.
-func decode(settings map[string]any) (*Config, error) {
-	d := &decoder{}
+func decode(settings map[string]any, base string) (*Config, error) {
+	d := &decoder{base: base}
 	c := &Config{}
 	top := d.object("", settings, topLevelKeys...)
 

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"net"
+	"path/filepath"
 	"slices"
 	"sort"
 	"strconv"
@@ -17,6 +18,16 @@ import (
 // that names the path and the form wanted.
 type decoder struct {
 	errs []error
+	base string // the config file's directory: relative paths in it are read from there; empty for the working directory
+}
+
+// path resolves a file path the config names: a relative one is taken
+// from the config file's directory, as a reader of the file expects.
+func (d *decoder) path(p string) string {
+	if p == "" || filepath.IsAbs(p) || d.base == "" {
+		return p
+	}
+	return filepath.Join(d.base, p)
 }
 
 func (d *decoder) failf(path, format string, args ...any) {

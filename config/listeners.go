@@ -75,7 +75,8 @@ type Overflow struct {
 	// Upstream is a "host:port" the connection is forwarded to instead.
 	Upstream string
 	// RespondFile is a file whose bytes are written to the client, which
-	// is then closed (e.g. an HTTP 503 page with Retry-After).
+	// is then closed (e.g. an HTTP 503 page with Retry-After); a relative
+	// path is read from the config file's directory.
 	RespondFile string
 	// Respond is RespondFile's content, read at load (and at reload).
 	Respond []byte
@@ -266,7 +267,7 @@ func (d *decoder) admission(path string, m map[string]any, l *Listener, limits [
 		case om["upstream"] != nil:
 			l.Overflow.Upstream = d.hostPort(path+".overflow.upstream", om["upstream"], false)
 		case om["respond_file"] != nil:
-			l.Overflow.RespondFile = d.str(path+".overflow.respond_file", om["respond_file"], "")
+			l.Overflow.RespondFile = d.path(d.str(path+".overflow.respond_file", om["respond_file"], ""))
 			l.Overflow.Respond = d.respondFile(path+".overflow.respond_file", l.Overflow.RespondFile)
 		default:
 			d.failf(path+".overflow", `want {upstream: "host:port"} or {respond_file: PATH}`)
