@@ -135,6 +135,7 @@ func TestAdmissionErrors(t *testing.T) {
 		{"cluster", "limits: {a: {conns: 1, cluster: true}}\n" + lst(""), "limits.a.cluster: shared limits across instances are not supported"},
 		{"negative conns", "limits: {a: {conns: -1}}\n" + lst(""), "limits.a.conns: want a whole number from 0 to"},
 		{"bad limit name", "limits: {'A b': {conns: 1}}\n" + lst(""), "a limit name is lower case"},
+		{"empty limit", "limits: {a: {by: global}}\n" + lst(""), "limits.a: want at least one of conns, rate and window"},
 		{"ban without tiers", "bans: {s: {by: source_ip}}\n" + lst(""), "bans.s.tiers: want a list of tiers like"},
 		{"tier missing ban", "bans: {s: {tiers: [{over: 5, per: 10s}]}}\n" + lst(""), "bans.s.tiers[0].ban: is required"},
 		{"tier longer than max", "bans: {s: {tiers: [{over: 5, per: 10s, ban: 8d}]}}\n" + lst(""), "bans.s.tiers[0].ban: is longer than repeat.max"},

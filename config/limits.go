@@ -170,6 +170,9 @@ func (d *decoder) limits(v any) []Limit {
 		if l.Borrow != "" && l.Rate.N == 0 {
 			d.failf(path+".borrow", "borrowing lends room above this limit's own rate; set %s.rate too", path)
 		}
+		if l.Conns == 0 && l.Rate.N == 0 && l.Window.Max == 0 {
+			d.failf(path, "want at least one of conns, rate and window, like {conns: 10} or {rate: \"100/s\"}")
+		}
 		l.Cluster = d.boolean(path+".cluster", lm["cluster"], false)
 		if l.Cluster {
 			d.failf(path+".cluster", "shared limits across instances are not supported in this version; remove it or set false")
