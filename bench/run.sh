@@ -35,6 +35,6 @@ go build -o "$out/loadbench" ./bench/loadbench
 mkdir -p bench/results
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
 mode=core
-for a in "$@"; do case "$a" in -shape) mode=shape ;; -links) mode=links ;; -mp4) mode=mp4 ;; esac; done
+for a in "$@"; do case "$a" in -shape) mode=shape ;; -links) mode=links ;; -mp4) mode=mp4 ;; -admission) mode=admission ;; esac; done
 "$out/loadbench" -sluice "$out/sluice" -nginx "$(command -v nginx)" -runs 3 \
   -json "bench/results/$mode-$stamp.json" "$@"

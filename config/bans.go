@@ -63,7 +63,7 @@ const (
 	DefaultBanRepeat  = 2.0
 	DefaultBanMax     = 7 * 24 * time.Hour
 	MaxBanTiers       = 16
-	MaxBanTierOver    = 1_000_000
+	MaxBanTierOver    = 255
 	maxBanDuration    = 366 * 24 * time.Hour
 	maxBanRepeatRatio = 1000
 )
@@ -107,7 +107,7 @@ func (d *decoder) bans(v any) []Ban {
 				d.failf(path+".tiers["+strconv.Itoa(i)+"].ban", "is longer than repeat.max (%s); raise repeat.max or shorten the ban", b.Repeat.Max)
 			}
 		}
-		b.Table = d.integer(path+".table", bm["table"], DefaultBanTable, 1, MaxBanTable)
+		b.Table = d.integer(path+".table", bm["table"], DefaultBanTable, 64, MaxBanTable)
 		b.Cluster = d.boolean(path+".cluster", bm["cluster"], false)
 		if b.Cluster {
 			d.failf(path+".cluster", "bans shared across instances are not supported in this version; remove it or set false")

@@ -15,7 +15,6 @@ import (
 
 	"github.com/sluiceproxy/sluice/mp4probe"
 	"github.com/sluiceproxy/sluice/proxy/admit"
-	"github.com/sluiceproxy/sluice/proxy/upstream"
 )
 
 // Log keys (snake_case, shared by every log line of the package).
@@ -26,6 +25,7 @@ const (
 	keyUpstream = "upstream"
 	keyErr      = "err"
 	keyReason   = "reason"
+	keyLimit    = "limit"
 	keyDur      = "dur"
 	keyResult   = "result"
 	keyBytesUp  = "bytes_up"
@@ -61,10 +61,11 @@ const (
 	resultUpstreamError = "upstream_error" // the upstream dial failed; the client was reset
 	resultError         = "error"          // any other I/O error
 	resultClosed        = "closed"         // closed through the admin API
+	resultRefused       = "refused"        // waited in a limit's queue and got no slot in time
 )
 
 // results lists every result, in the order metrics report them.
-var results = [...]string{resultOK, resultReset, resultIdle, resultShutdown, resultUpstreamError, resultError, resultClosed}
+var results = [...]string{resultOK, resultReset, resultIdle, resultShutdown, resultUpstreamError, resultError, resultClosed, resultRefused}
 
 // aLongTimeAgo is a non-zero time far in the past, used to make blocked I/O
 // return at once.
@@ -77,16 +78,17 @@ var aLongTimeAgo = time.Unix(1, 0)
 // first cause and puts both sockets' deadlines in the past, which unblocks
 // every read, write and readiness wait of both pumps.
 type conn struct {
-	srv    *Server
-	l      *listener
-	cfg    *ListenerConfig // l's config when the conn was accepted
-	dialer upstream.Dialer // l's upstream when the conn was accepted
+	srv *Server
+	l   *listener
+	cfg *ListenerConfig // l's config when the conn was accepted
+	rt  *route          // l's route when the conn was accepted: its dialer, admission, counters
 
-	hold   admit.Hold     // what admission gave it (nil: nothing); forget releases it
-	stats  *listenerStats // its listener's counters, by the name it was accepted under
-	id     uint64
-	client *net.TCPConn
-	start  time.Time
+	hold    admit.Hold     // what admission gave it (nil: nothing); forget releases it
+	pending admit.Decision // a delay or a queue to wait out before dialing (awaitAdmission)
+	stats   *listenerStats // its listener's counters, by the name it was accepted under
+	id      uint64
+	client  *net.TCPConn
+	start   time.Time
 
 	mu     sync.Mutex
 	up     net.Conn      // set once dialed; guarded by mu until the pumps start
@@ -120,6 +122,9 @@ func (s *Server) accept(l *listener) {
 	defer s.acceptWG.Done()
 	var backoff time.Duration
 	for {
+		if !s.waitRoom(l) {
+			return
+		}
 		c, err := l.ln.AcceptTCP()
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
@@ -141,15 +146,15 @@ func (s *Server) accept(l *listener) {
 		}
 		backoff = 0
 		rt := l.route.Load()
-		d := rt.admit.Admit(admit.Conn{Listener: rt.cfg.Name, Client: clientAddr(c)}, s.clock.Now())
-		if d.Verdict != admit.Admit {
-			s.log.Debug("conn refused", slog.String(keyListener, rt.cfg.Name), slog.String(keyReason, d.Reason))
-			_ = c.SetLinger(0) // refuse with a reset
-			c.Close()
-			continue
+		d, ok := s.admit(l, rt, c)
+		if !ok {
+			continue // refused, and given what the listener's Refuse says
 		}
 		cn := s.newConn(l, rt, c, d)
 		if cn == nil {
+			if d.Waiter != nil && !d.Waiter.Cancel() {
+				d.Waiter.Hold().Release()
+			}
 			d.Release()
 			_ = c.SetLinger(0) // refuse with a reset: sluice is closing
 			c.Close()
@@ -170,7 +175,7 @@ func (s *Server) newConn(l *listener, rt *route, c *net.TCPConn, d admit.Decisio
 	cfg := rt.cfg
 	st := s.statsFor(cfg.Name)
 	st.accepted.Add(1)
-	cn := &conn{srv: s, l: l, cfg: cfg, dialer: rt.dialer, hold: d.Hold, stats: st, id: s.nextID.Add(1), client: c, start: s.clock.Now()}
+	cn := &conn{srv: s, l: l, cfg: cfg, rt: rt, hold: d.Hold, pending: d, stats: st, id: s.nextID.Add(1), client: c, start: s.clock.Now()}
 	cn.limits = *l.limits.Load() // what serve applies once the upstream is dialed; listed meanwhile
 	if cn.obs = st.mp4.observer(cfg.MP4); cn.obs != nil {
 		cn.pumps[Up].pacer, cn.pumps[Down].pacer = &pacer{obs: cn.obs}, &pacer{obs: cn.obs}
@@ -186,7 +191,11 @@ func (s *Server) newConn(l *listener, rt *route, c *net.TCPConn, d admit.Decisio
 // connection costs two small goroutine stacks, not also the dialer's deep
 // one. The conn owns c.client and c.up.
 func (c *conn) serve() {
-	up, err := c.dialer.Dial(c.srv.ctx)
+	if err := c.awaitAdmission(); err != nil {
+		c.endEarly(err)
+		return
+	}
+	up, err := c.rt.dialer.Dial(c.srv.ctx)
 	if err == nil {
 		c.mu.Lock()
 		c.up = up
@@ -228,6 +237,22 @@ func (c *conn) serve() {
 	c.running.Store(2)
 	go c.pumps[Up].pump()
 	go c.pumps[Down].pump()
+}
+
+// endEarly ends a connection that never reached its upstream: refused
+// after waiting in a limit's queue (it then gets what its listener's
+// Refuse says), or aborted while it waited.
+func (c *conn) endEarly(err error) {
+	if errors.Is(err, errRefused) {
+		c.logDone(resultRefused, nil)
+		c.srv.forget(c, resultRefused)
+		c.srv.refuse(c.l, c.rt, c.client)
+		return
+	}
+	c.client.Close()
+	result, err := c.result(nil, nil)
+	c.logDone(result, err)
+	c.srv.forget(c, result)
 }
 
 // finish closes both sockets and logs the connection's summary line. It

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"slices"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -38,6 +39,9 @@ type ListenerConfig struct {
 	Links []string
 	// MP4 paces MP4 video downstream; the zero value paces nothing.
 	MP4 MP4Config
+	// Admission decides which connections are served, and what the
+	// refused ones get; the zero value admits all.
+	Admission Admission
 	// Listener, when set, is an already-open socket to serve instead of
 	// binding Addr (systemd socket activation); Addr then only names it.
 	// The Server owns it from New or Reconfigure on.
@@ -48,18 +52,30 @@ type ListenerConfig struct {
 // change its config, even its name, but never its address: a new address
 // is a new listener.
 type listener struct {
-	ln     *net.TCPListener
-	route  atomic.Pointer[route]      // for new connections; Reconfigure replaces it
-	limits atomic.Pointer[ConnLimits] // current; SetLimits and Reconfigure replace it
+	ln        *net.TCPListener
+	route     atomic.Pointer[route]      // for new connections; Reconfigure replaces it
+	limits    atomic.Pointer[ConnLimits] // current; SetLimits and Reconfigure replace it
+	stop      chan struct{}              // closed with ln (close)
+	stopOnce  sync.Once
+	tarpitted atomic.Int64 // refused connections held in the tarpit or written an overflow response now
+}
+
+// close closes the listening socket, which ends its accept loop.
+func (l *listener) close() {
+	l.stopOnce.Do(func() { close(l.stop) })
+	l.ln.Close()
 }
 
 // route is what a listener does with a new connection: its config, the
 // admission step that decides whether it is served, and the dialer of its
 // upstream, replaced together so that a connection sees one generation.
 type route struct {
-	cfg    *ListenerConfig
-	admit  admit.Admitter
-	dialer upstream.Dialer
+	cfg      *ListenerConfig
+	admit    admit.Admitter
+	policy   *admit.Policy // admit's policy; nil when it admits all
+	dialer   upstream.Dialer
+	overflow upstream.Dialer // the overflow upstream; nil if none
+	stats    *listenerStats  // the counters of cfg.Name
 }
 
 func (l *listener) config() *ListenerConfig { return l.route.Load().cfg }
@@ -67,13 +83,20 @@ func (l *listener) config() *ListenerConfig { return l.route.Load().cfg }
 func (l *listener) name() string { return l.config().Name }
 
 // setRoute makes cfg the listener's config for new connections, with its
-// admission step and upstream dialer. cfg has been normalized.
+// admission step and upstream dialer. cfg has been normalized and its
+// admission checked against the Server's admission set; s.mu is held.
 func (s *Server) setRoute(l *listener, cfg ListenerConfig) {
 	d, err := upstream.NewStatic(cfg.Upstream, upstream.Options{ConnectTimeout: cfg.ConnectTimeout, DialContext: s.dial})
 	if err != nil {
 		panic(err) // normalize checked the address
 	}
-	l.route.Store(&route{cfg: &cfg, admit: admit.All, dialer: d})
+	rt := &route{cfg: &cfg, dialer: d, stats: s.statsFor(cfg.Name)}
+	rt.cfg.Admission.Refuse = min(rt.cfg.Admission.Refuse, RefuseOverflow)
+	if rt.admit, rt.policy, err = s.admitter(rt.cfg); err != nil {
+		panic(err) // checkAdmission checked the names
+	}
+	rt.overflow = s.overflowDialer(rt.cfg)
+	l.route.Store(rt)
 }
 
 // normalize checks listener configs and fills in their defaults, in a copy.
@@ -126,7 +149,7 @@ func bind(ctx context.Context, cfg ListenerConfig) (*net.TCPListener, error) {
 
 // newListener makes a listener for cfg on ln and its stats; s.mu is held.
 func (s *Server) newListener(cfg ListenerConfig, ln *net.TCPListener) *listener {
-	l := &listener{ln: ln}
+	l := &listener{ln: ln, stop: make(chan struct{})}
 	s.setRoute(l, cfg)
 	lim := cfg.Limits
 	l.limits.Store(&lim)

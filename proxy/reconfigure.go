@@ -8,8 +8,18 @@ import (
 	"time"
 )
 
-// Reconfigure replaces the link and listener sets, without dropping a live
-// connection:
+// Reconfigure is [Server.Reload] that keeps the admission limits and ban
+// policies as they are.
+func (s *Server) Reconfigure(links []LinkConfig, ls []ListenerConfig, drain time.Duration) error {
+	s.mu.Lock()
+	r := s.rules
+	s.mu.Unlock()
+	return s.Reload(Options{Links: links, Listeners: ls, Limits: r.Limits, Bans: r.Bans}, drain)
+}
+
+// Reload replaces the link and listener sets and the admission limits
+// and ban policies with those of opts (its other fields are ignored),
+// without dropping a live connection:
 //
 //   - a link that keeps its name takes its new rates, bursts and key
 //     shares at once, for live connections too; a new key mode applies to
@@ -24,16 +34,24 @@ import (
 //     socket and its connections: changed limits apply to them within one
 //     chunk's time; a changed upstream, timeouts or chunk apply to new
 //     connections; a changed address is a new socket, and the old one
-//     drains as if removed.
+//     drains as if removed;
+//   - a limit or ban policy that keeps its name keeps its counters, queues
+//     and bans, and applies its new numbers to new connections; lowering
+//     a connection limit never closes a live connection.
 //
 // It binds every new socket before changing anything: if one fails, it
 // closes those it bound and returns the error, and the running set stays.
-func (s *Server) Reconfigure(links []LinkConfig, ls []ListenerConfig, drain time.Duration) error {
-	ls, err := normalize(ls)
+func (s *Server) Reload(opts Options, drain time.Duration) error {
+	links := opts.Links
+	ls, err := normalize(opts.Listeners)
 	if err != nil {
 		return err
 	}
 	if err := checkLinks(links, ls); err != nil {
+		return err
+	}
+	r := rules(&opts)
+	if err := checkAdmission(r, ls); err != nil {
 		return err
 	}
 	s.reconfMu.Lock()
@@ -102,6 +120,11 @@ func (s *Server) Reconfigure(links []LinkConfig, ls []ListenerConfig, drain time
 		conns []*conn
 	}
 	s.setLinks(links)
+	if err := s.admission.Update(r); err != nil {
+		panic(err) // checkAdmission validated r
+	}
+	s.rules = r
+	s.startSweeper()
 	var changes []change
 	next := make([]*listener, len(ls))
 	for i, cfg := range ls {
@@ -143,7 +166,7 @@ func (s *Server) Reconfigure(links []LinkConfig, ls []ListenerConfig, drain time
 	s.mu.Unlock()
 
 	for _, o := range removed {
-		o.ln.Close() // its accept loop ends; its connections run on
+		o.close() // its accept loop ends; its connections run on
 		if drain > 0 {
 			s.draining.Add(1)
 			t := s.clock.AfterFunc(drain, func() {

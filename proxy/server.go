@@ -34,6 +34,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/sluiceproxy/sluice/proxy/admit"
 	"github.com/sluiceproxy/sluice/shaper"
 )
 
@@ -60,6 +61,10 @@ type Options struct {
 	// clock. Upstream dials are bounded on the real clock, as the dialer
 	// works.
 	Clock shaper.Clock
+	// Limits and Bans are the admission limits and ban policies
+	// listeners name in their Admission.
+	Limits []admit.Limit
+	Bans   []admit.Ban
 	// ShapingLoops is how many shaping loops serve the small grants of
 	// shaped directions (see [shaper.Loop]). Zero means one per P
 	// (GOMAXPROCS at New); negative means none: each shaped direction
@@ -78,6 +83,10 @@ type Server struct {
 	epoch time.Time // conn.lastActive counts from it
 
 	loops     []*shaper.Loop // the shaping loops; none when ShapingLoops < 0
+	admission *admit.Set     // the state of every limit and ban
+	rules     admit.Rules    // what admission was last set to; guarded by mu
+	sweeping  bool           // sweepAdmission runs; guarded by mu
+	tarpits   tarpits        // refused connections held open
 	linksMade atomic.Uint64  // spreads links over the loops
 
 	// ctx bounds upstream dials; it is cancelled, with errShutdown as the
@@ -125,6 +134,9 @@ func New(opts Options) (*Server, error) {
 	if err := checkLinks(opts.Links, opts.Listeners); err != nil {
 		return nil, err
 	}
+	if err := checkAdmission(rules(&opts), opts.Listeners); err != nil {
+		return nil, err
+	}
 	s := &Server{opts: opts, log: opts.Logger, dial: opts.DialContext, clock: opts.Clock,
 		conns: map[*conn]struct{}{}, stats: map[string]*listenerStats{}}
 	if s.clock == nil {
@@ -139,6 +151,10 @@ func New(opts Options) (*Server, error) {
 	if s.dial == nil {
 		d := &net.Dialer{}
 		s.dial = d.DialContext
+	}
+	s.rules = rules(&opts)
+	if s.admission, err = admit.NewSet(s.rules, admit.Options{Logger: s.log}); err != nil {
+		return nil, err
 	}
 	s.ctx, s.cancel = context.WithCancelCause(context.Background())
 	return s, nil
@@ -160,7 +176,7 @@ func (s *Server) Start(ctx context.Context) error {
 		ln, err := bind(ctx, cfg)
 		if err != nil {
 			for _, l := range s.listeners {
-				l.ln.Close()
+				l.close()
 			}
 			s.listeners = nil
 			return err
@@ -174,6 +190,7 @@ func (s *Server) Start(ctx context.Context) error {
 	s.reapEvery.Store(int64(reapPeriod(s.opts.Listeners)))
 	s.reaperDone = make(chan struct{})
 	go s.reapIdle(s.reaperDone)
+	s.startSweeper()
 	return nil
 }
 
@@ -251,10 +268,11 @@ func (s *Server) stopAccepting() <-chan struct{} {
 	s.mu.Lock()
 	s.closing = true
 	for _, l := range s.listeners {
-		l.ln.Close()
+		l.close()
 	}
 	s.mu.Unlock()
 	s.acceptWG.Wait()
+	s.tarpits.closeAll() // refused connections hold no shutdown up
 
 	s.mu.Lock()
 	defer s.mu.Unlock()

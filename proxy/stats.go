@@ -18,6 +18,12 @@ type listenerStats struct {
 	bytes    [2]atomic.Int64 // moved by ended connections, per Dir
 	waited   [2]atomic.Int64 // nanoseconds ended connections waited for tokens, per Dir
 	mp4      mp4State
+
+	admissions    admissionCounts // decisions by limit and verdict
+	refusedBy     admissionCounts // refusals by reason
+	queueTimeouts atomic.Uint64
+	overflowed    atomic.Uint64
+	acceptPaused  atomic.Uint64
 }
 
 // statsFor returns the counters of a listener name, making them on first
@@ -66,7 +72,8 @@ type ListenerStats struct {
 	// Accepted counts connections accepted.
 	Accepted uint64
 	// Ended counts ended connections by result ("ok", "reset",
-	// "idle_timeout", "shutdown", "upstream_error", "error", "closed").
+	// "idle_timeout", "shutdown", "upstream_error", "error", "closed",
+	// "refused").
 	Ended map[string]uint64
 	// Bytes moved, per direction ([Up], [Down]).
 	Bytes [2]int64
@@ -79,6 +86,8 @@ type ListenerStats struct {
 	// counters.
 	MP4Enabled bool
 	MP4        MP4Stats
+	// Admission are the listener's admission counters.
+	Admission AdmissionStats
 }
 
 // Stats returns the counters of every listener name the Server has served,
@@ -98,6 +107,11 @@ func (s *Server) Stats() []ListenerStats {
 			ls.Bytes[d] = st.bytes[d].Load()
 			ls.Waited[d] = time.Duration(st.waited[d].Load())
 		}
+		ls.Admission = AdmissionStats{Decisions: st.admissions.snapshot(), Refused: map[string]uint64{},
+			QueueTimeouts: st.queueTimeouts.Load(), Overflowed: st.overflowed.Load(), AcceptPaused: st.acceptPaused.Load()}
+		for k, n := range st.refusedBy.snapshot() {
+			ls.Admission.Refused[k[0]] = n
+		}
 		ls.MP4 = st.mp4.snapshot()
 		out = append(out, ls)
 		return &out[len(out)-1]
@@ -108,6 +122,7 @@ func (s *Server) Stats() []ListenerStats {
 		ls.Addr, ls.Upstream, ls.Limits = l.ln.Addr().String(), cfg.Upstream, *l.limits.Load()
 		ls.Chunk = cfg.Chunk
 		ls.MP4Enabled = cfg.MP4.Enabled
+		ls.Admission.Tarpitted = l.tarpitted.Load()
 	}
 	var gone []string
 	for name := range s.stats {

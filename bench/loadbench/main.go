@@ -132,6 +132,9 @@ func run() error {
 	if *mp4 {
 		return runMP4(dir)
 	}
+	if *admission {
+		return runAdmission(dir, echo.Addr().String())
+	}
 	return runCore(dir, src.Addr().String(), echo.Addr().String())
 }
 
@@ -521,6 +524,12 @@ listeners:
 // startNginx runs nginx's stream proxy with two servers; srcDirectives go
 // into the source server block (e.g. "proxy_download_rate 10000000;").
 func startNginx(dir, srcAddr, echoAddr, srcDirectives string) (*proxyProc, error) {
+	return startNginxTop(dir, srcAddr, echoAddr, srcDirectives, "")
+}
+
+// startNginxTop is startNginx with streamTop in the stream block (e.g.
+// limit_conn_zone).
+func startNginxTop(dir, srcAddr, echoAddr, srcDirectives, streamTop string) (*proxyProc, error) {
 	a, b, err := freePorts()
 	if err != nil {
 		return nil, err
@@ -534,10 +543,11 @@ pid %s/nginx.pid;
 error_log %s/nginx-error.log warn;
 events { worker_connections 20000; }
 stream {
+  %s
   server { listen %s; proxy_pass %s; %s }
   server { listen %s; proxy_pass %s; }
 }
-`, *nginxMod, dir, dir, a, srcAddr, srcDirectives, b, echoAddr)
+`, *nginxMod, dir, dir, streamTop, a, srcAddr, srcDirectives, b, echoAddr)
 	path := filepath.Join(dir, "nginx.conf")
 	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
 		return nil, err

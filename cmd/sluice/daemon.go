@@ -89,7 +89,9 @@ func startDaemon(ctx context.Context, path string, stderr io.Writer) (_ *sluiced
 	if d.activated, err = activatedSockets(cfg, d.log); err != nil {
 		return nil, err
 	}
-	d.srv, err = proxy.New(proxy.Options{Listeners: d.listenerConfigs(cfg), Links: linkConfigs(cfg), Logger: d.log})
+	opts := d.proxyOptions(cfg)
+	opts.Logger = d.log
+	d.srv, err = proxy.New(opts)
 	if err != nil {
 		return nil, configError{err}
 	}
@@ -206,7 +208,7 @@ func (d *sluiced) reload(context.Context) error {
 		return fail(fmt.Errorf("admin.listen: changed from %q to %q; the admin address changes on restart only",
 			d.cfg.Admin.Listen, cfg.Admin.Listen))
 	}
-	if err := d.srv.Reconfigure(linkConfigs(cfg), d.listenerConfigs(cfg), cfg.Shutdown.Drain); err != nil {
+	if err := d.srv.Reload(d.proxyOptions(cfg), cfg.Shutdown.Drain); err != nil {
 		return fail(err)
 	}
 	changes := config.Diff(d.cfg, cfg)
@@ -314,6 +316,13 @@ func runServer(ctx context.Context, path string, stderr io.Writer) error {
 	return nil
 }
 
+// proxyOptions turns the config into the proxy's listeners, links,
+// limits and bans.
+func (d *sluiced) proxyOptions(cfg *config.Config) proxy.Options {
+	limits, bans := admissionRules(cfg)
+	return proxy.Options{Listeners: d.listenerConfigs(cfg), Links: linkConfigs(cfg), Limits: limits, Bans: bans}
+}
+
 // listenerConfigs turns the config's listeners into the proxy's, handing
 // over the socket systemd passed for a listener, if any.
 func (d *sluiced) listenerConfigs(cfg *config.Config) []proxy.ListenerConfig {
@@ -331,9 +340,10 @@ func (d *sluiced) listenerConfigs(cfg *config.Config) []proxy.ListenerConfig {
 				Down:         shaper.Limit{Rate: int64(l.Conn.Down.Rate), Burst: int64(l.Conn.Down.Burst)},
 				KernelPacing: l.Conn.Down.KernelPacing,
 			},
-			Links:    l.Links,
-			MP4:      mp4Config(l.MP4),
-			Listener: d.activated[l.Name],
+			Links:     l.Links,
+			MP4:       mp4Config(l.MP4),
+			Admission: admission(l),
+			Listener:  d.activated[l.Name],
 		})
 	}
 	return out

@@ -20,6 +20,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/sluiceproxy/sluice/config"
+	"github.com/sluiceproxy/sluice/proxy"
 )
 
 // version is set at build time with -ldflags "-X main.version=v1.2.3".
@@ -88,6 +89,11 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 		RunE: func(_ *cobra.Command, _ []string) error {
 			cfg, err := config.Load(checkConfig)
 			if err != nil {
+				return configError{fmt.Errorf("config %s is invalid:\n%w", checkConfig, err)}
+			}
+			// What the proxy checks too (limits' and links' numbers),
+			// without opening anything.
+			if _, err := proxy.New((&sluiced{}).proxyOptions(cfg)); err != nil {
 				return configError{fmt.Errorf("config %s is invalid:\n%w", checkConfig, err)}
 			}
 			out, err := cfg.YAML()

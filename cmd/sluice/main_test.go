@@ -78,6 +78,14 @@ func TestCheck(t *testing.T) {
 			code:     exitConfig,
 			inStderr: []string{"is invalid", `listeners[0].upstream: want "host:port"`, "listeners[0].timeout: unknown key"},
 		},
+		{
+			name: "admission values explained",
+			config: "limits: {per-ip: {rate: 5, burst: 3, delay: 4}}\nbans: {b: {tiers: [{over: 5, per: 10s}]}}\n" +
+				"listeners: [{name: web, listen: '127.0.0.1:0', upstream: '127.0.0.1:9', limits: [per-ip, nope], refuse: overflow}]",
+			code: exitConfig,
+			inStderr: []string{`limits.per-ip.rate: want a connection rate like "100/s" or "30/m"`, "limits.per-ip.delay: want at most burst (3)",
+				"bans.b.tiers[0].ban: is required", `listeners[0].limits[1]: no limits entry "nope"`, "listeners[0].refuse: overflow needs a target"},
+		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var stdout, stderr bytes.Buffer
@@ -100,7 +108,7 @@ func TestCheck(t *testing.T) {
 }
 
 func TestCheckShippedExample(t *testing.T) {
-	for _, f := range []string{"sluice.yaml", "links.yaml", "mp4.yaml"} {
+	for _, f := range []string{"sluice.yaml", "links.yaml", "mp4.yaml", "protect.yaml"} {
 		var stdout, stderr bytes.Buffer
 		if code := execute([]string{"check", "--config", "../../examples/" + f}, &stdout, &stderr); code != exitOK {
 			t.Fatalf("examples/%s: exit %d: %s", f, code, stderr.String())

@@ -133,6 +133,62 @@ func (v *topView) frame(ctx context.Context) (string, error) {
 	}
 	_ = tw.Flush()
 
+	// Admission, for listeners with a policy: refusals by reason, and the
+	// bans in force.
+	tw = tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
+	header := false
+	for _, l := range ls {
+		a := l.Admission
+		if a == nil {
+			continue
+		}
+		if !header {
+			fmt.Fprintln(tw, "\nADMISSION\tADMITTED\tDELAYED\tQUEUED\tREFUSED\tBY REASON\tTARPIT\tOVERFLOWED")
+			header = true
+		}
+		sum := func(verdict string) uint64 {
+			var n uint64
+			for _, x := range a.Decisions[verdict] {
+				n += x
+			}
+			return n
+		}
+		var why []string
+		for _, r := range slices.Sorted(maps.Keys(a.Refused)) {
+			why = append(why, fmt.Sprintf("%s %d", r, a.Refused[r]))
+		}
+		if a.QueueTimeouts > 0 {
+			why = append(why, fmt.Sprintf("queue timeout %d", a.QueueTimeouts))
+		}
+		if len(why) == 0 {
+			why = []string{"-"}
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%s\t%d\t%d\n", l.Name, sum("admit"), sum("delay"), sum("queue"), sum("refuse"),
+			strings.Join(why, ", "), a.Tarpitted, a.Overflowed)
+	}
+	_ = tw.Flush()
+	if header {
+		var bans struct {
+			Total int             `json:"total"`
+			Bans  []admin.BanJSON `json:"bans"`
+		}
+		if err := v.c.do(ctx, "GET", "/v1/bans?limit=5", nil, &bans); err != nil {
+			return "", err
+		}
+		fmt.Fprintf(&b, "bans in force: %d", bans.Total)
+		for i, bn := range bans.Bans {
+			sep := ", "
+			if i == 0 {
+				sep = " ("
+			}
+			fmt.Fprintf(&b, "%s%s %s for %s", sep, bn.Ban, bn.Key, bn.Until.Sub(now).Round(time.Second))
+		}
+		if len(bans.Bans) > 0 {
+			b.WriteString(", lifting soonest first)")
+		}
+		fmt.Fprintln(&b)
+	}
+
 	// The busiest connections by current down rate, then up rate.
 	type row struct {
 		c      admin.ConnJSON

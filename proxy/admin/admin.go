@@ -8,15 +8,18 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/sluiceproxy/sluice/proxy"
+	"github.com/sluiceproxy/sluice/proxy/admit"
 	"github.com/sluiceproxy/sluice/shaper"
 )
 
@@ -47,6 +50,19 @@ type Proxy interface {
 	CloseConn(id uint64) error
 	// SetLinkLimit changes one direction of a link in service.
 	SetLinkLimit(link string, d proxy.Dir, ll shaper.LinkLimit) error
+
+	// Bans returns the active bans of every ban policy.
+	Bans() []admit.BanInfo
+	// AddBan bans key under the named policy for d, from now.
+	AddBan(ban string, key netip.Prefix, d time.Duration) error
+	// LiftBan lifts key's ban under the named policy; it reports whether
+	// there was one.
+	LiftBan(ban string, key netip.Prefix) (bool, error)
+	// Client returns addr's state in every limit and ban, as the named
+	// listener's policy sees it.
+	Client(addr netip.Addr, listener string) []admit.KeyState
+	// AdmissionSet returns the counters of the limits and ban policies.
+	AdmissionSet() ([]admit.LimitStats, []admit.BanStats)
 }
 
 // Interface guards
@@ -118,6 +134,10 @@ func New(p Proxy, opts Options) *Handler {
 	h.mux.HandleFunc("PUT /v1/conns/{id}/limits", h.write(h.setConnLimits))
 	h.mux.HandleFunc("DELETE /v1/conns/{id}", h.write(h.closeConn))
 	h.mux.HandleFunc("POST /v1/reload", h.write(h.reload))
+	h.mux.HandleFunc("GET /v1/bans", h.read(h.bans))
+	h.mux.HandleFunc("POST /v1/bans", h.write(h.addBan))
+	h.mux.HandleFunc("DELETE /v1/bans/{ban}", h.write(h.liftBan))
+	h.mux.HandleFunc("GET /v1/clients/{addr}", h.read(h.client))
 	return h
 }
 

@@ -22,6 +22,9 @@ type Collector struct {
 	mp4Videos, mp4Plans, mp4Burst, mp4Fallbacks, mp4Cached, mp4Waited, mp4Paced, mp4Rate *prometheus.Desc
 
 	readAhead, shapedPipes, loopDirs *prometheus.Desc
+
+	admissions, refusals, queueTimeouts, tarpitted, overflowed, acceptPaused *prometheus.Desc
+	limitKeys, limitQueued, banActive, banKeys, banStarted, banLifted        *prometheus.Desc
 }
 
 // NewCollector returns a Collector for p; register it on a registry.
@@ -33,7 +36,7 @@ func NewCollector(p Proxy) *Collector {
 		p:        p,
 		bytes:    d("listener_bytes_total", "Bytes forwarded by a listener's connections, per direction (up: client to upstream).", "listener", "direction"),
 		accepted: d("listener_connections_accepted_total", "Connections accepted by a listener.", "listener"),
-		ended:    d("listener_connections_ended_total", "Connections ended, by result (ok, reset, idle_timeout, shutdown, upstream_error, error, closed).", "listener", "result"),
+		ended:    d("listener_connections_ended_total", "Connections ended, by result (ok, reset, idle_timeout, shutdown, upstream_error, error, closed, refused).", "listener", "result"),
 		active:   d("listener_connections_active", "Live connections of a listener.", "listener"),
 		waited:   d("listener_token_wait_seconds_total", "Time connections spent waiting for tokens of their own limits, per direction.", "listener", "direction"),
 		waiting:  d("listener_connections_waiting", "Connection directions waiting for tokens now.", "listener", "direction"),
@@ -61,6 +64,19 @@ func NewCollector(p Proxy) *Collector {
 		readAhead:   d("read_ahead_bytes", "Memory shaped connections hold in bytes read ahead of their grants, process-wide (at most 32 MiB)."),
 		shapedPipes: d("shaped_pipes", "Pipes shaped connections hold now, process-wide (at most 256; two descriptors each)."),
 		loopDirs:    d("shaping_loop_directions", "Connection directions the shaping loops serve now (those waiting for a link grant included), process-wide."),
+
+		admissions:    d("admissions_total", "Admission decisions of a listener with a policy, by the limit that decided (empty when none did alone) and verdict (admit, delay, queue, refuse).", "listener", "limit", "verdict"),
+		refusals:      d("admission_refusals_total", "Connections a listener refused at accept, by reason (deny, ban, conns, rate, window, queue_full).", "listener", "reason"),
+		queueTimeouts: d("admission_queue_timeouts_total", "Connections refused after waiting in a limit's queue for its timeout.", "listener"),
+		tarpitted:     d("admission_tarpitted_connections", "Refused connections a listener holds in its tarpit, or writes an overflow response to, now.", "listener"),
+		overflowed:    d("admission_overflowed_total", "Refused connections handed to the listener's overflow target.", "listener"),
+		acceptPaused:  d("admission_accept_paused_total", "Times a listener stopped accepting because a global connection limit was full.", "listener"),
+		limitKeys:     d("limit_keys", "Keys (client addresses, networks, listeners) a limit tracks now.", "limit"),
+		limitQueued:   d("limit_queued_connections", "Connections waiting in a limit's queues now.", "limit"),
+		banActive:     d("bans_active", "Keys banned now by a ban policy.", "ban"),
+		banKeys:       d("ban_keys", "Keys a ban policy tracks now (bounded by its table).", "ban"),
+		banStarted:    d("bans_started_total", "Bans a policy started (manual ones included).", "ban"),
+		banLifted:     d("bans_lifted_total", "Bans a policy lifted (on time or by hand).", "ban"),
 	}
 }
 
@@ -68,13 +84,16 @@ func NewCollector(p Proxy) *Collector {
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.bytes, c.accepted, c.ended, c.active, c.waited, c.waiting, c.rate, c.burst,
 		c.linkBytes, c.linkBorrowed, c.linkGrants, c.linkRate, c.linkTokens, c.linkWaiting, c.linkKeys, c.linkConns,
-		c.mp4Videos, c.mp4Plans, c.mp4Burst, c.mp4Fallbacks, c.mp4Cached, c.mp4Waited, c.mp4Paced, c.mp4Rate, c.readAhead, c.shapedPipes, c.loopDirs} {
+		c.mp4Videos, c.mp4Plans, c.mp4Burst, c.mp4Fallbacks, c.mp4Cached, c.mp4Waited, c.mp4Paced, c.mp4Rate, c.readAhead, c.shapedPipes, c.loopDirs,
+		c.admissions, c.refusals, c.queueTimeouts, c.tarpitted, c.overflowed, c.acceptPaused,
+		c.limitKeys, c.limitQueued, c.banActive, c.banKeys, c.banStarted, c.banLifted} {
 		ch <- d
 	}
 }
 
 // Collect implements prometheus.Collector.
 func (c *Collector) Collect(ch chan<- prometheus.Metric) {
+	c.collectAdmission(ch)
 	ps := c.p.Process()
 	ch <- prometheus.MustNewConstMetric(c.readAhead, prometheus.GaugeValue, float64(ps.ReadAhead))
 	ch <- prometheus.MustNewConstMetric(c.shapedPipes, prometheus.GaugeValue, float64(ps.Pipes))
@@ -124,5 +143,37 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 				ch <- prometheus.MustNewConstMetric(c.burst, prometheus.GaugeValue, float64(lims[d].burst), ls.Name, dir)
 			}
 		}
+	}
+}
+
+// collectAdmission exports the listeners' admission counters and the
+// limits' and ban policies' state.
+func (c *Collector) collectAdmission(ch chan<- prometheus.Metric) {
+	for _, ls := range c.p.Stats() {
+		a := ls.Admission
+		if len(a.Decisions) == 0 && a.Tarpitted == 0 {
+			continue // no admission policy
+		}
+		for k, n := range a.Decisions {
+			ch <- prometheus.MustNewConstMetric(c.admissions, prometheus.CounterValue, float64(n), ls.Name, k[0], k[1])
+		}
+		for reason, n := range a.Refused {
+			ch <- prometheus.MustNewConstMetric(c.refusals, prometheus.CounterValue, float64(n), ls.Name, reason)
+		}
+		ch <- prometheus.MustNewConstMetric(c.queueTimeouts, prometheus.CounterValue, float64(a.QueueTimeouts), ls.Name)
+		ch <- prometheus.MustNewConstMetric(c.tarpitted, prometheus.GaugeValue, float64(a.Tarpitted), ls.Name)
+		ch <- prometheus.MustNewConstMetric(c.overflowed, prometheus.CounterValue, float64(a.Overflowed), ls.Name)
+		ch <- prometheus.MustNewConstMetric(c.acceptPaused, prometheus.CounterValue, float64(a.AcceptPaused), ls.Name)
+	}
+	limits, bans := c.p.AdmissionSet()
+	for _, l := range limits {
+		ch <- prometheus.MustNewConstMetric(c.limitKeys, prometheus.GaugeValue, float64(l.Keys), l.Name)
+		ch <- prometheus.MustNewConstMetric(c.limitQueued, prometheus.GaugeValue, float64(l.Waiting), l.Name)
+	}
+	for _, b := range bans {
+		ch <- prometheus.MustNewConstMetric(c.banActive, prometheus.GaugeValue, float64(b.Active), b.Name)
+		ch <- prometheus.MustNewConstMetric(c.banKeys, prometheus.GaugeValue, float64(b.Keys), b.Name)
+		ch <- prometheus.MustNewConstMetric(c.banStarted, prometheus.CounterValue, float64(b.Started), b.Name)
+		ch <- prometheus.MustNewConstMetric(c.banLifted, prometheus.CounterValue, float64(b.Lifted), b.Name)
 	}
 }

@@ -1,19 +1,30 @@
 package admin_test
 
 import (
+	"bytes"
+	"flag"
+	"fmt"
 	"net/http/httptest"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/prometheus/common/expfmt"
 
 	"github.com/sluiceproxy/sluice/proxy"
 	"github.com/sluiceproxy/sluice/proxy/admin"
+	"github.com/sluiceproxy/sluice/proxy/admit"
 	"github.com/sluiceproxy/sluice/shaper"
 )
+
+// update rewrites the golden files: go test ./proxy/admin -update, then
+// read the diff.
+var update = flag.Bool("update", false, "rewrite testdata golden files from the output")
 
 // fakeProxy serves fixed stats. It embeds a nil admin.Proxy, so a call the
 // test does not expect panics.
@@ -23,6 +34,34 @@ type fakeProxy struct {
 	conns   []proxy.ConnInfo
 	links   []proxy.LinkStats
 	process proxy.ProcessStats
+	limits  []admit.LimitStats
+	banSets []admit.BanStats
+	bans    []admit.BanInfo
+	keys    []admit.KeyState
+	calls   []string // the state-changing calls, as "add ban key dur" / "lift ban key"
+}
+
+func (f *fakeProxy) AdmissionSet() ([]admit.LimitStats, []admit.BanStats) { return f.limits, f.banSets }
+func (f *fakeProxy) Bans() []admit.BanInfo                                { return append([]admit.BanInfo(nil), f.bans...) }
+func (f *fakeProxy) Client(addr netip.Addr, listener string) []admit.KeyState {
+	f.calls = append(f.calls, "client "+addr.String()+" "+listener)
+	return f.keys
+}
+
+func (f *fakeProxy) AddBan(ban string, key netip.Prefix, d time.Duration) error {
+	if ban != "scanners" {
+		return fmt.Errorf("no ban policy %q", ban)
+	}
+	f.calls = append(f.calls, "add "+ban+" "+key.String()+" "+d.String())
+	return nil
+}
+
+func (f *fakeProxy) LiftBan(ban string, key netip.Prefix) (bool, error) {
+	if ban != "scanners" {
+		return false, fmt.Errorf("no ban policy %q", ban)
+	}
+	f.calls = append(f.calls, "lift "+ban+" "+key.String())
+	return key.String() == "198.51.100.7/32", nil
 }
 
 func (f *fakeProxy) Stats() []proxy.ListenerStats { return f.stats }
@@ -60,6 +99,10 @@ func newFake() *fakeProxy {
 			Waiting: [2]int{proxy.Down: 1}, MP4Enabled: true,
 			MP4: proxy.MP4Stats{Videos: 3, Plans: 2, BurstBytes: 300_000, PlannedRate: 1_200_000,
 				Fallbacks: map[string]int64{"encrypted": 1}, Cached: 1, Waited: 250 * time.Millisecond, PacedBytes: 900_000},
+			Admission: proxy.AdmissionStats{
+				Decisions: map[[2]string]uint64{{"", "admit"}: 4, {"per-ip", "refuse"}: 2, {"per-ip", "delay"}: 1, {"", "refuse"}: 1},
+				Refused:   map[string]uint64{"rate": 2, "deny": 1}, QueueTimeouts: 1, Tarpitted: 3, Overflowed: 2, AcceptPaused: 5,
+			},
 		}, {
 			Name: "old", Limits: proxy.ConnLimits{Up: shaper.Limit{Rate: 1000, Burst: 8192}},
 			Accepted: 1, Ended: map[string]uint64{"ok": 1}, Bytes: [2]int64{proxy.Up: 10, proxy.Down: 20},
@@ -79,6 +122,13 @@ func newFake() *fakeProxy {
 			},
 		}}}},
 		process: proxy.ProcessStats{ReadAhead: 65536, Pipes: 3, LoopDirs: 2},
+		limits:  []admit.LimitStats{{Name: "per-ip", Admitted: 5, Delayed: 1, Refused: 2, Keys: 7, Waiting: 1}},
+		banSets: []admit.BanStats{{Name: "scanners", Active: 1, Keys: 4, Started: 2, Lifted: 1}},
+		bans: []admit.BanInfo{
+			{Ban: "scanners", Key: "198.51.100.7/32", Since: t0, Until: t0.Add(10 * time.Minute), Tier: 0},
+			{Ban: "scanners", Key: "203.0.113.0/24", Since: t0, Until: t0.Add(5 * time.Minute), Tier: 1, Repeats: 2, Manual: true},
+		},
+		keys: []admit.KeyState{{Limit: "per-ip", Key: "198.51.100.7", Conns: 2, Excess: 1.5}},
 	}
 }
 
@@ -88,6 +138,21 @@ func newFake() *fakeProxy {
 func TestCollector(t *testing.T) {
 	reg := prometheus.NewPedanticRegistry()
 	reg.MustRegister(admin.NewCollector(newFake()))
+	if *update {
+		mfs, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var buf bytes.Buffer
+		for _, mf := range mfs {
+			if _, err := expfmt.MetricFamilyToText(&buf, mf); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := os.WriteFile("testdata/metrics.txt", buf.Bytes(), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
 	want, err := os.Open("testdata/metrics.txt")
 	if err != nil {
 		t.Fatal(err)
@@ -110,10 +175,17 @@ func TestWireJSON(t *testing.T) {
 		{"conns sorted and cut", "/v1/conns?limit=1&sort=bytes_up", "conns.json"},
 		{"one link, busiest key", "/v1/links/line?limit=1", "link.json"},
 		{"links without keys", "/v1/links", "links.json"},
+		{"bans, soonest first", "/v1/bans", "bans.json"},
+		{"a client's keys", "/v1/clients/198.51.100.7?listener=video", "client.json"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			rec := httptest.NewRecorder()
 			h.ServeHTTP(rec, httptest.NewRequest("GET", tc.path, nil))
+			if *update {
+				if err := os.WriteFile(filepath.Join("testdata", tc.golden), rec.Body.Bytes(), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
 			want, err := os.ReadFile(filepath.Join("testdata", tc.golden))
 			if err != nil {
 				t.Fatal(err)
@@ -122,5 +194,49 @@ func TestWireJSON(t *testing.T) {
 				t.Errorf("GET %s: %d\n%s\nwant 200 and testdata/%s:\n%s", tc.path, rec.Code, rec.Body, tc.golden, want)
 			}
 		})
+	}
+}
+
+// TestBanCalls: adding and lifting bans needs the token, checks its input
+// and names what is wrong.
+func TestBanCalls(t *testing.T) {
+	f := newFake()
+	h := admin.New(f, admin.Options{Token: "t0ken"})
+	call := func(method, path, token, body string) (int, string) {
+		req := httptest.NewRequest(method, path, strings.NewReader(body))
+		if token != "" {
+			req.Header.Set("Authorization", "Bearer "+token)
+		}
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		return rec.Code, rec.Body.String()
+	}
+	for _, tc := range []struct {
+		name, method, path, token, body string
+		status                          int
+		want                            string
+	}{
+		{"add", "POST", "/v1/bans", "t0ken", `{"ban": "scanners", "key": "::ffff:198.51.100.9", "for": "1h"}`, 200, `"key": "198.51.100.9/32"`},
+		{"add a network", "POST", "/v1/bans", "t0ken", `{"ban": "scanners", "key": "203.0.113.77/24", "for": "10m"}`, 200, `"key": "203.0.113.0/24"`},
+		{"add without a token", "POST", "/v1/bans", "", `{"ban": "scanners", "key": "198.51.100.9", "for": "1h"}`, 401, "missing token"},
+		{"add a bad key", "POST", "/v1/bans", "t0ken", `{"ban": "scanners", "key": "nobody", "for": "1h"}`, 400, `key: want an address or a prefix`},
+		{"add a bad duration", "POST", "/v1/bans", "t0ken", `{"ban": "scanners", "key": "198.51.100.9", "for": "ever"}`, 400, `for: want a duration`},
+		{"add to no policy", "POST", "/v1/bans", "t0ken", `{"ban": "nope", "key": "198.51.100.9", "for": "1h"}`, 404, `no ban policy`},
+		{"add an unknown field", "POST", "/v1/bans", "t0ken", `{"ban": "scanners", "key": "198.51.100.9", "for": "1h", "x": 1}`, 400, "body: want JSON"},
+		{"lift", "DELETE", "/v1/bans/scanners?key=198.51.100.7", "t0ken", "", 200, `"lifted": "198.51.100.7/32"`},
+		{"lift one not banned", "DELETE", "/v1/bans/scanners?key=198.51.100.8", "t0ken", "", 404, "is not banned"},
+		{"lift without a token", "DELETE", "/v1/bans/scanners?key=198.51.100.7", "", "", 401, "missing token"},
+		{"a bad client address", "GET", "/v1/clients/nobody", "", "", 400, "address: want an IP address"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			status, body := call(tc.method, tc.path, tc.token, tc.body)
+			if status != tc.status || !strings.Contains(body, tc.want) {
+				t.Errorf("%s %s: %d %s\nwant %d with %q", tc.method, tc.path, status, body, tc.status, tc.want)
+			}
+		})
+	}
+	want := []string{"add scanners 198.51.100.9/32 1h0m0s", "add scanners 203.0.113.0/24 10m0s", "lift scanners 198.51.100.7/32", "lift scanners 198.51.100.8/32"}
+	if fmt.Sprint(f.calls) != fmt.Sprint(want) {
+		t.Errorf("calls = %q, want %q", f.calls, want)
 	}
 }

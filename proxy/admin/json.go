@@ -47,6 +47,8 @@ type ListenerJSON struct {
 	WaitingDown   int     `json:"waiting_down"`
 	// MP4 is present for a listener that paces MP4 or once did.
 	MP4 *MP4JSON `json:"mp4,omitempty"`
+	// Admission is present for a listener with an admission policy.
+	Admission *AdmissionJSON `json:"admission,omitempty"`
 }
 
 // MP4JSON are a listener's MP4 pacing counters.
@@ -85,6 +87,7 @@ func listenerJSON(s proxy.ListenerStats) ListenerJSON {
 			Fallbacks: m.Fallbacks, Cached: m.Cached, WaitedSec: m.Waited.Seconds(), PacedBytes: m.PacedBytes,
 		}
 	}
+	j.Admission = admissionJSON(s.Admission)
 	return j
 }
 

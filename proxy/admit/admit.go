@@ -22,11 +22,17 @@ const (
 	Admit Verdict = iota
 	// Refuse turns it away; Decision.Reason says why.
 	Refuse
+	// Queue makes it wait for a connection slot: Decision.Waiter says
+	// when it has one.
+	Queue
 )
 
 func (v Verdict) String() string {
-	if v == Admit {
+	switch v {
+	case Admit:
 		return "admit"
+	case Queue:
+		return "queue"
 	}
 	return "refuse"
 }
@@ -34,9 +40,19 @@ func (v Verdict) String() string {
 // Decision is a [Verdict] and what goes with it.
 type Decision struct {
 	Verdict Verdict
-	// Reason names what refused the connection (a limit, a ban, a deny
-	// list), for logs and metrics; empty when admitted.
+	// Reason says why the connection was refused: "deny", "ban",
+	// "conns", "queue_full", "rate" or "window"; empty otherwise.
 	Reason string
+	// Limit names the limit that refused, queued or delayed the
+	// connection; empty when none did alone (admitted by all, allowed,
+	// denied, banned).
+	Limit string
+	// Delay is how long an admitted connection is to be held before it is
+	// served (a rate's burst beyond its delay); zero for at once.
+	Delay time.Duration
+	// Waiter is set with the Queue verdict: the connection has a slot
+	// once Ready is closed, or gives up with Cancel.
+	Waiter *Waiter
 	// Hold is what an admitted connection holds while it lives (a slot of
 	// a connection limit); nil when nothing.
 	Hold Hold
