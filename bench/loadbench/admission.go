@@ -24,7 +24,7 @@ const admissionTop = `limits:
   per-net: {by: cidr, window: {max: 1000000000, per: 1m}}
   global: {by: global, conns: 19000, rate: 1000000000/s, burst: 1000000}
 bans:
-  scanners: {tiers: [{over: 1000000, per: 10s, ban: 1m}]}
+  scanners: {tiers: [{over: 255, per: 1ms, ban: 1m}]}
 `
 
 const admissionOpts = `limits: [per-ip, per-net, global], bans: scanners, deny: [192.0.2.0/24]`

@@ -438,3 +438,28 @@ func TestKeyMemory(t *testing.T) {
 		t.Errorf("Sweep forgot %d keys, want %d", st.Forgotten, n)
 	}
 }
+
+// BenchmarkDenyLookup: a 10,000-entry deny list of /32s and /24s.
+func BenchmarkDenyLookup(b *testing.B) {
+	var ps []netip.Prefix
+	for i := range 10_000 {
+		bits := 32
+		if i%2 == 0 {
+			bits = 24
+		}
+		a := netip.AddrFrom4([4]byte{byte(i >> 16), byte(i >> 8), byte(i), 1})
+		p, _ := a.Prefix(bits)
+		ps = append(ps, p)
+	}
+	s := admit.NewPrefixSet(ps)
+	probe := make([]netip.Addr, 1024)
+	for i := range probe {
+		probe[i] = netip.AddrFrom4([4]byte{byte(i * 7), byte(i * 13), byte(i), byte(i)})
+	}
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		s.Contains(probe[i%len(probe)])
+		i++
+	}
+}
