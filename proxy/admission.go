@@ -270,9 +270,9 @@ func (s *Server) refuse(l *listener, rt *route, c *net.TCPConn) {
 // returns errRefused when the queue's timeout passes, and the abort cause
 // if the connection is aborted meanwhile.
 func (c *conn) awaitAdmission() error {
-	d := &c.pending
-	if w := d.Waiter; w != nil {
-		t, expire := c.srv.clock.NewTimer(c.srv.queueTimeout(d.Limit))
+	if w := c.waiter; w != nil {
+		c.waiter = nil
+		t, expire := c.srv.clock.NewTimer(c.queueWait)
 		select {
 		case <-w.Ready():
 			t.Stop()
@@ -289,8 +289,8 @@ func (c *conn) awaitAdmission() error {
 		}
 		c.hold = w.Hold()
 	}
-	if d.Delay > 0 {
-		t, wake := c.srv.clock.NewTimer(d.Delay)
+	if c.delay > 0 {
+		t, wake := c.srv.clock.NewTimer(c.delay)
 		select {
 		case <-wake:
 		case <-c.Done():
@@ -301,10 +301,9 @@ func (c *conn) awaitAdmission() error {
 	return nil
 }
 
-// queueTimeout is how long a connection waits in the named limit's queue.
-func (s *Server) queueTimeout(limit string) time.Duration {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+// queueTimeoutLocked is how long a connection waits in the named limit's
+// queue. Requires s.mu held.
+func (s *Server) queueTimeoutLocked(limit string) time.Duration {
 	for _, l := range s.rules.Limits {
 		if l.Name == limit && l.QueueTimeout > 0 {
 			return l.QueueTimeout

@@ -84,7 +84,9 @@ type conn struct {
 	rt  *route          // l's route when the conn was accepted: its dialer, admission, counters
 
 	hold    admit.Hold     // what admission gave it (nil: nothing); forget releases it
-	pending admit.Decision // a delay or a queue to wait out before dialing (awaitAdmission)
+	waiter    *admit.Waiter // a limit's queue to wait in before dialing (awaitAdmission); nil if none
+	queueWait time.Duration // how long waiter may wait
+	delay     time.Duration // how long to hold the conn before dialing
 	stats   *listenerStats // its listener's counters, by the name it was accepted under
 	id      uint64
 	client  *net.TCPConn
@@ -175,7 +177,10 @@ func (s *Server) newConn(l *listener, rt *route, c *net.TCPConn, d admit.Decisio
 	cfg := rt.cfg
 	st := s.statsFor(cfg.Name)
 	st.accepted.Add(1)
-	cn := &conn{srv: s, l: l, cfg: cfg, rt: rt, hold: d.Hold, pending: d, stats: st, id: s.nextID.Add(1), client: c, start: s.clock.Now()}
+	cn := &conn{srv: s, l: l, cfg: cfg, rt: rt, hold: d.Hold, waiter: d.Waiter, delay: d.Delay, stats: st, id: s.nextID.Add(1), client: c, start: s.clock.Now()}
+	if cn.waiter != nil {
+		cn.queueWait = s.queueTimeoutLocked(d.Limit)
+	}
 	cn.limits = *l.limits.Load() // what serve applies once the upstream is dialed; listed meanwhile
 	if cn.obs = st.mp4.observer(cfg.MP4); cn.obs != nil {
 		cn.pumps[Up].pacer, cn.pumps[Down].pacer = &pacer{obs: cn.obs}, &pacer{obs: cn.obs}
