@@ -83,14 +83,14 @@ type conn struct {
 	cfg *ListenerConfig // l's config when the conn was accepted
 	rt  *route          // l's route when the conn was accepted: its dialer, admission, counters
 
-	hold    admit.Hold     // what admission gave it (nil: nothing); forget releases it
-	waiter    *admit.Waiter // a limit's queue to wait in before dialing (awaitAdmission); nil if none
-	queueWait time.Duration // how long waiter may wait
-	delay     time.Duration // how long to hold the conn before dialing
-	stats   *listenerStats // its listener's counters, by the name it was accepted under
-	id      uint64
-	client  *net.TCPConn
-	start   time.Time
+	hold      admit.Hold     // what admission gave it (nil: nothing); forget releases it
+	waiter    *admit.Waiter  // a limit's queue to wait in before dialing (awaitAdmission); nil if none
+	queueWait time.Duration  // how long waiter may wait
+	delay     time.Duration  // how long to hold the conn before dialing
+	stats     *listenerStats // its listener's counters, by the name it was accepted under
+	id        uint64
+	client    *net.TCPConn
+	start     time.Time
 
 	mu     sync.Mutex
 	up     net.Conn      // set once dialed; guarded by mu until the pumps start
