@@ -55,11 +55,11 @@ func TestAdmissionConfig(t *testing.T) {
 		t.Fatal(err)
 	}
 	wantLimits := []Limit{
-		{Name: "global", By: ByGlobal, Prefix: 24, Prefix6: 64, Conns: 5000, Queue: Queue{Timeout: DefaultQueueWait},
+		{Name: "global", By: ByGlobal, Prefix: 24, Prefix6: 64, Table: DefaultLimitTable, Conns: 5000, Queue: Queue{Timeout: DefaultQueueWait},
 			Rate: ConnRate{2000, time.Second}, Burst: 500, Delay: 500},
-		{Name: "per-ip", By: BySourceIP, Prefix: 24, Prefix6: 64, Conns: 10, Queue: Queue{Size: 20, Timeout: 2 * time.Second},
+		{Name: "per-ip", By: BySourceIP, Prefix: 24, Prefix6: 64, Table: DefaultLimitTable, Conns: 10, Queue: Queue{Size: 20, Timeout: 2 * time.Second},
 			Rate: ConnRate{100, time.Second}, Burst: 20, Delay: 8, Window: Window{Max: 1000, Per: time.Minute}, Borrow: "global"},
-		{Name: "per-net", By: ByCIDR, Prefix: 16, Prefix6: 64, Queue: Queue{Timeout: DefaultQueueWait}, Rate: ConnRate{30, time.Minute}},
+		{Name: "per-net", By: ByCIDR, Prefix: 16, Prefix6: 64, Table: DefaultLimitTable, Queue: Queue{Timeout: DefaultQueueWait}, Rate: ConnRate{30, time.Minute}},
 	}
 	if !reflect.DeepEqual(cfg.Limits, wantLimits) {
 		t.Errorf("Limits = %+v\nwant %+v", cfg.Limits, wantLimits)
@@ -135,6 +135,8 @@ func TestAdmissionErrors(t *testing.T) {
 		{"cluster", "limits: {a: {conns: 1, cluster: true}}\n" + lst(""), "limits.a.cluster: shared limits across instances are not supported"},
 		{"negative conns", "limits: {a: {conns: -1}}\n" + lst(""), "limits.a.conns: want a whole number from 0 to"},
 		{"bad limit name", "limits: {'A b': {conns: 1}}\n" + lst(""), "a limit name is lower case"},
+		{"table on global", "limits: {a: {by: global, conns: 1, table: 1000}}\n" + lst(""), "limits.a.table: a global limit tracks few keys"},
+		{"table too small", "limits: {a: {conns: 1, table: 10}}\n" + lst(""), "limits.a.table: want a whole number from 64 to"},
 		{"empty limit", "limits: {a: {by: global}}\n" + lst(""), "limits.a: want at least one of conns, rate and window"},
 		{"ban without tiers", "bans: {s: {by: source_ip}}\n" + lst(""), "bans.s.tiers: want a list of tiers like"},
 		{"tier missing ban", "bans: {s: {tiers: [{over: 5, per: 10s}]}}\n" + lst(""), "bans.s.tiers[0].ban: is required"},

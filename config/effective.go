@@ -118,6 +118,7 @@ func (c *Config) YAML() ([]byte, error) {
 		By      string  `yaml:"by"`
 		Prefix  int     `yaml:"prefix,omitempty"`
 		Prefix6 int     `yaml:"prefix6,omitempty"`
+		Table   int     `yaml:"table,omitempty"`
 		Conns   int     `yaml:"conns,omitempty"`
 		Queue   *queue  `yaml:"queue,omitempty"`
 		Rate    string  `yaml:"rate,omitempty"`
@@ -190,6 +191,9 @@ func (c *Config) YAML() ([]byte, error) {
 		ol := limit{By: l.By, Conns: l.Conns, Borrow: l.Borrow}
 		if l.By == ByCIDR {
 			ol.Prefix, ol.Prefix6 = l.Prefix, l.Prefix6
+		}
+		if l.By == BySourceIP || l.By == ByCIDR {
+			ol.Table = l.Table
 		}
 		if l.Queue.Size > 0 {
 			ol.Queue = &queue{Size: l.Queue.Size, Timeout: l.Queue.Timeout.String()}

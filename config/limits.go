@@ -21,6 +21,10 @@ type Limit struct {
 	// Prefix and Prefix6 are the prefix lengths of "cidr" for IPv4
 	// (default 24) and IPv6 (default 64).
 	Prefix, Prefix6 int
+	// Table is the most keys a "source_ip" or "cidr" limit tracks
+	// (default 1,048,576); a key finding no room counts under its /24
+	// (/64) network. Other keys ignore it.
+	Table int
 	// Conns is the most open connections per key; zero means no limit.
 	Conns int
 	// Queue lets a connection wait for a free slot instead of being
@@ -104,6 +108,8 @@ const (
 	DefaultQueueWait   = time.Second
 	DefaultPrefix      = 24
 	DefaultPrefix6     = 64
+	DefaultLimitTable  = 1 << 20
+	MaxLimitTable      = 100_000_000
 	maxWindowPer       = 366 * 24 * time.Hour
 	maxAdmissionPeriod = 366 * 24 * time.Hour
 )
@@ -130,13 +136,17 @@ func (d *decoder) limits(v any) []Limit {
 			d.failf(path, "a limit name is lower case letters, digits, '-' and '_', got %q", name)
 			continue
 		}
-		lm := d.object(path, m[name], "by", "prefix", "prefix6", "conns", "queue", "rate", "burst", "delay", "window", "borrow", "cluster")
+		lm := d.object(path, m[name], "by", "prefix", "prefix6", "table", "conns", "queue", "rate", "burst", "delay", "window", "borrow", "cluster")
 		if lm == nil && m[name] != nil {
 			continue
 		}
 		l := Limit{Name: name}
 		l.By = d.oneOf(path+".by", lm["by"], BySourceIP, BySourceIP, ByCIDR, ByListener, ByGlobal)
 		l.Prefix, l.Prefix6 = d.prefixes(path, lm, l.By == ByCIDR)
+		l.Table = d.integer(path+".table", lm["table"], DefaultLimitTable, 64, MaxLimitTable)
+		if lm["table"] != nil && (l.By == ByListener || l.By == ByGlobal) {
+			d.failf(path+".table", "a %s limit tracks few keys; table bounds source_ip and cidr limits, remove it", l.By)
+		}
 		l.Conns = d.integer(path+".conns", lm["conns"], 0, 0, MaxConnsLimit)
 		q := d.object(path+".queue", lm["queue"], "size", "timeout")
 		l.Queue.Size = d.integer(path+".queue.size", q["size"], 0, 0, MaxQueue)

@@ -83,7 +83,7 @@ type conn struct {
 	cfg *ListenerConfig // l's config when the conn was accepted
 	rt  *route          // l's route when the conn was accepted: its dialer, admission, counters
 
-	hold      admit.Hold     // what admission gave it (nil: nothing); forget releases it
+	hold      admit.Hold     // what admission gave it (zero: nothing); forget releases it
 	waiter    *admit.Waiter  // a limit's queue to wait in before dialing (awaitAdmission); nil if none
 	queueWait time.Duration  // how long waiter may wait
 	delay     time.Duration  // how long to hold the conn before dialing
@@ -285,9 +285,7 @@ func (c *conn) finish() {
 // not at all.
 func (s *Server) forget(c *conn, result string) {
 	c.leaveLinks()
-	if c.hold != nil {
-		c.hold.Release()
-	}
+	c.hold.Release() // the zero Hold holds nothing
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	c.stats.ended(c, result)

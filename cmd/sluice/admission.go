@@ -16,7 +16,7 @@ func admissionRules(cfg *config.Config) ([]admit.Limit, []admit.Ban) {
 			l.Queue.Timeout = 0 // no queue, no wait
 		}
 		limits = append(limits, admit.Limit{
-			Name: l.Name, By: by("limits."+l.Name+".by", l.By), Prefix: l.Prefix, Prefix6: l.Prefix6,
+			Name: l.Name, By: by("limits."+l.Name+".by", l.By), Prefix: l.Prefix, Prefix6: l.Prefix6, Table: l.Table,
 			Conns: l.Conns, QueueSize: l.Queue.Size, QueueTimeout: l.Queue.Timeout,
 			Rate: admit.Every{N: l.Rate.N, Per: l.Rate.Per}, Burst: l.Burst, Delay: l.Delay,
 			Window: admit.Every{N: l.Window.Max, Per: l.Window.Per},

@@ -54,23 +54,13 @@ type Decision struct {
 	// once Ready is closed, or gives up with Cancel.
 	Waiter *Waiter
 	// Hold is what an admitted connection holds while it lives (a slot of
-	// a connection limit); nil when nothing.
+	// a connection limit); the zero value when nothing.
 	Hold Hold
 }
 
 // Release gives back what the connection held, if anything. Call it once,
 // when the connection ends, whichever way it ends.
-func (d Decision) Release() {
-	if d.Hold != nil {
-		d.Hold.Release()
-	}
-}
-
-// Hold is something an admitted connection holds until it ends.
-type Hold interface {
-	// Release gives it back. It is called once.
-	Release()
-}
+func (d Decision) Release() { d.Hold.Release() }
 
 // Admitter decides on new connections. Implementations are safe for
 // concurrent use: every accept loop asks.

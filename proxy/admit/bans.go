@@ -63,6 +63,9 @@ func (b *banState) shard(p netip.Prefix) *banShard {
 // whose time is over. Its own key and, when the table aggregated it, its
 // network's key count.
 func (b *banState) banned(addr netip.Addr, t int64) bool {
+	if b.keys.Load() == 0 {
+		return false // nothing tracked, nothing banned
+	}
 	for _, p := range b.candidates(addr) {
 		sh := b.shard(p)
 		sh.mu.Lock()

@@ -10,17 +10,29 @@
 // # Model
 //
 // A [Set] holds the state of named [Limit]s and [Ban] policies; a
-// [Policy] is what one listener applies of them. A limit counts per key
-// (a client address, its network, the listener, or one key for all),
-// in 64 shards, each with its own lock, so that decisions for different
-// keys do not wait on each other. A decision locks the shards of its keys
-// in a fixed order, checks every limit, and commits to all of them or to
-// none: a connection refused by one limit takes nothing from the others.
+// [Policy] is what one listener applies of them. A limit keyed by client
+// address, network or listener counts per key in 64 shards, each with its
+// own lock; a key and its /24 (/64) network hash to the same shard. A key
+// is 24 bytes of state plus its map entry, about 45 bytes in all. A
+// ByGlobal limit's one key is atomics (its count and its rate), so no
+// lock is shared by every listener; only its queue and window, when it
+// has them, take a lock of their own.
 //
-// Rates follow nginx's limit_req exactly, in nanoseconds: a key's excess
+// A decision locks the shards of its keys in a fixed order, checks the
+// keyed limits, then takes from the ByGlobal ones, and commits to all or
+// gives back to all: a connection refused by one limit keeps nothing from
+// the others. A shard that holds Table/64 keys tracks a new key under its
+// /24 (/64) network, and refuses the connection ("table_full") when its
+// networks are as many, so memory stays bounded under a flood of random
+// addresses.
+//
+// Rates follow nginx's limit_req, on a nanosecond clock: a key's excess
 // is how many connections it is above the rate, decaying at the rate; a
 // connection adds one; above Burst it is refused (and changes nothing),
-// above Delay it is admitted after (excess − Delay) / rate. A limit that
+// above Delay it is admitted after (excess − Delay) / rate. A connection
+// is worth Per/N nanoseconds, rounded to the nearest: exact for rates
+// that divide a second or a minute into whole nanoseconds (5/s, 100/s,
+// 3/m), off by under a nanosecond a connection otherwise. A limit that
 // would refuse on its rate alone goes on, with Borrow, while the limit it
 // names admits the same connection at once (no delay, no queue).
 //

@@ -103,17 +103,7 @@ func (s *Set) Stats() ([]LimitStats, []BanStats) {
 	s.mu.Unlock()
 	ls := make([]LimitStats, 0, len(limits))
 	for _, st := range limits {
-		x := LimitStats{Name: st.cfg.Load().Name, Admitted: st.admitted.Load(), Delayed: st.delayed.Load(),
-			Queued: st.queued.Load(), Refused: st.refused.Load()}
-		for i := range st.shards {
-			sh := &st.shards[i]
-			sh.mu.Lock()
-			x.Keys += len(sh.m)
-			for _, k := range sh.m {
-				x.Waiting += len(k.queue)
-			}
-			sh.mu.Unlock()
-		}
+		x := st.stats()
 		ls = append(ls, x)
 	}
 	bs := make([]BanStats, 0, len(bans))
@@ -281,24 +271,15 @@ func (s *Set) Key(addr netip.Addr, listener string, now time.Time) []KeyState {
 	addr = addr.Unmap()
 	t := now.UnixNano()
 	var out []KeyState
+	s.mu.Lock()
+	lid, named := s.listeners[listener]
+	s.mu.Unlock()
 	for _, ls := range limits {
-		cfg := ls.cfg.Load()
-		k := ls.key(cfg, addr, listener)
-		ks := KeyState{Limit: cfg.Name, Key: keyString(cfg.By, k)}
-		sh := &ls.shards[ls.shard(k, cfg)]
-		sh.mu.Lock()
-		if st := sh.m[k]; st != nil {
-			ks.Conns, ks.Queued = int(st.conns), len(st.queue)
-			if !cfg.Rate.IsZero() {
-				e := decayed(st.excess, st.last, t, cfg.Rate.N)
-				ks.Excess = float64(e) / float64(cfg.Rate.Per)
-			}
-			if !cfg.Window.IsZero() && t-st.wstart < int64(cfg.Window.Per) {
-				ks.WindowCount = st.wcount
-			}
+		if ls.by == ByListener && !named {
+			out = append(out, KeyState{Limit: ls.cfg.Load().Name, Key: listener})
+			continue
 		}
-		sh.mu.Unlock()
-		out = append(out, ks)
+		out = append(out, ls.state(ls.ref(addr, lid), addr, listener, t))
 	}
 	for _, b := range bans {
 		cfg := b.cfg.Load()
@@ -322,16 +303,6 @@ func (s *Set) Key(addr netip.Addr, listener string, now time.Time) []KeyState {
 	return out
 }
 
-func keyString(by By, k lkey) string {
-	switch by {
-	case ByGlobal:
-		return "global"
-	case ByListener:
-		return k.name
-	}
-	return k.addr.String()
-}
-
 // SweepStats say what a Sweep did.
 type SweepStats struct {
 	// Forgotten counts the keys dropped, of limits and bans.
@@ -352,35 +323,11 @@ func (s *Set) Sweep(now time.Time) SweepStats {
 	for _, ls := range limits {
 		cfg := ls.cfg.Load()
 		for i := range ls.shards {
-			sh := &ls.shards[i]
-			sh.mu.Lock()
-			for k, x := range sh.m {
-				if x.conns > 0 || len(x.queue) > 0 {
-					continue
-				}
-				if !cfg.Rate.IsZero() && decayed(x.excess, x.last, t, cfg.Rate.N) > 0 {
-					continue
-				}
-				if !cfg.Window.IsZero() && x.wcount > 0 && t-x.wstart < int64(cfg.Window.Per) {
-					continue
-				}
-				delete(sh.m, k)
-				st.Forgotten++
-			}
-			sh.mu.Unlock()
+			st.Forgotten += ls.shards[i].sweep(cfg, t)
 		}
 	}
 	for _, b := range bans {
 		st.Forgotten += b.sweep(t)
 	}
 	return st
-}
-
-// decayed is a rate's excess (ns × n) at t, n connections a period.
-func decayed(excess, last, t, n int64) int64 {
-	el := max(t-last, 0)
-	if el > excess/n+1 {
-		return 0
-	}
-	return max(excess-el*n, 0)
 }

@@ -79,7 +79,8 @@ type Limit struct {
 	// Table bounds the keys a BySourceIP or ByCIDR limit tracks; 0 means
 	// 1,048,576. It is split evenly over the limit's 64 shards, so it is at
 	// least 64. A new key finding its shard full goes to its /24 (/64)
-	// network's key instead (see the package doc).
+	// network's key instead, and when the shard's networks are as many,
+	// the connection is refused with "table_full" (see the package doc).
 	Table int
 
 	// Conns is how many connections a key may hold open at once (nginx
@@ -278,6 +279,9 @@ func (l *Limit) validate(names map[string]bool) error {
 	}
 	if err := l.Rate.validate(); err != nil {
 		return bad("rate", err.Error(), l.Rate)
+	}
+	if !l.Rate.IsZero() && int64(l.Rate.Per)/l.Rate.N < 1 {
+		return bad("rate", "at most one connection a nanosecond", l.Rate)
 	}
 	if l.Burst < 0 {
 		return bad("burst", "at least 0", l.Burst)

@@ -9,7 +9,6 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
-	"sync/atomic"
 	"time"
 )
 
@@ -32,17 +31,20 @@ type Set struct {
 	log  *slog.Logger
 	seed maphash.Seed
 
-	mu     sync.Mutex // guards the maps and ids; each state locks its own shards
-	limits map[string]*limitState
-	bans   map[string]*banState
-	nextID int
+	mix uint64 // seed of limits' shard choice
+
+	mu        sync.Mutex // guards the maps and ids; each state locks its own shards
+	limits    map[string]*limitState
+	bans      map[string]*banState
+	nextID    int
+	listeners map[string]uint64 // ids of the listeners named by policies, for ByListener keys
 }
 
 // NewSet returns a Set holding r's limits and bans. It returns an error
 // naming the limit or ban and the field if r is invalid.
 func NewSet(r Rules, opts Options) (*Set, error) {
-	s := &Set{opts: opts, log: opts.Logger, seed: maphash.MakeSeed(),
-		limits: map[string]*limitState{}, bans: map[string]*banState{}}
+	s := &Set{opts: opts, log: opts.Logger, seed: maphash.MakeSeed(), mix: rand.Uint64(),
+		limits: map[string]*limitState{}, bans: map[string]*banState{}, listeners: map[string]uint64{}}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
@@ -57,7 +59,8 @@ func NewSet(r Rules, opts Options) (*Set, error) {
 
 // Update replaces the rules. A limit or ban policy that keeps its name
 // keeps its state (counts, queues, excess, bans) and applies its new
-// numbers from now on; lowering a connection limit closes nothing, it
+// numbers from now on, unless it changes its key (By or the prefixes):
+// it then starts afresh. Lowering a connection limit closes nothing, it
 // admits no one until the count falls below it. An invalid r changes
 // nothing and returns the error. Policies made before keep working, with
 // the new numbers of the limits they name; a removed limit stops
@@ -71,12 +74,12 @@ func (s *Set) Update(r Rules) error {
 	limits := make(map[string]*limitState, len(r.Limits))
 	for _, l := range r.Limits {
 		st := s.limits[l.Name]
-		if st == nil {
+		if st != nil && st.sameKey(l) {
+			st.cfg.Store(newLimitCfg(l))
+		} else {
 			s.nextID++
-			st = newLimitState(s.nextID, s.seed)
+			st = newLimitState(s.nextID, s.mix, l)
 		}
-		l := l
-		st.cfg.Store(&l)
 		limits[l.Name] = st
 	}
 	bans := make(map[string]*banState, len(r.Bans))
@@ -115,10 +118,12 @@ type PolicyConfig struct {
 type Policy struct {
 	set      *Set
 	listener string
+	lid      uint64 // the listener's id, its key in ByListener limits
 	allow    PrefixSet
 	deny     PrefixSet
 	limits   []*limitState // in the config's order
-	order    []int         // indexes of limits in lock order (by id)
+	keyed    []int         // indexes of the limits keyed by address or listener, in lock order (by id)
+	global   []int         // indexes of the ByGlobal limits, those lent from first
 	ban      *banState
 	borrow   []int // per limit, the index of the limit it borrows from, or -1
 }
@@ -128,11 +133,15 @@ var _ Admitter = (*Policy)(nil)
 
 // Policy returns the policy pc describes. It returns an error for a name
 // that is not in the Set, or a limit listed twice, or a limit borrowing
-// from one the policy does not apply.
+// from one the policy does not apply, or more than eight limits.
 func (s *Set) Policy(pc PolicyConfig) (*Policy, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	p := &Policy{set: s, listener: pc.Listener, allow: NewPrefixSet(pc.Allow), deny: NewPrefixSet(pc.Deny)}
+	if len(pc.Limits) > maxChecks {
+		return nil, fmt.Errorf("%d limits: want at most %d", len(pc.Limits), maxChecks)
+	}
+	p := &Policy{set: s, listener: pc.Listener, lid: s.listenerID(pc.Listener),
+		allow: NewPrefixSet(pc.Allow), deny: NewPrefixSet(pc.Deny)}
 	for _, name := range pc.Limits {
 		st := s.limits[name]
 		if st == nil {
@@ -152,9 +161,23 @@ func (s *Set) Policy(pc PolicyConfig) (*Policy, error) {
 			}
 		}
 		p.borrow = append(p.borrow, j)
-		p.order = append(p.order, i)
+		if st.by == ByGlobal {
+			p.global = append(p.global, i)
+		} else {
+			p.keyed = append(p.keyed, i)
+		}
 	}
-	slices.SortFunc(p.order, func(a, b int) int { return p.limits[a].id - p.limits[b].id })
+	slices.SortFunc(p.keyed, func(a, b int) int { return p.limits[a].id - p.limits[b].id })
+	lends := func(i int) bool { return slices.Contains(p.borrow, i) }
+	slices.SortStableFunc(p.global, func(a, b int) int {
+		switch {
+		case lends(a) && !lends(b):
+			return -1
+		case lends(b) && !lends(a):
+			return 1
+		}
+		return 0
+	})
 	if pc.Ban != "" {
 		if p.ban = s.bans[pc.Ban]; p.ban == nil {
 			return nil, fmt.Errorf("no ban policy %q", pc.Ban)
@@ -163,28 +186,61 @@ func (s *Set) Policy(pc PolicyConfig) (*Policy, error) {
 	return p, nil
 }
 
+// listenerID returns the id of the named listener. Requires s.mu.
+func (s *Set) listenerID(name string) uint64 {
+	id, ok := s.listeners[name]
+	if !ok {
+		id = uint64(len(s.listeners) + 1)
+		s.listeners[name] = id
+	}
+	return id
+}
+
+// reason is why a limit refuses, as a small number while deciding.
+type reason uint8
+
+const (
+	admits reason = iota
+	rConns
+	rQueueFull
+	rRate
+	rWindow
+	rTableFull
+)
+
+var reasons = [...]string{"", "conns", "queue_full", "rate", "window", "table_full"}
+
 // check is one limit's part in a decision.
 type check struct {
 	ls      *limitState
-	sh      *limitShard
-	key     lkey
-	st      *lstate
-	excess  int64 // the rate excess after this connection, ns × N
-	delay   time.Duration
-	refuse  string
-	full    bool // conns full, with room in the queue
-	borrows bool // admitted on its borrow target's room, not its own rate
+	cfg     *limitCfg
+	r       ref   // keyed limits: the key
+	idx     int32 // keyed limits: its cell
+	refuse  reason
+	full    bool  // conns full, with room in the queue
+	borrows bool  // admitted on its borrow target's room, not its own rate
+	tat     int64 // keyed limits: the rate's new tat
+	delay   int64
+	// What a ByGlobal limit took, to give back if another limit refuses.
+	slot, rate, window bool
 }
 
-// maxChecks bounds the limits a policy decides with no allocation.
-const maxChecks = 8
+// atOnce reports whether ch admits without delay or queue.
+func (ch *check) atOnce() bool { return ch.refuse == admits && ch.delay == 0 && !ch.full }
+
+const (
+	maxChecks   = 8 // bounds the limits a policy applies
+	stackChecks = 4 // policies of up to this many limits decide with no allocation
+)
 
 // Admit decides on c at now. Allowed clients are admitted at once,
 // denied ones refused; a banned key is refused (that refusal counts for
-// no tier); then every limit must admit: the first that refuses, in the
-// policy's order, names the refusal, and the others take nothing. An
-// admitted connection may be delayed (the longest delay of its limits) or
-// queued (when one connection limit is full and has room in its queue).
+// no tier); then every limit must admit. Limits keyed by address or
+// listener are checked first, then ByGlobal ones; the first that refuses,
+// in the policy's order, names the refusal, and the others keep nothing.
+// An admitted connection may be delayed (the longest delay of its limits)
+// or queued (when one connection limit is full and has room in its
+// queue).
 func (p *Policy) Admit(c Conn, now time.Time) Decision {
 	addr := c.Client.Addr().Unmap()
 	if p.allow.Contains(addr) {
@@ -197,258 +253,349 @@ func (p *Policy) Admit(c Conn, now time.Time) Decision {
 	if p.ban != nil && addr.IsValid() && p.ban.banned(addr, t) {
 		return Decision{Verdict: Refuse, Reason: "ban"}
 	}
-	var buf [maxChecks]check
-	checks := buf[:0]
-	for _, ls := range p.limits {
-		cfg := ls.cfg.Load()
-		k := ls.key(cfg, addr, p.listener)
-		checks = append(checks, check{ls: ls, key: k, sh: &ls.shards[ls.shard(k, cfg)]})
-	}
-	for _, i := range p.order { // lock order: by limit id
-		checks[i].sh.mu.Lock()
-	}
-	d := p.decide(checks, t)
-	for _, i := range p.order {
-		checks[i].sh.mu.Unlock()
+	var d Decision
+	if len(p.limits) > 0 {
+		d = p.decide(addr, t)
 	}
 	if p.ban != nil && addr.IsValid() {
-		cfg := p.ban.cfg.Load()
-		if cfg.Count == CountConnections || d.Verdict == Refuse {
+		if cfg := p.ban.cfg.Load(); cfg.Count == CountConnections || d.Verdict == Refuse {
 			p.ban.record(addr, t)
 		}
 	}
 	return d
 }
 
-// decide evaluates and commits the checks; every shard is locked.
-func (p *Policy) decide(checks []check, t int64) Decision {
-	queued := -1
-	for i := range checks {
-		ch := &checks[i]
-		cfg := ch.ls.cfg.Load()
-		ch.st = ch.sh.get(ch.key)
-		st := ch.st
-		if cfg.Conns > 0 && int(st.conns) >= cfg.Conns {
-			switch {
-			case cfg.QueueSize == 0:
-				ch.refuse = "conns"
-			case len(st.queue) >= cfg.QueueSize:
-				ch.refuse = "queue_full"
-			default:
-				ch.full = true
-			}
-		}
-		if !cfg.Rate.IsZero() {
-			per, n := int64(cfg.Rate.Per), cfg.Rate.N
-			e := int64(0)
-			if st.last != 0 || st.excess != 0 {
-				el := max(t-st.last, 0)
-				if el > (st.excess+per)/n+1 {
-					e = 0
-				} else {
-					e = max(st.excess-el*n+per, 0)
-				}
-			}
-			switch {
-			case e > int64(cfg.Burst)*per:
-				if ch.refuse == "" {
-					ch.refuse = "rate"
-				}
-			case e > int64(cfg.Delay)*per:
-				ch.delay = time.Duration((e - int64(cfg.Delay)*per) / n)
-			}
-			ch.excess = e
-		}
-		if !cfg.Window.IsZero() && ch.refuse == "" {
-			if t-st.wstart < int64(cfg.Window.Per) && st.wcount >= cfg.Window.N {
-				ch.refuse = "window"
-			}
-		}
+// decide checks every limit and commits to all or none.
+func (p *Policy) decide(addr netip.Addr, t int64) Decision {
+	var buf [stackChecks]check
+	cs := buf[:0]
+	if len(p.limits) > stackChecks {
+		cs = make([]check, 0, len(p.limits))
 	}
-	// Borrowing: a limit refused on its rate alone goes on while the limit
-	// it borrows from admits at once.
-	for i := range checks {
-		ch := &checks[i]
-		if ch.refuse != "rate" || p.borrow[i] < 0 {
-			continue
-		}
-		if b := &checks[p.borrow[i]]; b.refuse == "" && b.delay == 0 && !b.full {
-			ch.refuse, ch.delay, ch.borrows = "", 0, true
-		}
+	cs = cs[:len(p.limits)]
+	for i, ls := range p.limits {
+		cs[i].ls, cs[i].cfg = ls, ls.cfg.Load()
 	}
-	for i := range checks {
-		ch := &checks[i]
-		if ch.refuse == "" && ch.full {
-			if queued >= 0 {
-				ch.refuse = "conns" // one queue at a time
-			} else {
-				queued = i
-			}
-		}
-		if ch.refuse != "" {
-			ch.ls.refused.Add(1)
-			return Decision{Verdict: Refuse, Reason: ch.refuse, Limit: ch.ls.cfg.Load().Name}
-		}
+	for _, i := range p.keyed { // in lock order
+		ch := &cs[i]
+		ch.r = ch.ls.ref(addr, p.lid)
+		ch.r.sh.mu.Lock()
 	}
-	h := &hold{}
-	h.taken = h.buf[:0]
 	var d Decision
-	for i := range checks {
-		ch := &checks[i]
-		cfg := ch.ls.cfg.Load()
-		take := taken{ls: ch.ls, sh: ch.sh, key: ch.key}
-		if cfg.Conns > 0 && i != queued {
-			ch.st.conns++
-			take.slot = true
-		}
-		if !cfg.Rate.IsZero() && !ch.borrows {
-			ch.st.excess, ch.st.last = ch.excess, t
-			take.rate = true
-		}
-		if !cfg.Window.IsZero() {
-			if t-ch.st.wstart >= int64(cfg.Window.Per) || ch.st.wcount == 0 {
-				ch.st.wstart, ch.st.wcount = t, 0
-			}
-			ch.st.wcount++
-			take.window = true
-		}
-		h.taken = append(h.taken, take)
-		if ch.delay > d.Delay {
-			d.Delay, d.Limit = ch.delay, cfg.Name
-		}
-	}
-	for i := range checks {
-		switch {
-		case i == queued:
-			checks[i].ls.queued.Add(1)
-		case checks[i].delay > 0:
-			checks[i].ls.delayed.Add(1)
-		default:
-			checks[i].ls.admitted.Add(1)
-		}
-	}
-	if len(h.taken) > 0 {
-		d.Hold = h
-	}
+	queued := p.decideLocked(cs, t, &d)
 	if queued >= 0 {
-		ch := &checks[queued]
-		w := &Waiter{ready: make(chan struct{}), hold: h, ls: ch.ls, sh: ch.sh, key: ch.key}
-		ch.st.queue = append(ch.st.queue, w)
-		d = Decision{Verdict: Queue, Limit: ch.ls.cfg.Load().Name, Delay: d.Delay, Waiter: w}
+		p.enqueue(cs, queued, &d)
+	}
+	if d.Verdict != Refuse {
+		for i := range cs {
+			switch ch := &cs[i]; {
+			case i == queued:
+				ch.count(outQueued)
+			case ch.delay > 0:
+				ch.count(outDelayed)
+			default:
+				ch.count(outAdmitted)
+			}
+		}
+	}
+	for _, i := range p.keyed {
+		cs[i].r.sh.mu.Unlock()
 	}
 	return d
+}
+
+// decideLocked decides with every keyed limit's shard locked, into d,
+// and takes what the connection holds. It returns the index of the limit
+// the connection is to be queued on, or -1.
+func (p *Policy) decideLocked(cs []check, t int64, d *Decision) int {
+	queued := -1
+	for _, i := range p.keyed {
+		ch := &cs[i]
+		var ok bool
+		if ch.idx, ok = ch.ls.cell(&ch.r, ch.cfg.shardCap); !ok {
+			ch.refuse = rTableFull
+			continue
+		}
+		ch.checkKeyed(t)
+	}
+	// A keyed limit refusing, but on its rate while it may borrow, refuses
+	// the connection before any ByGlobal limit takes anything.
+	for _, i := range p.keyed {
+		if ch := &cs[i]; ch.refuse != admits && (ch.refuse != rRate || p.borrow[i] < 0) {
+			*d = p.refuse(ch, ch.refuse)
+			return -1
+		}
+	}
+	for _, i := range p.keyed {
+		if cs[i].full {
+			if queued >= 0 {
+				*d = p.refuse(&cs[i], rConns)
+				return -1 // one queue at a time
+			}
+			queued = i
+		}
+	}
+	for n, i := range p.global { // borrow targets first
+		ch := &cs[i]
+		ch.takeGlobal(t, queued >= 0, p.borrow[i] >= 0 && cs[p.borrow[i]].atOnce())
+		if ch.refuse != admits {
+			p.giveBack(cs, p.global[:n+1])
+			*d = p.refuse(ch, ch.refuse)
+			return -1
+		}
+		if ch.full {
+			queued = i
+		}
+	}
+	for _, i := range p.keyed {
+		ch := &cs[i]
+		if ch.refuse != rRate {
+			continue
+		}
+		if !cs[p.borrow[i]].atOnce() {
+			p.giveBack(cs, p.global)
+			*d = p.refuse(ch, ch.refuse)
+			return -1
+		}
+		ch.refuse, ch.borrows, ch.delay = admits, true, 0
+	}
+	// What a connection holds: its slots, and, when it waits in a queue,
+	// everything it took, for a refund if it gives up.
+	var h *hold
+	for i := range cs {
+		ch := &cs[i]
+		tk := taken{ls: ch.ls, sh: ch.r.sh, idx: ch.idx, slot: ch.slot, rate: ch.rate, window: ch.window}
+		if ch.r.sh != nil {
+			ch.commitKeyed(&tk, t, i == queued)
+		}
+		if ch.delay > int64(d.Delay) {
+			d.Delay, d.Limit = time.Duration(ch.delay), ch.cfg.Name
+		}
+		if !tk.slot && queued < 0 {
+			continue
+		}
+		if h == nil {
+			h = newHold()
+		}
+		if i == queued {
+			h.qi = int8(h.n)
+		}
+		h.add(tk)
+	}
+	if h != nil {
+		d.Hold = h.handle()
+	}
+	return queued
+}
+
+// refuse counts a refusal by ch for r and returns its decision.
+func (p *Policy) refuse(ch *check, r reason) Decision {
+	ch.count(outRefused)
+	return Decision{Verdict: Refuse, Reason: reasons[r], Limit: ch.cfg.Name}
+}
+
+// checkKeyed checks ch's key's cell at t. Requires its shard's mu.
+func (ch *check) checkKeyed(t int64) {
+	cfg, sh := ch.cfg, ch.r.sh
+	c := &sh.cells[ch.idx]
+	if cfg.Conns > 0 && int(c.conns) >= cfg.Conns {
+		switch {
+		case cfg.QueueSize == 0:
+			ch.refuse = rConns
+		case len(sh.queues[ch.idx]) >= cfg.QueueSize:
+			ch.refuse = rQueueFull
+		default:
+			ch.full = true
+		}
+	}
+	if cfg.iv > 0 {
+		e := max(c.tat-t+cfg.iv, 0)
+		switch {
+		case e > cfg.burstIV:
+			if ch.refuse == admits {
+				ch.refuse = rRate
+			}
+		case e > cfg.delayIV:
+			ch.delay = e - cfg.delayIV
+		}
+		ch.tat = t + e
+	}
+	if !cfg.Window.IsZero() && ch.refuse == admits {
+		if _, _, ok := window(c.wstart, c.wcount, cfg.Window.N, cfg.Window.Per, t); !ok {
+			ch.refuse = rWindow
+		}
+	}
+}
+
+// commitKeyed takes ch's part from its cell, and notes it in tk. Requires
+// its shard's mu.
+func (ch *check) commitKeyed(tk *taken, t int64, queued bool) {
+	cfg := ch.cfg
+	c := &ch.r.sh.cells[ch.idx]
+	if cfg.Conns > 0 && !queued {
+		c.conns++
+		tk.slot = true
+	}
+	if cfg.iv > 0 && !ch.borrows {
+		c.tat = ch.tat
+		tk.rate = true
+	}
+	if !cfg.Window.IsZero() {
+		c.wstart, c.wcount, _ = window(c.wstart, c.wcount, cfg.Window.N, cfg.Window.Per, t)
+		tk.window = true
+	}
+}
+
+// takeGlobal checks a ByGlobal limit and takes its part at once: a slot,
+// the rate's excess, the window's count. A full limit with room in its
+// queue takes a place there unless queued says another limit queues the
+// connection already; lent says the limit it borrows from admits at once.
+func (ch *check) takeGlobal(t int64, queued, lent bool) {
+	cfg, g := ch.cfg, &ch.ls.g
+	if !cfg.Window.IsZero() {
+		g.mu.Lock()
+		start, count, ok := window(g.wstart, g.wcount, cfg.Window.N, cfg.Window.Per, t)
+		if ok {
+			g.wstart, g.wcount, ch.window = start, count, true
+		}
+		g.mu.Unlock()
+		if !ok {
+			ch.refuse = rWindow
+			return
+		}
+	}
+	if cfg.iv > 0 {
+		for {
+			tat := g.tat.Load()
+			e := max(tat-t+cfg.iv, 0)
+			if e > cfg.burstIV {
+				if !lent {
+					ch.refuse = rRate
+					return
+				}
+				ch.borrows = true
+				break
+			}
+			if g.tat.CompareAndSwap(tat, t+e) {
+				ch.rate, ch.delay = true, max(e-cfg.delayIV, 0)
+				break
+			}
+		}
+	}
+	if cfg.Conns > 0 {
+		switch {
+		case g.waiting.Load() == 0 && g.tryTake(cfg.Conns):
+			ch.slot = true
+		case cfg.QueueSize == 0 || queued:
+			ch.refuse = rConns
+		default:
+			ch.full = g.reserve(cfg.QueueSize)
+			if !ch.full {
+				ch.refuse = rQueueFull
+			}
+		}
+	}
+}
+
+// reserve takes a place in the queue if fewer than size are taken.
+func (g *global) reserve(size int) bool {
+	for {
+		n := g.waiting.Load()
+		if int(n) >= size {
+			return false
+		}
+		if g.waiting.CompareAndSwap(n, n+1) {
+			return true
+		}
+	}
+}
+
+// giveBack gives back what the ByGlobal limits of idx took.
+func (p *Policy) giveBack(cs []check, idx []int) {
+	for _, i := range idx {
+		ch := &cs[i]
+		g := &ch.ls.g
+		if ch.slot {
+			g.give(ch.cfg)
+		}
+		if ch.full {
+			g.waiting.Add(-1)
+		}
+		if ch.rate {
+			g.tat.Add(-ch.cfg.iv)
+		}
+		if ch.window {
+			g.mu.Lock()
+			g.wcount -= min(g.wcount, 1)
+			g.mu.Unlock()
+		}
+		ch.slot, ch.full, ch.rate, ch.window = false, false, false, false
+	}
+}
+
+// enqueue puts the connection in the queue of limit q, or, for a ByGlobal
+// limit that has a slot free by now, gives it that slot at once.
+func (p *Policy) enqueue(cs []check, q int, d *Decision) {
+	ch := &cs[q]
+	h := d.Hold.h
+	w := &Waiter{ready: make(chan struct{}), hold: d.Hold, tk: h.taken[h.qi]}
+	for i := range cs {
+		w.refs[i] = cs[i].r // all limits are in h, in order, when queued
+	}
+	*d = Decision{Verdict: Queue, Limit: ch.cfg.Name, Delay: d.Delay, Waiter: w}
+	if ch.r.sh != nil {
+		if ch.r.sh.queues == nil {
+			ch.r.sh.queues = map[int32][]*Waiter{}
+		}
+		ch.r.sh.queues[ch.idx] = append(ch.r.sh.queues[ch.idx], w)
+		return
+	}
+	g := &ch.ls.g
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.tryTake(ch.cfg.Conns) { // freed since: no wait
+		g.waiting.Add(-1)
+		w.grant()
+		return
+	}
+	g.queue = append(g.queue, w)
 }
 
 // Full returns nil while every ByGlobal connection limit of the policy
 // without a queue has room, else a channel closed when one of its slots
 // is given back: a caller then stops accepting until it is.
 func (p *Policy) Full(now time.Time) <-chan struct{} {
-	for _, ls := range p.limits {
+	for _, i := range p.global {
+		ls := p.limits[i]
 		cfg := ls.cfg.Load()
-		if cfg.By != ByGlobal || cfg.Conns == 0 || cfg.QueueSize > 0 {
+		if cfg.Conns == 0 || cfg.QueueSize > 0 {
 			continue
 		}
-		sh := &ls.shards[0]
-		sh.mu.Lock()
-		st := sh.m[lkey{}]
-		full := st != nil && int(st.conns) >= cfg.Conns
-		var ch chan struct{}
-		if full {
-			if sh.freed == nil {
-				sh.freed = make(chan struct{})
-			}
-			ch = sh.freed
+		g := &ls.g
+		if int(g.conns.Load()) < cfg.Conns {
+			continue
 		}
-		sh.mu.Unlock()
-		if full {
-			return ch
+		g.mu.Lock()
+		g.watched.Store(true)
+		if int(g.conns.Load()) < cfg.Conns { // given back meanwhile
+			g.mu.Unlock()
+			continue
 		}
+		if g.freed == nil {
+			g.freed = make(chan struct{})
+		}
+		ch := g.freed
+		g.mu.Unlock()
+		return ch
 	}
 	return nil
 }
 
-// lkey is a limit's key: a client's address or network, a listener's
-// name, or the zero value for ByGlobal.
-type lkey struct {
-	addr netip.Addr
-	name string
-}
-
-// lstate is one key's state in a limit. Guarded by its shard's mu.
-type lstate struct {
-	conns  int32
-	queue  []*Waiter
-	excess int64 // rate: connections above the rate, × Per, in ns × N
-	last   int64 // rate: unix ns of the last admitted connection
-	wstart int64 // window: unix ns it opened
-	wcount int64 // window: connections in it
-}
-
-type limitShard struct {
-	mu    sync.Mutex
-	m     map[lkey]*lstate
-	freed chan struct{} // closed at the next slot given back; made by Full
-}
-
-// get returns k's state, made on first use.
-func (sh *limitShard) get(k lkey) *lstate {
-	st := sh.m[k]
-	if st == nil {
-		st = &lstate{}
-		sh.m[k] = st
-	}
-	return st
-}
-
-type limitState struct {
-	id     int // lock order
-	seed   maphash.Seed
-	cfg    atomic.Pointer[Limit]
-	shards [nShards]limitShard
-
-	admitted, delayed, queued, refused atomic.Uint64
-}
-
-func newLimitState(id int, seed maphash.Seed) *limitState {
-	ls := &limitState{id: id, seed: seed}
-	for i := range ls.shards {
-		ls.shards[i].m = map[lkey]*lstate{}
-	}
-	return ls
-}
-
-// key is the key of a connection from addr on listener.
-func (ls *limitState) key(cfg *Limit, addr netip.Addr, listener string) lkey {
-	switch cfg.By {
-	case ByGlobal:
-		return lkey{}
-	case ByListener:
-		return lkey{name: listener}
-	case ByCIDR:
-		return lkey{addr: masked(addr, cfg.Prefix, cfg.Prefix6)}
-	}
-	return lkey{addr: addr}
-}
-
-// shard is the shard of k: one for ByGlobal.
-func (ls *limitState) shard(k lkey, cfg *Limit) int {
-	if cfg.By == ByGlobal {
-		return 0
-	}
-	return int(maphash.Comparable(ls.seed, k) % nShards)
-}
-
 // masked returns addr's network of bits (IPv4) or bits6 (IPv6), as its
-// first address; 0 means 24 and 64.
+// first address.
 func masked(addr netip.Addr, bits, bits6 int) netip.Addr {
 	if !addr.IsValid() {
 		return addr
-	}
-	if bits == 0 {
-		bits = defaultPrefix
-	}
-	if bits6 == 0 {
-		bits6 = defaultPrefix6
 	}
 	if addr.Is6() {
 		bits = bits6
@@ -458,116 +605,6 @@ func masked(addr netip.Addr, bits, bits6 int) netip.Addr {
 		return addr
 	}
 	return p.Addr()
-}
-
-// taken is what an admission took from one limit.
-type taken struct {
-	ls                 *limitState
-	sh                 *limitShard // the key's shard when taken
-	key                lkey
-	slot, rate, window bool
-}
-
-// hold is what an admitted connection holds: its connection slots.
-type hold struct {
-	once  sync.Once
-	taken []taken // in buf, with room for a queued slot
-	buf   [maxChecks + 1]taken
-}
-
-// Release gives back the connection slots, once; a waiter queued on a
-// slot gets it.
-func (h *hold) Release() {
-	h.once.Do(func() {
-		for _, tk := range h.taken {
-			if tk.slot {
-				tk.ls.release(tk.sh, tk.key)
-			}
-		}
-	})
-}
-
-// refund gives back everything the admission took: slots, the rate's
-// excess and the window's count (a queued connection that gave up).
-func (h *hold) refund() {
-	h.once.Do(func() {
-		for _, tk := range h.taken {
-			cfg := tk.ls.cfg.Load()
-			sh := tk.sh
-			if tk.slot {
-				tk.ls.release(sh, tk.key)
-			}
-			sh.mu.Lock()
-			if st := sh.m[tk.key]; st != nil {
-				if tk.rate && !cfg.Rate.IsZero() {
-					st.excess = max(st.excess-int64(cfg.Rate.Per), 0)
-				}
-				if tk.window && st.wcount > 0 {
-					st.wcount--
-				}
-			}
-			sh.mu.Unlock()
-		}
-	})
-}
-
-// release gives back one slot of key, or hands it to the first waiter.
-func (ls *limitState) release(sh *limitShard, k lkey) {
-	cfg := ls.cfg.Load()
-	sh.mu.Lock()
-	defer sh.mu.Unlock()
-	st := sh.m[k]
-	if st == nil {
-		return
-	}
-	if len(st.queue) > 0 && (cfg.Conns == 0 || int(st.conns) <= cfg.Conns) {
-		w := st.queue[0]
-		st.queue = st.queue[1:]
-		w.hold.taken = append(w.hold.taken, taken{ls: ls, sh: sh, key: k, slot: true})
-		w.granted = true
-		close(w.ready) // the slot passes on: conns unchanged
-		return
-	}
-	st.conns--
-	if sh.freed != nil {
-		close(sh.freed)
-		sh.freed = nil
-	}
-}
-
-// Waiter is a queued connection's place in a limit's queue.
-type Waiter struct {
-	ready   chan struct{}
-	hold    *hold
-	ls      *limitState
-	sh      *limitShard
-	key     lkey
-	granted bool // guarded by sh.mu
-}
-
-// Ready is closed once the connection has its slot.
-func (w *Waiter) Ready() <-chan struct{} { return w.ready }
-
-// Hold returns what the connection holds, its slot included: valid once
-// Ready is closed.
-func (w *Waiter) Hold() Hold { return w.hold }
-
-// Cancel gives up waiting: it reports true if the connection was still
-// waiting, and gives back everything its admission took; false if it was
-// granted its slot meanwhile (the caller then holds Hold and goes on).
-func (w *Waiter) Cancel() bool {
-	sh := w.sh
-	sh.mu.Lock()
-	if w.granted {
-		sh.mu.Unlock()
-		return false
-	}
-	if st := sh.m[w.key]; st != nil {
-		st.queue = slices.DeleteFunc(st.queue, func(x *Waiter) bool { return x == w })
-	}
-	sh.mu.Unlock()
-	w.hold.refund()
-	return true
 }
 
 // ErrNoBan is wrapped by the errors of AddBan and LiftBan for an unknown
