@@ -63,10 +63,11 @@ type Cluster struct {
 	ownClient bool
 	inst      string // {P}:inst
 
-	ctx    context.Context
-	cancel context.CancelFunc
-	kick   chan struct{}
-	wg     sync.WaitGroup
+	ctx     context.Context
+	cancel  context.CancelFunc
+	renewMu sync.Mutex // one renewal at a time
+	kick    chan struct{}
+	wg      sync.WaitGroup
 
 	mu       sync.Mutex
 	links    map[string]*Lease
@@ -151,14 +152,15 @@ func (c *Cluster) Close() error {
 	}
 	c.mu.Unlock()
 	// One last call, on a fresh context: the cluster's is cancelled.
+	c.renewMu.Lock()
+	defer c.renewMu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), c.o.Timeout)
-	req, snap := c.request(c.o.Clock.Now())
+	req, _ := c.request(c.o.Clock.Now())
 	var err error
 	if len(req.Links) > 0 || len(req.Ctrs) > 0 {
 		_, err = c.call(ctx, req)
 	}
 	cancel()
-	_ = snap
 	c.mu.Lock()
 	c.setStateLocked(Closed, c.o.Clock.Now())
 	c.mu.Unlock()
@@ -358,6 +360,8 @@ type applyCall struct {
 }
 
 func (c *Cluster) renew(start time.Time) error {
+	c.renewMu.Lock()
+	defer c.renewMu.Unlock()
 	if c.ctx.Err() != nil {
 		return ErrClosed
 	}

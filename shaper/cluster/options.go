@@ -83,7 +83,7 @@ type Options struct {
 	// [DefaultPeriod]; it must be within [10ms, 10s].
 	Period time.Duration
 	// Timeout bounds each Redis call and dial. Zero means
-	// [DefaultTimeout]; it must be positive and below Period / 2.
+	// [DefaultTimeout]; it must be at most Period / 2.
 	Timeout time.Duration
 	// Expiry is how long an instance's leases and counts live in Redis
 	// without renewal before the others take them back. Zero means
@@ -163,11 +163,11 @@ func (o *Options) Validate() error {
 	if p < 10*time.Millisecond || p > 10*time.Second {
 		return bad("lease: want a period within [10ms, 10s], got %s", p)
 	}
-	if o.Timeout < 0 || o.Timeout >= p/2 && o.Timeout != 0 {
-		return bad("timeout: want a positive timeout below half the period %s, got %s", p, o.Timeout)
+	if o.Timeout < 0 || o.Timeout > p/2 {
+		return bad("timeout: want a positive timeout of at most half the period %s, got %s", p, o.Timeout)
 	}
-	if o.Timeout == 0 && DefaultTimeout >= p/2 {
-		return bad("timeout: the default %s is not below half the period %s: set one", DefaultTimeout, p)
+	if o.Timeout == 0 && DefaultTimeout > p/2 {
+		return bad("timeout: the default %s is above half the period %s: set one", DefaultTimeout, p)
 	}
 	if o.Expiry != 0 && o.Expiry < 2*p {
 		return bad("expiry: want at least two periods (%s), got %s", 2*p, o.Expiry)
@@ -252,22 +252,22 @@ func (o *Options) newClient(password string) redis.UniversalClient {
 	maint := &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
 	if o.Sentinel != nil {
 		return redis.NewFailoverClient(&redis.FailoverOptions{
-			MasterName:               o.Sentinel.Master,
-			SentinelAddrs:            o.Sentinel.Addrs,
-			SentinelPassword:         o.Sentinel.Password,
-			Username:                 o.Username,
-			Password:                 password,
-			DB:                       o.DB,
-			TLSConfig:                o.TLS,
-			Protocol:                 2,
-			DialTimeout:              o.Timeout,
-			ReadTimeout:              o.Timeout,
-			WriteTimeout:             o.Timeout,
-			PoolTimeout:              o.Timeout,
-			ContextTimeoutEnabled:    true,
-			MaxRetries:               -1,
-			PoolSize:                 4,
-			DisableIdentity:          true,
+			MasterName:            o.Sentinel.Master,
+			SentinelAddrs:         o.Sentinel.Addrs,
+			SentinelPassword:      o.Sentinel.Password,
+			Username:              o.Username,
+			Password:              password,
+			DB:                    o.DB,
+			TLSConfig:             o.TLS,
+			Protocol:              2,
+			DialTimeout:           o.Timeout,
+			ReadTimeout:           o.Timeout,
+			WriteTimeout:          o.Timeout,
+			PoolTimeout:           o.Timeout,
+			ContextTimeoutEnabled: true,
+			MaxRetries:            -1,
+			PoolSize:              4,
+			DisableIdentity:       true,
 		})
 	}
 	return redis.NewClient(&redis.Options{
