@@ -185,7 +185,7 @@ func (c *Cluster) renewLoop() {
 		case <-c.kick:
 		}
 		start := c.o.Clock.Now()
-		c.renew(start)
+		_ = c.renew(start) // recorded in the status; Fallback says the rest
 		next := c.o.Period - c.o.Clock.Now().Sub(start)
 		if next < c.o.Period/2 {
 			next = c.o.Period / 2
@@ -374,7 +374,7 @@ func (c *Cluster) renew(start time.Time) error {
 	cancel()
 	end := c.o.Clock.Now()
 	var applies []applyCall
-	var onState State = -1
+	var onState State
 	c.mu.Lock()
 	if err != nil {
 		applies, onState = c.failedLocked(err, snap, end)
@@ -468,14 +468,6 @@ func (c *Cluster) succeededLocked(rep tickReply, snap snapshot, start, end time.
 // setStateLocked requires c.mu held.
 func (c *Cluster) setStateLocked(s State, now time.Time) {
 	c.state, c.since = s, now
-}
-
-// redisNowMs estimates Redis's clock, in ms, at local time now: exact to
-// within half a round trip once Redis has answered.
-func (c *Cluster) redisNowMs(now time.Time) int64 {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return now.UnixMilli() + c.offsetMs
 }
 
 // Status is a snapshot of a Cluster, for /readyz, `sluice top` and

@@ -2,6 +2,7 @@ package cluster_test
 
 import (
 	"errors"
+	"math/rand/v2"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -240,5 +241,36 @@ func TestLinkErrors(t *testing.T) {
 	c.Close()
 	if _, err := c.Link("y", cluster.LinkOptions{Line: 1, Demand: nop, Apply: set}); !errors.Is(err, cluster.ErrClosed) {
 		t.Errorf("Link after Close = %v, want ErrClosed", err)
+	}
+}
+
+// TestSumUnderChurn: while three instances' demands change every 50 ms,
+// the shares applied at any instant never sum above the line (given no
+// renewal failed: a reply lost after the script ran is the documented
+// exception).
+func TestSumUnderChurn(t *testing.T) {
+	srv := startRedis(t)
+	rec := &recorder{}
+	var cs []*cluster.Cluster
+	var links []*fakeLink
+	for i := range 3 {
+		c := newInstance(t, srv.Addr(), string(rune('a'+i)), nil)
+		cs = append(cs, c)
+		links = append(links, join(t, c, "hk", 1, rec))
+	}
+	rng := rand.New(rand.NewPCG(1, 2))
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for end := time.Now().Add(2 * time.Second); time.Now().Before(end); <-tick.C {
+		links[rng.IntN(3)].conns.Store(int64(rng.IntN(12)))
+	}
+	var failures int64
+	for _, c := range cs {
+		failures += c.Status().Failures
+	}
+	m := rec.maxSum()
+	t.Logf("largest sum of applied shares %d (line %d, %.4f×), %d failed renewals", m, line, float64(m)/line, failures)
+	if m > line && failures == 0 {
+		t.Errorf("shares applied at one instant summed to %d, above the line %d", m, line)
 	}
 }
