@@ -2,6 +2,7 @@ package cluster_test
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"net"
 	"os"
@@ -48,6 +49,7 @@ type redisServer struct {
 	bin  string
 	port int
 	args []string
+	tls  *tls.Config // the readiness check's, for a TLS-only server
 
 	mu  sync.Mutex
 	cmd *exec.Cmd
@@ -96,7 +98,7 @@ func (s *redisServer) start() {
 	s.mu.Lock()
 	s.cmd = cmd
 	s.mu.Unlock()
-	c := redis.NewClient(&redis.Options{Addr: s.Addr(), MaxRetries: -1, DialTimeout: 100 * time.Millisecond})
+	c := redis.NewClient(&redis.Options{Addr: s.Addr(), MaxRetries: -1, DialTimeout: 100 * time.Millisecond, TLSConfig: s.tls})
 	defer c.Close()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
