@@ -52,7 +52,7 @@
 // at most two periods and the hold below; measured 200 ms at 100 ms
 // periods). An instance that stops renewing expires after
 // [Options.Expiry] (three periods) and its share goes to the others
-// (measured 304 ms).
+// (measured 300–400 ms).
 //
 // # The bound: shares never sum above the line
 //
@@ -82,7 +82,7 @@
 // [Options.Timeout] (50 ms) per call and no retries; Apply is called only
 // from there, after a reply. A failed renewal changes nothing (the share
 // stays); when renewals have failed for two periods, the instance enters
-// [Fallback] (measured 150–252 ms after a SIGKILL, 252 ms after a
+// [Fallback] (measured 150–255 ms after a SIGKILL, 252 ms after a
 // SIGSTOP; at most 2 × Period + Timeout), logs one line, and holds its
 // last leased share: the shares of a cluster that lost Redis keep summing
 // to at most the line, for as long as the outage lasts, with no growth.
@@ -90,7 +90,7 @@
 // ([LinkOptions.Fallback], Line ÷ [Options.Instances] by default) from the
 // first failed call: an instance starts while Redis is down. When Redis
 // answers again the instance logs one line and returns to [Leased]
-// (measured 25 ms after SIGCONT; 280–296 ms after a restart of an empty
+// (measured 25 ms after SIGCONT; 190–300 ms after a restart of an empty
 // Redis, as its first renewals find a new state and hold their shares).
 // With Sentinel ([Options.Sentinel]) the client follows the master; a
 // failover is an outage of a few seconds (measured: leased again 2.5 s
@@ -122,8 +122,9 @@
 // agree) and is announced on a pub/sub channel. An instance whose
 // subscription (re)starts reads the set again, so a ban is never missed
 // across a disconnect. Bans made while Redis is unreachable wait (up to
-// [MaxPendingBans]) and go out when it returns. Measured: p99 0.79 ms from
-// Add on one instance to OnBan on two others, over 100 bans, on loopback.
+// [MaxPendingBans]) and go out when it returns. Measured: p99 0.8–3.2 ms (runs
+// differ) from Add on one instance to OnBan on two others, over 100 bans,
+// on loopback.
 //
 // # Redis
 //
