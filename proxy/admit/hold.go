@@ -65,16 +65,6 @@ func (h *hold) handle() Hold { return Hold{h: h, gen: h.gen.Load()} }
 
 func (h *hold) add(tk taken) { h.taken[h.n] = tk; h.n++ }
 
-// hasSlot reports whether h took a connection slot.
-func (h *hold) hasSlot() bool {
-	for _, tk := range h.taken[:h.n] {
-		if tk.slot {
-			return true
-		}
-	}
-	return false
-}
-
 // release gives back the slots taken, and the queued one if handed over.
 func (h *hold) release() {
 	for i, tk := range h.taken[:h.n] {
