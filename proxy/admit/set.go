@@ -489,23 +489,10 @@ func (ch *check) takeGlobal(t int64, queued, lent bool) {
 		case cfg.QueueSize == 0 || queued:
 			ch.refuse = rConns
 		default:
-			ch.full = g.reserve(cfg.QueueSize)
+			ch.full = below(&g.waiting, cfg.QueueSize) // a place in the queue
 			if !ch.full {
 				ch.refuse = rQueueFull
 			}
-		}
-	}
-}
-
-// reserve takes a place in the queue if fewer than size are taken.
-func (g *global) reserve(size int) bool {
-	for {
-		n := g.waiting.Load()
-		if int(n) >= size {
-			return false
-		}
-		if g.waiting.CompareAndSwap(n, n+1) {
-			return true
 		}
 	}
 }

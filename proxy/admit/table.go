@@ -268,13 +268,16 @@ type global struct {
 }
 
 // tryTake takes a slot if fewer than max are taken.
-func (g *global) tryTake(max int) bool {
+func (g *global) tryTake(max int) bool { return below(&g.conns, max) }
+
+// below adds one to n if n is below max, and reports whether it did.
+func below(n *atomic.Int32, max int) bool {
 	for {
-		n := g.conns.Load()
-		if int(n) >= max {
+		v := n.Load()
+		if int(v) >= max {
 			return false
 		}
-		if g.conns.CompareAndSwap(n, n+1) {
+		if n.CompareAndSwap(v, v+1) {
 			return true
 		}
 	}
