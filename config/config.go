@@ -31,9 +31,10 @@ import (
 type Config struct {
 	Log       Log
 	Admin     Admin
-	Links     []Link  // sorted by name
-	Limits    []Limit // sorted by name
-	Bans      []Ban   // sorted by name
+	Links     []Link     // sorted by name
+	Limits    []Limit    // sorted by name
+	Bans      []Ban      // sorted by name
+	Upstreams []Upstream // sorted by name
 	Listeners []Listener
 	Shutdown  Shutdown
 	Cores     Cores
@@ -86,7 +87,7 @@ func newViper() *viper.Viper {
 // error. Each block has a file of its own with its types and the decoder
 // method that reads it (process.go has log, shutdown and cores); a new block
 // adds its key here and one line to decode.
-var topLevelKeys = []string{"log", "admin", "links", "limits", "bans", "listeners", "shutdown", "cores"}
+var topLevelKeys = []string{"log", "admin", "links", "limits", "bans", "upstreams", "listeners", "shutdown", "cores"}
 
 // decode reads each block in turn. Listeners come after links, limits and
 // bans, whose names they refer to.
@@ -102,7 +103,8 @@ func decode(settings map[string]any, base string) (*Config, error) {
 	c.Links = d.links(top["links"])
 	c.Limits = d.limits(top["limits"])
 	c.Bans = d.bans(top["bans"])
-	c.Listeners = d.listeners(top["listeners"], c.Links, c.Limits, c.Bans)
+	c.Upstreams = d.upstreams(top["upstreams"])
+	c.Listeners = d.listeners(top["listeners"], c.Links, c.Limits, c.Bans, c.Upstreams)
 
 	if len(d.errs) > 0 {
 		return nil, errors.Join(d.errs...)

@@ -61,7 +61,7 @@ func TestErrorsNameKeyAndForm(t *testing.T) {
 	}
 	for _, want := range []string{
 		`listeners[0].listen: want "host:port", like "0.0.0.0:8080" or "127.0.0.1:8080" with a port from 1 to 65535, got "0.0.0.0:99999"`,
-		`listeners[0].upstream: want "host:port", like "10.0.0.1:80", got "nohost"`,
+		`listeners[0].upstream: want "host:port" or the name of a pool under upstreams:, got "nohost"`,
 		`listeners[0].timeouts.connect: want a duration like "5m" or "30s" greater than zero, got "0s"`,
 		`listeners[0].timeouts.idle: want a duration like "5m" or "30s", got a negative "-5s"`,
 		`listeners[0].rate: unknown key (known keys here: name, listen, upstream, links, timeouts, chunk, conn, mp4, allow, deny, limits, bans, refuse, tarpit, overflow)`,
@@ -125,7 +125,7 @@ func TestLoadMissingFile(t *testing.T) {
 // TestYAMLRoundTrip checks that what `sluice check` prints loads back to the
 // same config.
 func TestYAMLRoundTrip(t *testing.T) {
-	for _, f := range []string{"testdata/example.yaml"} {
+	for _, f := range []string{"testdata/example.yaml", "testdata/upstreams.yaml"} {
 		cfg, err := Load(f)
 		if err != nil {
 			t.Fatal(err)
@@ -147,7 +147,7 @@ func TestYAMLRoundTrip(t *testing.T) {
 // FuzzParse checks config parsing never panics on any input and that every
 // accepted config round-trips through YAML.
 func FuzzParse(f *testing.F) {
-	for _, name := range []string{"testdata/example.yaml", "testdata/bad.yaml"} {
+	for _, name := range []string{"testdata/example.yaml", "testdata/bad.yaml", "testdata/upstreams.yaml"} {
 		b, err := os.ReadFile(name)
 		if err != nil {
 			f.Fatal(err)

@@ -70,6 +70,7 @@ func Diff(old, next *Config) []string {
 			field("ban policy "+n.Name, fmt.Sprintf("%+v", *o), fmt.Sprintf("%+v", n))
 		}
 	}
+	out = append(out, diffUpstreams(old.Upstreams, next.Upstreams)...)
 	byName := func(ls []Listener, name string) *Listener {
 		return named(ls, name, func(l Listener) string { return l.Name })
 	}

@@ -157,6 +157,7 @@ func (c *Config) YAML() ([]byte, error) {
 		Links     map[string]link  `yaml:"links,omitempty"`
 		Limits    map[string]limit `yaml:"limits,omitempty"`
 		Bans      map[string]ban   `yaml:"bans,omitempty"`
+		Upstreams map[string]any   `yaml:"upstreams,omitempty"`
 		Listeners []listener       `yaml:"listeners"`
 		Shutdown  struct {
 			Drain string `yaml:"drain"`
@@ -220,6 +221,7 @@ func (c *Config) YAML() ([]byte, error) {
 		}
 		o.Bans[b.Name] = ob
 	}
+	o.Upstreams = c.upstreamsYAML()
 	for _, l := range c.Listeners {
 		ol := listener{
 			Name: l.Name, Listen: l.Listen, Upstream: l.Upstream, Links: l.Links,

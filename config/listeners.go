@@ -17,7 +17,8 @@ type Listener struct {
 	// Listen is the local address, "host:port"; an empty host means all
 	// addresses and port 0 picks a free port.
 	Listen string
-	// Upstream is the address connections are forwarded to, "host:port".
+	// Upstream is where connections are forwarded: a "host:port", or
+	// the name of a pool of upstreams: (see Config.Pool).
 	Upstream string
 	// Timeouts bound dialing and idleness.
 	Timeouts Timeouts
@@ -132,7 +133,7 @@ const (
 
 // listeners reads the listeners: list. links are the links already read,
 // which the listeners may name.
-func (d *decoder) listeners(v any, links []Link, limits []Limit, bans []Ban) []Listener {
+func (d *decoder) listeners(v any, links []Link, limits []Limit, bans []Ban, pools []Upstream) []Listener {
 	list, ok := v.([]any)
 	if v == nil || (ok && len(list) == 0) {
 		d.failf("listeners", "want at least one listener, like [{name: web, listen: \"0.0.0.0:8080\", upstream: \"10.0.0.1:80\"}]")
@@ -154,7 +155,7 @@ func (d *decoder) listeners(v any, links []Link, limits []Limit, bans []Ban) []L
 		}
 		l := Listener{
 			Listen:   d.hostPort(path+".listen", m["listen"], true),
-			Upstream: d.hostPort(path+".upstream", m["upstream"], false),
+			Upstream: d.upstreamRef(path+".upstream", m["upstream"], pools),
 		}
 		l.Name = d.str(path+".name", m["name"], l.Listen)
 		to := d.object(path+".timeouts", m["timeouts"], "connect", "idle")
