@@ -170,7 +170,7 @@ func (s *Server) admitter(cfg *ListenerConfig) (admit.Admitter, *admit.Policy, e
 
 // overflowDialer makes the dialer of a listener's overflow upstream; nil
 // when it has none.
-func (s *Server) overflowDialer(cfg *ListenerConfig) upstream.Dialer {
+func (s *Server) overflowDialer(cfg *ListenerConfig) upstream.Target {
 	if cfg.Admission.Overflow.Upstream == "" {
 		return nil
 	}
@@ -245,7 +245,7 @@ func (s *Server) refuse(l *listener, rt *route, c *net.TCPConn) {
 	case RefuseOverflow:
 		if a.Overflow.Upstream != "" {
 			ort := *rt
-			ort.dialer, ort.admit, ort.policy = rt.overflow, admit.All, nil
+			ort.target, ort.pool, ort.admit, ort.policy = rt.overflow, nil, admit.All, nil
 			cn := s.newConn(l, &ort, c, admit.Decision{})
 			if cn == nil {
 				c.Close()

@@ -15,6 +15,7 @@ import (
 
 	"github.com/sluiceproxy/sluice/mp4probe"
 	"github.com/sluiceproxy/sluice/proxy/admit"
+	"github.com/sluiceproxy/sluice/proxy/upstream"
 )
 
 // Log keys (snake_case, shared by every log line of the package).
@@ -91,6 +92,8 @@ type conn struct {
 	id        uint64
 	client    *net.TCPConn
 	start     time.Time
+
+	lease *upstream.Lease // the server's, once dialed; ended by finish or on an early failure
 
 	mu     sync.Mutex
 	up     net.Conn      // set once dialed; guarded by mu until the pumps start
@@ -200,24 +203,16 @@ func (c *conn) serve() {
 		c.endEarly(err)
 		return
 	}
-	up, err := c.rt.dialer.Dial(c.srv.ctx)
-	if err == nil {
-		c.mu.Lock()
-		c.up = up
-		if c.cause != nil { // aborted while dialing
-			err = c.cause
-		}
-		c.mu.Unlock()
-	}
+	up, err := c.dial()
 	if err != nil {
+		if errors.Is(err, errOverflowed) {
+			return // written the overflow response, or reset
+		}
 		// Refused, unreachable or timed out: tell the client at once with
 		// a reset rather than leaving it connected to nothing. (SetLinger
 		// fails only on a socket already gone, which needs no reset.)
 		_ = c.client.SetLinger(0)
 		c.client.Close()
-		if up != nil {
-			up.Close()
-		}
 		result := resultUpstreamError
 		if errors.Is(err, errShutdown) || errors.Is(context.Cause(c.srv.ctx), errShutdown) {
 			result, err = resultShutdown, nil
@@ -242,6 +237,25 @@ func (c *conn) serve() {
 	c.running.Store(2)
 	go c.pumps[Up].pump()
 	go c.pumps[Down].pump()
+}
+
+// endLease reports the end of the connection to its server's pool: the
+// bytes it moved (for a bytes quota), and whether it failed before its
+// server's first byte: the client sent bytes, the server answered none,
+// and sluice did not end the connection itself.
+func (c *conn) endLease() {
+	if c.lease == nil {
+		return
+	}
+	up, down := c.pumps[Up].bytes.Load(), c.pumps[Down].bytes.Load()
+	if c.rt.pool != nil && c.rt.pool.bytesQuota {
+		c.lease.AddBytes(up + down)
+	}
+	if down == 0 && up > 0 && c.abortCause() == nil {
+		c.lease.Failed()
+		return
+	}
+	c.lease.Done()
 }
 
 // endEarly ends a connection that never reached its upstream: refused
@@ -276,6 +290,7 @@ func (c *conn) finish() {
 	if c.obs != nil {
 		c.obs.Close() // gives back the metadata budget it held
 	}
+	c.endLease()
 	c.logDone(result, err)
 	c.srv.forget(c, result)
 }

@@ -20,7 +20,8 @@ type ListenerConfig struct {
 	// Addr is the "host:port" to listen on; port 0 picks a free port (see
 	// [Server.Addr]).
 	Addr string
-	// Upstream is the "host:port" every accepted connection is forwarded to.
+	// Upstream is where every accepted connection is forwarded: a
+	// "host:port", or the name of a pool of Options.Upstreams.
 	Upstream string
 	// ConnectTimeout bounds the upstream dial. Zero or negative means
 	// DefaultConnectTimeout.
@@ -72,9 +73,10 @@ func (l *listener) close() {
 type route struct {
 	cfg      *ListenerConfig
 	admit    admit.Admitter
-	policy   *admit.Policy // admit's policy; nil when it admits all
-	dialer   upstream.Dialer
-	overflow upstream.Dialer // the overflow upstream; nil if none
+	policy   *admit.Policy   // admit's policy; nil when it admits all
+	target   upstream.Target // the pool or address connections go to
+	pool     *poolEntry      // target's pool; nil for an address
+	overflow upstream.Target // the overflow upstream; nil if none
 	stats    *listenerStats  // the counters of cfg.Name
 }
 
@@ -86,11 +88,9 @@ func (l *listener) name() string { return l.config().Name }
 // admission step and upstream dialer. cfg has been normalized and its
 // admission checked against the Server's admission set; s.mu is held.
 func (s *Server) setRoute(l *listener, cfg ListenerConfig) {
-	d, err := upstream.NewStatic(cfg.Upstream, upstream.Options{ConnectTimeout: cfg.ConnectTimeout, DialContext: s.dial})
-	if err != nil {
-		panic(err) // normalize checked the address
-	}
-	rt := &route{cfg: &cfg, dialer: d, stats: s.statsFor(cfg.Name)}
+	rt := &route{cfg: &cfg, stats: s.statsFor(cfg.Name)}
+	rt.target, rt.pool = s.target(rt.cfg)
+	var err error
 	rt.cfg.Admission.Refuse = min(rt.cfg.Admission.Refuse, RefuseOverflow)
 	if rt.admit, rt.policy, err = s.admitter(rt.cfg); err != nil {
 		panic(err) // checkAdmission checked the names
@@ -107,9 +107,6 @@ func normalize(ls []ListenerConfig) ([]ListenerConfig, error) {
 		l := &ls[i]
 		if l.Addr == "" || l.Upstream == "" {
 			return nil, fmt.Errorf("listener %d (%q): address and upstream are required", i, l.Name)
-		}
-		if _, _, err := net.SplitHostPort(l.Upstream); err != nil {
-			return nil, fmt.Errorf("listener %d (%q): upstream %q: want host:port", i, l.Name, l.Upstream)
 		}
 		if l.Name == "" {
 			l.Name = l.Addr

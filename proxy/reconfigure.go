@@ -6,15 +6,21 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/sluiceproxy/sluice/proxy/upstream"
 )
 
-// Reconfigure is [Server.Reload] that keeps the admission limits and ban
-// policies as they are.
+// Reconfigure is [Server.Reload] that keeps the admission limits, ban
+// policies and upstream pools as they are.
 func (s *Server) Reconfigure(links []LinkConfig, ls []ListenerConfig, drain time.Duration) error {
 	s.mu.Lock()
 	r := s.rules
+	var ps []upstream.PoolConfig
+	for _, e := range s.pools.byName {
+		ps = append(ps, e.cfg)
+	}
 	s.mu.Unlock()
-	return s.Reload(Options{Links: links, Listeners: ls, Limits: r.Limits, Bans: r.Bans}, drain)
+	return s.Reload(Options{Links: links, Listeners: ls, Limits: r.Limits, Bans: r.Bans, Upstreams: ps}, drain)
 }
 
 // Reload replaces the link and listener sets and the admission limits
@@ -52,6 +58,9 @@ func (s *Server) Reload(opts Options, drain time.Duration) error {
 	}
 	r := rules(&opts)
 	if err := checkAdmission(r, ls); err != nil {
+		return err
+	}
+	if err := checkUpstreams(opts.Upstreams, ls); err != nil {
 		return err
 	}
 	s.reconfMu.Lock()
@@ -120,6 +129,7 @@ func (s *Server) Reload(opts Options, drain time.Duration) error {
 		conns []*conn
 	}
 	s.setLinks(links)
+	removedPools := s.setPools(opts.Upstreams, ls)
 	if err := s.admission.Update(r); err != nil {
 		panic(err) // checkAdmission validated r
 	}
@@ -165,6 +175,9 @@ func (s *Server) Reload(opts Options, drain time.Duration) error {
 	s.reapEvery.Store(int64(reapPeriod(ls)))
 	s.mu.Unlock()
 
+	for _, p := range removedPools {
+		p.Close() // its checks stop; its connections run on
+	}
 	for _, o := range removed {
 		o.close() // its accept loop ends; its connections run on
 		if drain > 0 {

@@ -35,6 +35,7 @@ import (
 	"time"
 
 	"github.com/sluiceproxy/sluice/proxy/admit"
+	"github.com/sluiceproxy/sluice/proxy/upstream"
 	"github.com/sluiceproxy/sluice/shaper"
 )
 
@@ -65,6 +66,9 @@ type Options struct {
 	// listeners name in their Admission.
 	Limits []admit.Limit
 	Bans   []admit.Ban
+	// Upstreams are the pools a listener's Upstream may name instead of a
+	// "host:port".
+	Upstreams []upstream.PoolConfig
 	// ShapingLoops is how many shaping loops serve the small grants of
 	// shaped directions (see [shaper.Loop]). Zero means one per P
 	// (GOMAXPROCS at New); negative means none: each shaped direction
@@ -87,6 +91,7 @@ type Server struct {
 	rules     admit.Rules    // what admission was last set to; guarded by mu
 	sweeping  bool           // sweepAdmission runs; guarded by mu
 	tarpits   tarpits        // refused connections held open
+	pools     pools          // upstream pools by name
 	linksMade atomic.Uint64  // spreads links over the loops
 
 	// ctx bounds upstream dials; it is cancelled, with errShutdown as the
@@ -137,6 +142,9 @@ func New(opts Options) (*Server, error) {
 	if err := checkAdmission(rules(&opts), opts.Listeners); err != nil {
 		return nil, err
 	}
+	if err := checkUpstreams(opts.Upstreams, opts.Listeners); err != nil {
+		return nil, err
+	}
 	s := &Server{opts: opts, log: opts.Logger, dial: opts.DialContext, clock: opts.Clock,
 		conns: map[*conn]struct{}{}, stats: map[string]*listenerStats{}}
 	if s.clock == nil {
@@ -157,6 +165,7 @@ func New(opts Options) (*Server, error) {
 		return nil, err
 	}
 	s.ctx, s.cancel = context.WithCancelCause(context.Background())
+	s.setPools(opts.Upstreams, opts.Listeners)
 	return s, nil
 }
 
