@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"math"
 	"net"
 	"net/netip"
 	"runtime"
@@ -72,6 +73,8 @@ type Pool struct {
 	onState func(StateChange)
 	hooks   *testHooks
 
+	epoch time.Time // of the clock, at NewPool: the origin of the servers' readyAt
+
 	mu           sync.Mutex
 	cfg          PoolConfig // normalized
 	servers      []*server  // cfg.Servers' order, then removed ones still draining
@@ -118,6 +121,12 @@ type server struct {
 	connsUsed    int64
 	bytesUsed    int64
 
+	// What pick reads, kept by settle: out (drained, removed or down)
+	// and readyAt, the instant (ns since the pool's epoch) from which
+	// ejection, cooling and quota let it take connections.
+	out     bool
+	readyAt int64
+
 	state   State // last reported
 	timer   shaper.Timer
 	timerAt time.Time
@@ -141,6 +150,7 @@ func NewPool(cfg PoolConfig, opts Options) (*Pool, error) {
 	if p.clock == nil {
 		p.clock = shaper.RealClock()
 	}
+	p.epoch = p.clock.Now()
 	if p.dial == nil {
 		var d net.Dialer
 		p.dial = d.DialContext
@@ -510,6 +520,14 @@ func (s *server) usable(now time.Time) bool {
 	return !s.drained && !s.removed && !s.down && !now.Before(s.ejectedUntil) && !s.cooling(now)
 }
 
+// ready is usable for pick, from what settle keeps: at now, ns since the
+// pool's epoch. Requires p.mu held.
+func (s *server) ready(now int64) bool { return !s.out && now >= s.readyAt }
+
+// since returns t in ns since the pool's epoch (on the monotonic clock
+// when both have it).
+func (p *Pool) since(t time.Time) int64 { return int64(t.Sub(p.epoch)) }
+
 func (s *server) cooling(now time.Time) bool {
 	return now.Before(s.coolUntil) || s.quotaSpent(now)
 }
@@ -553,6 +571,13 @@ func (s *server) coolEnd(now time.Time) time.Time {
 // settle reports s's state change at now, if any, and arms its timer
 // for its next timed change. Requires p.mu held.
 func (p *Pool) settle(s *server, now time.Time, reason string, err error) {
+	s.out = s.drained || s.removed || s.down
+	s.readyAt = math.MinInt64
+	for _, t := range [...]time.Time{s.ejectedUntil, s.coolUntil, s.coolEnd(now)} {
+		if !t.IsZero() {
+			s.readyAt = max(s.readyAt, p.since(t))
+		}
+	}
 	st := s.stateAt(now)
 	if st != s.state {
 		if p.onState != nil {
