@@ -312,17 +312,11 @@ func (p *Pool) Dial(ctx context.Context) (net.Conn, error) {
 // spent; one wrapping ctx's error if ctx ends first (not counted as a
 // server's failure); and [ErrClosed] after Close.
 func (p *Pool) DialFor(ctx context.Context, req Request) (*Lease, error) {
-	a := &attempt{p: p, retries: p.retryBudget()}
+	a := &attempt{p: p, retries: -1}
 	if req.Client.IsValid() {
 		a.key, a.hashed = hashAddr(req.Client.Addr()), true
 	}
 	return p.run(ctx, a, nil)
-}
-
-func (p *Pool) retryBudget() int {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.cfg.Retry
 }
 
 // attempt is one client connection's way through the pool: the servers
@@ -333,7 +327,7 @@ type attempt struct {
 	hashed  bool   // key is set
 	tried   [MaxRetry + 1]*server
 	n       int
-	retries int // left
+	retries int // left; -1 until the first pick reads the pool's Retry
 }
 
 func (a *attempt) has(s *server) bool {
@@ -362,6 +356,9 @@ func (p *Pool) run(ctx context.Context, a *attempt, last error) (*Lease, error) 
 			return nil, ErrClosed
 		}
 		name := p.cfg.Name
+		if a.retries < 0 {
+			a.retries = p.cfg.Retry
+		}
 		now := p.clock.Now()
 		s := p.pick(a, now)
 		if s == nil {
