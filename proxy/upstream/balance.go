@@ -105,10 +105,10 @@ func (p *Pool) roundRobin(a *attempt, now int64, t tier, like *server) *server {
 }
 
 // sourceHash is weighted rendezvous hashing: each eligible server scores
-// the client's key, weight / -ln(u) for u its hash of the key in (0, 1),
-// and the highest score wins. When a server leaves, only the clients it
-// won move; the others' winners are unchanged. With equal weights the
-// hash itself is the score.
+// the client's key, -ln(u) / weight for u its hash of the key in (0, 1),
+// and the lowest score wins (the highest weight / -ln(u)). When a server
+// leaves, only the clients it won move; the others' winners are
+// unchanged. With equal weights the hash itself is the score.
 func (p *Pool) sourceHash(a *attempt, now int64, t tier) *server {
 	var best *server
 	var bestH uint64
@@ -124,9 +124,9 @@ func (p *Pool) sourceHash(a *attempt, now int64, t tier) *server {
 			}
 			continue
 		}
-		u := (float64(h>>11) + 0.5) / (1 << 53) // in (0, 1)
-		score := float64(s.weight) / -math.Log(u)
-		if best == nil || score > bestScore {
+		u := (float64(h>>11) + 0.5) * (1.0 / (1 << 53)) // in (0, 1)
+		score := -math.Log(u) * s.invWeight
+		if best == nil || score < bestScore {
 			best, bestScore = s, score
 		}
 	}

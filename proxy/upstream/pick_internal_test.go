@@ -186,3 +186,24 @@ func TestReadyMatchesUsable(t *testing.T) {
 type nopConn struct{ net.Conn }
 
 func (nopConn) Close() error { return nil }
+
+// BenchmarkDialFor measures a whole dial through a pool of 3 with a
+// dialer that returns at once, and the lease's end: the pick, the
+// connect timeout's timer and context, the lease and its cleanup.
+func BenchmarkDialFor(b *testing.B) {
+	p, err := NewPool(PoolConfig{Servers: []ServerConfig{{Address: "a:1"}, {Address: "b:1"}, {Address: "c:1"}}},
+		Options{DialContext: func(context.Context, string, string) (net.Conn, error) { return nopConn{}, nil }})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer p.Close()
+	ctx := context.Background()
+	b.ReportAllocs()
+	for b.Loop() {
+		l, err := p.DialFor(ctx, Request{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		l.Done()
+	}
+}

@@ -93,11 +93,12 @@ type Pool struct {
 // server is one server of a pool and its state. Every field is guarded
 // by the pool's mu.
 type server struct {
-	addr   string
-	weight int64
-	backup bool
-	quota  Quota
-	seed   uint64 // of addr, for rendezvous hashing
+	addr      string
+	weight    int64
+	invWeight float64 // 1 / weight
+	backup    bool
+	quota     Quota
+	seed      uint64 // of addr, for rendezvous hashing
 
 	current      int64 // smooth weighted round robin
 	active       int64
@@ -182,6 +183,7 @@ func (p *Pool) apply(cfg PoolConfig) {
 			s = &server{addr: sc.Address, seed: mix(h.Sum64())}
 		}
 		s.weight = int64(sc.Weight)
+		s.invWeight = 1 / float64(sc.Weight)
 		s.backup = sc.Backup
 		if s.quota != sc.Quota {
 			s.quota = sc.Quota
@@ -449,7 +451,9 @@ func (p *Pool) uncharge(s *server, win time.Time) {
 	s.active--
 	if s.quota.Conns > 0 && !win.IsZero() && win.Equal(s.winStart) && s.connsUsed > 0 {
 		s.connsUsed--
-		p.settle(s, p.clock.Now(), ReasonQuota, nil)
+		if s.connsUsed == s.quota.Conns-1 { // it was spent
+			p.settle(s, p.clock.Now(), ReasonQuota, nil)
+		}
 	}
 	p.maybeDrop(s)
 }
