@@ -19,7 +19,9 @@ import (
 // [Lease.Busy] returning true, or [Lease.Retry]; later calls of these
 // are no-ops (Retry still dials). A lease dropped without being ended is
 // ended when the garbage collector finds it, and counted in
-// Stats.Leaked. Its methods are safe for concurrent use.
+// Stats.Leaked. Done, Failed, Busy and AddBytes are safe for concurrent
+// use (both of a connection's pumps may call them); Retry belongs to the
+// connection's own goroutine, one at a time.
 type Lease struct {
 	h    *hold // nil for a Static's lease
 	a    *attempt

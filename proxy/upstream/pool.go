@@ -226,7 +226,7 @@ func (p *Pool) apply(cfg PoolConfig) {
 // quota; new ones start [Up]; removed ones are [Draining] and stay in
 // [Pool.Stats] until their last connection ends. Active checks restart
 // if their configuration changed. It returns a *[ConfigError] for a bad
-// cfg, and changes nothing then.
+// cfg, and changes nothing then; [ErrClosed] after Close.
 func (p *Pool) Update(cfg PoolConfig) error {
 	ncfg, err := cfg.normalize()
 	if err != nil {
