@@ -18,7 +18,8 @@ var tiers = [...]tier{{false, false}, {true, false}, {false, true}, {true, true}
 // pick chooses a server for a at now, or nil if none can take a
 // connection; see [Pool.DialFor]. It allocates nothing. Requires p.mu
 // held.
-func (p *Pool) pick(a *attempt, now time.Time) *server {
+func (p *Pool) pick(a *attempt, at time.Time) *server {
+	now := p.since(at)
 	for _, t := range tiers {
 		var s *server
 		switch p.cfg.Balance {
@@ -40,7 +41,7 @@ func (p *Pool) pick(a *attempt, now time.Time) *server {
 	// No server is up. Probe the ejected one whose ejection ends first.
 	var best *server
 	for _, s := range p.servers {
-		if s.drained || s.removed || s.down || s.cooling(now) || !now.Before(s.ejectedUntil) || a.has(s) {
+		if s.drained || s.removed || s.down || s.cooling(at) || !at.Before(s.ejectedUntil) || a.has(s) {
 			continue
 		}
 		if best == nil || s.ejectedUntil.Before(best.ejectedUntil) {
@@ -54,14 +55,14 @@ func (p *Pool) pick(a *attempt, now time.Time) *server {
 }
 
 // eligible reports whether s is in tier t for a at now.
-func (a *attempt) eligible(s *server, now time.Time, t tier) bool {
-	return s.backup == t.backup && s.usable(now) && (t.tried || !a.has(s))
+func (a *attempt) eligible(s *server, now int64, t tier) bool {
+	return s.backup == t.backup && s.ready(now) && (t.tried || !a.has(s))
 }
 
 // leastConn returns the eligible server with the fewest active
 // connections per weight; among several, the next in smooth weighted
 // round robin.
-func (p *Pool) leastConn(a *attempt, now time.Time, t tier) *server {
+func (p *Pool) leastConn(a *attempt, now int64, t tier) *server {
 	var best *server
 	ties := 0
 	for _, s := range p.servers {
@@ -84,7 +85,7 @@ func (p *Pool) leastConn(a *attempt, now time.Time, t tier) *server {
 // roundRobin is nginx's smooth weighted round robin over the eligible
 // servers (those as loaded as like, if like is set): each adds its weight
 // to its current; the one with the most is chosen and loses the total.
-func (p *Pool) roundRobin(a *attempt, now time.Time, t tier, like *server) *server {
+func (p *Pool) roundRobin(a *attempt, now int64, t tier, like *server) *server {
 	var best *server
 	var total int64
 	for _, s := range p.servers {
@@ -104,11 +105,11 @@ func (p *Pool) roundRobin(a *attempt, now time.Time, t tier, like *server) *serv
 }
 
 // sourceHash is weighted rendezvous hashing: each eligible server scores
-// the client's key, weight / -ln(u) for u its hash of the key in (0, 1),
-// and the highest score wins. When a server leaves, only the clients it
-// won move; the others' winners are unchanged. With equal weights the
-// hash itself is the score.
-func (p *Pool) sourceHash(a *attempt, now time.Time, t tier) *server {
+// the client's key, -ln(u) / weight for u its hash of the key in (0, 1),
+// and the lowest score wins (the highest weight / -ln(u)). When a server
+// leaves, only the clients it won move; the others' winners are
+// unchanged. With equal weights the hash itself is the score.
+func (p *Pool) sourceHash(a *attempt, now int64, t tier) *server {
 	var best *server
 	var bestH uint64
 	var bestScore float64
@@ -123,9 +124,9 @@ func (p *Pool) sourceHash(a *attempt, now time.Time, t tier) *server {
 			}
 			continue
 		}
-		u := (float64(h>>11) + 0.5) / (1 << 53) // in (0, 1)
-		score := float64(s.weight) / -math.Log(u)
-		if best == nil || score > bestScore {
+		u := (float64(h>>11) + 0.5) * (1.0 / (1 << 53)) // in (0, 1)
+		score := -math.Log(u) * s.invWeight
+		if best == nil || score < bestScore {
 			best, bestScore = s, score
 		}
 	}

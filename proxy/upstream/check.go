@@ -118,7 +118,7 @@ func (c *checker) round() {
 	for i, s := range targets {
 		wg.Go(func() {
 			errs[i] = c.probe(ctx, s.addr)
-			if errs[i] != nil && context.Cause(ctx) == errCheckTimeout {
+			if errs[i] != nil && errors.Is(context.Cause(ctx), errCheckTimeout) {
 				errs[i] = fmt.Errorf("%w after %s: %w", errCheckTimeout, c.cfg.Timeout, errs[i])
 			}
 		})
@@ -175,7 +175,7 @@ func (c *checker) probe(ctx context.Context, addr string) error {
 	if c.cfg.Type == TCPCheck {
 		return nil
 	}
-	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(aLongTimeAgo) })
+	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(aLongTimeAgo) })
 	defer stop()
 	if _, err := io.WriteString(conn, c.cfg.Send); err != nil {
 		return err

@@ -75,6 +75,7 @@ func itoa(n int) string {
 // connect timeout on the fake clock) are retried on the next server.
 func TestRetryLoopback(t *testing.T) {
 	defer test.TimeOut(20 * time.Second).Stop()
+	t.Cleanup(test.CheckRoutines(t)) // last: after the backends' and pools' cleanups
 	good := newBackend(t, "127.0.0.1:0")
 	killed := newBackend(t, "127.0.0.1:0")
 	killed.kill()
@@ -134,6 +135,7 @@ func TestRetryLoopback(t *testing.T) {
 // check times out); rise 2 brings it back after 2 passing checks.
 func TestCheckDetectsDown(t *testing.T) {
 	defer test.TimeOut(20 * time.Second).Stop()
+	t.Cleanup(test.CheckRoutines(t)) // last: after the backends' and pools' cleanups
 	for _, how := range []string{"killed", "blackholed"} {
 		t.Run(how, func(t *testing.T) {
 			b := newBackend(t, "127.0.0.1:0")
@@ -219,6 +221,7 @@ func TestCheckDetectsDown(t *testing.T) {
 // and never answers times out; Close stops the checks.
 func TestCheckHTTP(t *testing.T) {
 	defer test.TimeOut(20 * time.Second).Stop()
+	t.Cleanup(test.CheckRoutines(t)) // last: after the backends' and pools' cleanups
 	ok := newBackend(t, "127.0.0.1:0")
 	ok.status.Store(204)
 	bad := newBackend(t, "127.0.0.1:0")

@@ -5,9 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"math"
 	"net"
 	"net/netip"
-	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -72,6 +72,8 @@ type Pool struct {
 	onState func(StateChange)
 	hooks   *testHooks
 
+	epoch time.Time // of the clock, at NewPool: the origin of the servers' readyAt
+
 	mu           sync.Mutex
 	cfg          PoolConfig // normalized
 	servers      []*server  // cfg.Servers' order, then removed ones still draining
@@ -91,11 +93,12 @@ type Pool struct {
 // server is one server of a pool and its state. Every field is guarded
 // by the pool's mu.
 type server struct {
-	addr   string
-	weight int64
-	backup bool
-	quota  Quota
-	seed   uint64 // of addr, for rendezvous hashing
+	addr      string
+	weight    int64
+	invWeight float64 // 1 / weight
+	backup    bool
+	quota     Quota
+	seed      uint64 // of addr, for rendezvous hashing
 
 	current      int64 // smooth weighted round robin
 	active       int64
@@ -117,6 +120,12 @@ type server struct {
 	winEnd       time.Time
 	connsUsed    int64
 	bytesUsed    int64
+
+	// What pick reads, kept by settle: out (drained, removed or down)
+	// and readyAt, the instant (ns since the pool's epoch) from which
+	// ejection, cooling and quota let it take connections.
+	out     bool
+	readyAt int64
 
 	state   State // last reported
 	timer   shaper.Timer
@@ -141,6 +150,7 @@ func NewPool(cfg PoolConfig, opts Options) (*Pool, error) {
 	if p.clock == nil {
 		p.clock = shaper.RealClock()
 	}
+	p.epoch = p.clock.Now()
 	if p.dial == nil {
 		var d net.Dialer
 		p.dial = d.DialContext
@@ -173,6 +183,7 @@ func (p *Pool) apply(cfg PoolConfig) {
 			s = &server{addr: sc.Address, seed: mix(h.Sum64())}
 		}
 		s.weight = int64(sc.Weight)
+		s.invWeight = 1 / float64(sc.Weight)
 		s.backup = sc.Backup
 		if s.quota != sc.Quota {
 			s.quota = sc.Quota
@@ -215,7 +226,7 @@ func (p *Pool) apply(cfg PoolConfig) {
 // quota; new ones start [Up]; removed ones are [Draining] and stay in
 // [Pool.Stats] until their last connection ends. Active checks restart
 // if their configuration changed. It returns a *[ConfigError] for a bad
-// cfg, and changes nothing then.
+// cfg, and changes nothing then; [ErrClosed] after Close.
 func (p *Pool) Update(cfg PoolConfig) error {
 	ncfg, err := cfg.normalize()
 	if err != nil {
@@ -303,17 +314,11 @@ func (p *Pool) Dial(ctx context.Context) (net.Conn, error) {
 // spent; one wrapping ctx's error if ctx ends first (not counted as a
 // server's failure); and [ErrClosed] after Close.
 func (p *Pool) DialFor(ctx context.Context, req Request) (*Lease, error) {
-	a := &attempt{p: p, retries: p.retryBudget()}
+	a := &attempt{p: p, retries: -1}
 	if req.Client.IsValid() {
 		a.key, a.hashed = hashAddr(req.Client.Addr()), true
 	}
 	return p.run(ctx, a, nil)
-}
-
-func (p *Pool) retryBudget() int {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.cfg.Retry
 }
 
 // attempt is one client connection's way through the pool: the servers
@@ -324,7 +329,7 @@ type attempt struct {
 	hashed  bool   // key is set
 	tried   [MaxRetry + 1]*server
 	n       int
-	retries int // left
+	retries int // left; -1 until the first pick reads the pool's Retry
 }
 
 func (a *attempt) has(s *server) bool {
@@ -352,16 +357,19 @@ func (p *Pool) run(ctx context.Context, a *attempt, last error) (*Lease, error) 
 			p.mu.Unlock()
 			return nil, ErrClosed
 		}
+		name := p.cfg.Name
+		if a.retries < 0 {
+			a.retries = p.cfg.Retry
+		}
 		now := p.clock.Now()
 		s := p.pick(a, now)
 		if s == nil {
 			p.noServer++
-			name := p.cfg.Name
 			p.unlock()
 			if last != nil {
-				return nil, fmt.Errorf("upstream %q: %w (last: %w)", name, ErrNoServer, last)
+				return nil, fmt.Errorf("pool %q: %w (last: %w)", name, ErrNoServer, last)
 			}
-			return nil, fmt.Errorf("upstream %q: %w", name, ErrNoServer)
+			return nil, fmt.Errorf("pool %q: %w", name, ErrNoServer)
 		}
 		win := p.charge(s, now)
 		a.add(s)
@@ -378,13 +386,10 @@ func (p *Pool) run(ctx context.Context, a *attempt, last error) (*Lease, error) 
 			p.fail(s, p.clock.Now(), err)
 		}
 		p.unlock()
-		if cancelled {
-			return nil, err
+		if cancelled || a.retries <= 0 {
+			return nil, fmt.Errorf("pool %q: %w", name, err)
 		}
 		last = err
-		if a.retries <= 0 {
-			return nil, err
-		}
 		a.retries--
 		p.mu.Lock()
 		p.retries++
@@ -400,13 +405,13 @@ func (p *Pool) dialServer(ctx context.Context, addr string) (net.Conn, error) {
 	t := p.clock.AfterFunc(p.timeout, func() { cancel(errConnectTimeout) })
 	c, err := p.dial(dctx, "tcp", addr)
 	t.Stop()
-	timedOut := context.Cause(dctx) == errConnectTimeout
+	timedOut := errors.Is(context.Cause(dctx), errConnectTimeout)
 	cancel(nil)
 	if err != nil {
 		if timedOut && ctx.Err() == nil {
-			return nil, fmt.Errorf("dial %s: %w after %s: %w", addr, ErrConnectTimeout, p.timeout, err)
+			return nil, fmt.Errorf("%w after %s: %w", ErrConnectTimeout, p.timeout, err)
 		}
-		return nil, fmt.Errorf("dial %s: %w", addr, err)
+		return nil, err
 	}
 	return c, nil
 }
@@ -446,7 +451,9 @@ func (p *Pool) uncharge(s *server, win time.Time) {
 	s.active--
 	if s.quota.Conns > 0 && !win.IsZero() && win.Equal(s.winStart) && s.connsUsed > 0 {
 		s.connsUsed--
-		p.settle(s, p.clock.Now(), ReasonQuota, nil)
+		if s.connsUsed == s.quota.Conns-1 { // it was spent
+			p.settle(s, p.clock.Now(), ReasonQuota, nil)
+		}
 	}
 	p.maybeDrop(s)
 }
@@ -510,6 +517,14 @@ func (s *server) usable(now time.Time) bool {
 	return !s.drained && !s.removed && !s.down && !now.Before(s.ejectedUntil) && !s.cooling(now)
 }
 
+// ready is usable for pick, from what settle keeps: at now, ns since the
+// pool's epoch. Requires p.mu held.
+func (s *server) ready(now int64) bool { return !s.out && now >= s.readyAt }
+
+// since returns t in ns since the pool's epoch (on the monotonic clock
+// when both have it).
+func (p *Pool) since(t time.Time) int64 { return int64(t.Sub(p.epoch)) }
+
 func (s *server) cooling(now time.Time) bool {
 	return now.Before(s.coolUntil) || s.quotaSpent(now)
 }
@@ -553,6 +568,13 @@ func (s *server) coolEnd(now time.Time) time.Time {
 // settle reports s's state change at now, if any, and arms its timer
 // for its next timed change. Requires p.mu held.
 func (p *Pool) settle(s *server, now time.Time, reason string, err error) {
+	s.out = s.drained || s.removed || s.down
+	s.readyAt = math.MinInt64
+	for _, t := range [...]time.Time{s.ejectedUntil, s.coolUntil, s.coolEnd(now)} {
+		if !t.IsZero() {
+			s.readyAt = max(s.readyAt, p.since(t))
+		}
+	}
 	st := s.stateAt(now)
 	if st != s.state {
 		if p.onState != nil {
@@ -647,7 +669,7 @@ func (p *Pool) find(addr string) (*server, error) {
 			return s, nil
 		}
 	}
-	return nil, fmt.Errorf("upstream %q: %w: %q", p.cfg.Name, ErrUnknownServer, addr)
+	return nil, fmt.Errorf("pool %q: %w: %q", p.cfg.Name, ErrUnknownServer, addr)
 }
 
 // Drain stops the server at addr from taking new connections, until
@@ -758,169 +780,6 @@ func (p *Pool) Server(addr string) (ServerStats, bool) {
 		}
 	}
 	return ServerStats{}, false
-}
-
-// Lease is one client connection's hold on a server: it keeps the
-// server's active connection count (for [LeastConn]) until the
-// connection ends, and carries what the connection learns of the server
-// back to the pool. Its Conn belongs to the caller, who closes it.
-//
-// A lease is ended exactly once, by [Lease.Done], [Lease.Failed],
-// [Lease.Busy] returning true, or [Lease.Retry]; later calls of these
-// are no-ops (Retry still dials). A lease dropped without being ended is
-// ended when the garbage collector finds it, and counted in
-// Stats.Leaked. Its methods are safe for concurrent use.
-type Lease struct {
-	h    *hold // nil for a Static's lease
-	a    *attempt
-	conn net.Conn
-	addr string
-}
-
-// hold is what a lease holds on its server; it is ended exactly once.
-type hold struct {
-	p    *Pool
-	s    *server
-	win  time.Time // the quota window the connection was charged in
-	done atomic.Bool
-}
-
-func newLease(a *attempt, s *server, win time.Time, c net.Conn) *Lease {
-	l := &Lease{h: &hold{p: a.p, s: s, win: win}, a: a, conn: c, addr: s.addr}
-	runtime.AddCleanup(l, func(h *hold) {
-		if h.end(endLeaked) {
-			h.p.leaked.Add(1)
-		}
-	}, l.h)
-	return l
-}
-
-type ending uint8
-
-const (
-	endDone ending = iota
-	endFailed
-	endNeutral // cooled: neither a success nor a failure
-	endLeaked
-)
-
-// end ends the hold once; it reports whether this call did.
-func (h *hold) end(how ending) bool {
-	if h == nil || !h.done.CompareAndSwap(false, true) {
-		return false
-	}
-	p, s := h.p, h.s
-	p.mu.Lock()
-	now := p.clock.Now()
-	s.active--
-	switch how {
-	case endDone:
-		p.succeed(s, now)
-	case endFailed:
-		p.fail(s, now, errEarlyFailure)
-	}
-	p.maybeDrop(s)
-	p.unlock()
-	return true
-}
-
-var errEarlyFailure = errors.New("connection failed before its first byte")
-
-// Conn returns the connection to the server: the dialer's own conn (a
-// *net.TCPConn with the default dialer), never wrapped. The caller
-// closes it.
-func (l *Lease) Conn() net.Conn { return l.conn }
-
-// Addr returns the server's address.
-func (l *Lease) Addr() string { return l.addr }
-
-// Done ends the lease: the connection is over, or at least it went well
-// (the server answered). A success forgets the server's passive failures
-// and ends an ejection it was probed through.
-func (l *Lease) Done() { l.h.end(endDone) }
-
-// Failed ends the lease as a passive failure of the server: the
-// connection failed (a reset, an end) before any byte reached the
-// client. A failure after that is the connection's, not the server's:
-// end it with Done.
-func (l *Lease) Failed() { l.h.end(endFailed) }
-
-// AddBytes charges n bytes moved by the connection (either direction) to
-// the server's bytes quota, if it has one; once spent, the server is
-// [Cooling] until its window ends, and connections open go on. It takes
-// the pool's lock: call it per second or at the end rather than per
-// chunk. It may be called after the lease ended.
-func (l *Lease) AddBytes(n int64) {
-	if l.h == nil || n <= 0 {
-		return
-	}
-	p, s := l.h.p, l.h.s
-	p.mu.Lock()
-	if s.quota.Bytes > 0 {
-		now := p.clock.Now()
-		p.window(s, now)
-		was := s.bytesUsed
-		s.bytesUsed += n
-		if was < s.quota.Bytes && s.bytesUsed >= s.quota.Bytes {
-			p.settle(s, now, ReasonQuota, nil)
-		}
-	}
-	p.unlock()
-}
-
-// Busy is for a pool with HTTPRetryAfter, once the proxy has the head of
-// the server's first response (see [ParseResponseHead]) and before it
-// sends any of it to the client. If the pool has HTTPRetryAfter and
-// h.Status is 429 or 503, Busy cools the server for h's Retry-After
-// (the pool's RetryAfterDefault when it has none, at most its
-// RetryAfterMax), ends the lease (neither a success nor a failure) and
-// returns true: the proxy may then [Lease.Retry] and replay the client's
-// first bytes ([Replay]). Otherwise it changes nothing and returns false.
-func (l *Lease) Busy(h Head) bool {
-	if l.h == nil || !h.Busy() {
-		return false
-	}
-	p := l.h.p
-	p.mu.Lock()
-	if !p.cfg.HTTPRetryAfter {
-		p.mu.Unlock()
-		return false
-	}
-	now := p.clock.Now()
-	until := h.CoolUntil(now, p.cfg.RetryAfterDefault, p.cfg.RetryAfterMax)
-	p.mu.Unlock()
-	if !l.h.end(endNeutral) {
-		return false
-	}
-	p.mu.Lock()
-	p.cool(l.h.s, until)
-	p.unlock()
-	return true
-}
-
-// Retry ends the lease as [Lease.Failed] (unless it was ended already, as
-// by Busy) and dials another server for the same client connection, as
-// [Pool.DialFor] would, never one this connection tried already if
-// another can take it. The caller closes the old Conn. Retry is for
-// failures before any byte reached the client. It returns an error
-// wrapping [ErrNoRetry] when the connection's retries are spent, and
-// DialFor's errors otherwise.
-func (l *Lease) Retry(ctx context.Context) (*Lease, error) {
-	l.h.end(endFailed)
-	if l.h == nil {
-		return nil, fmt.Errorf("upstream %q: %w", l.addr, ErrNoRetry)
-	}
-	a, p := l.a, l.h.p
-	p.mu.Lock()
-	if a.retries <= 0 {
-		name := p.cfg.Name
-		p.mu.Unlock()
-		return nil, fmt.Errorf("upstream %q: %w", name, ErrNoRetry)
-	}
-	a.retries--
-	p.retries++
-	p.mu.Unlock()
-	return p.run(ctx, a, nil)
 }
 
 // mix is splitmix64's finalizer.

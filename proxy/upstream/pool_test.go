@@ -834,3 +834,17 @@ func TestOverflow(t *testing.T) {
 		t.Error("empty overflow is not zero")
 	}
 }
+
+// TestPoolDial: as a plain Dialer, a pool dials and ends the lease at
+// once: the pick counts, no connection stays active.
+func TestPoolDial(t *testing.T) {
+	p, _, _, _ := testPool(t, upstream.PoolConfig{Name: "api", Servers: servers(1, 1)})
+	var d upstream.Dialer = p
+	c, err := d.Dial(context.Background())
+	if err != nil || c == nil {
+		t.Fatal(c, err)
+	}
+	if st := p.Stats(); st.Picks != 1 || activeConns(p) != 0 {
+		t.Errorf("after Dial: %d picks, %d active; want 1 and 0", st.Picks, activeConns(p))
+	}
+}
