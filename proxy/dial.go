@@ -17,15 +17,15 @@ var errOverflowed = errors.New("proxy: no server; given the overflow response")
 // dial connects c to a server of its route's target and returns the
 // server's conn, which c.up and c.lease then hold. A pool that retries
 // holds the connection in its first exchange (firstByte) first. When no
-// server of a pool can take it, the connection goes to its listener's
-// overflow target: another upstream, or the response written and the
-// connection ended (errOverflowed).
+// server of a pool can take it (or every server it tried failed), the
+// connection goes to its listener's overflow target: another upstream, or
+// the response written and the connection ended (errOverflowed).
 func (c *conn) dial() (net.Conn, error) {
 	rt := c.rt
 	req := upstream.Request{Client: clientAddr(c.client)}
 	lease, err := rt.target.DialFor(c.srv.ctx, req)
-	if errors.Is(err, upstream.ErrNoServer) && rt.pool != nil {
-		return c.overflow(req, err)
+	if err != nil && rt.pool != nil && c.srv.ctx.Err() == nil {
+		return c.overflow(req, err) // no server could take it, or every try failed
 	}
 	if err != nil {
 		return nil, err
@@ -60,7 +60,7 @@ func (c *conn) setUp(lease *upstream.Lease) error {
 	return cause
 }
 
-// overflow sends a connection no server of its pool can take to its
+// overflow sends a connection no server of its pool took to its
 // listener's overflow target. Without one it returns cause.
 func (c *conn) overflow(req upstream.Request, cause error) (net.Conn, error) {
 	rt := c.rt
@@ -199,7 +199,8 @@ func (r *relay) run() {
 			r.replay.Write(buf[:n])
 			_, _ = r.up.Write(buf[:n]) // a failure shows as the server's early end
 			r.mu.Unlock()
-			c.pumps[Up].moved(int64(n))
+			c.pumps[Up].bytes.Add(int64(n))
+			c.touch()
 		}
 		if err != nil {
 			if errors.Is(err, io.EOF) {

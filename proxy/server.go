@@ -217,6 +217,7 @@ func (s *Server) ActiveConns() int {
 // timeout) if some had to be closed.
 func (s *Server) Shutdown(ctx context.Context) error {
 	done := s.stopAccepting()
+	defer s.closePools()
 	defer s.stopReaper()
 	select {
 	case <-done:
@@ -235,6 +236,7 @@ func (s *Server) Close() error {
 	s.abortAll()
 	<-done
 	s.stopReaper()
+	s.closePools()
 	return nil
 }
 

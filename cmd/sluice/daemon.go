@@ -320,7 +320,7 @@ func runServer(ctx context.Context, path string, stderr io.Writer) error {
 // limits and bans.
 func (d *sluiced) proxyOptions(cfg *config.Config) proxy.Options {
 	limits, bans := admissionRules(cfg)
-	return proxy.Options{Listeners: d.listenerConfigs(cfg), Links: linkConfigs(cfg), Limits: limits, Bans: bans}
+	return proxy.Options{Listeners: d.listenerConfigs(cfg), Links: linkConfigs(cfg), Limits: limits, Bans: bans, Upstreams: upstreamPools(cfg)}
 }
 
 // listenerConfigs turns the config's listeners into the proxy's, handing

@@ -15,6 +15,7 @@ import (
 	"github.com/pion/transport/v2/test"
 
 	"github.com/sluiceproxy/sluice/proxy/upstream"
+	"github.com/sluiceproxy/sluice/proxy/upstream/upstreamtest"
 	"github.com/sluiceproxy/sluice/shaper/shapertest"
 )
 
@@ -79,7 +80,7 @@ func TestRetryLoopback(t *testing.T) {
 	good := newBackend(t, "127.0.0.1:0")
 	killed := newBackend(t, "127.0.0.1:0")
 	killed.kill()
-	hole := blackhole(t)
+	hole := upstreamtest.Blackhole(t)
 	clk := shapertest.NewClock()
 	p, err := upstream.NewPool(upstream.PoolConfig{Balance: upstream.RoundRobin, Retry: 2, Servers: []upstream.ServerConfig{
 		{Address: hole}, {Address: killed.addr()}, {Address: good.addr()},
@@ -139,7 +140,7 @@ func TestCheckDetectsDown(t *testing.T) {
 	for _, how := range []string{"killed", "blackholed"} {
 		t.Run(how, func(t *testing.T) {
 			b := newBackend(t, "127.0.0.1:0")
-			hole := blackhole(t)
+			hole := upstreamtest.Blackhole(t)
 			var broken atomic.Bool
 			var d net.Dialer
 			dial := func(ctx context.Context, network, addr string) (net.Conn, error) {

@@ -1,4 +1,4 @@
-package upstream_test
+package upstreamtest
 
 import (
 	"net"
@@ -8,10 +8,11 @@ import (
 	"time"
 )
 
-// blackhole returns the address of a loopback listener whose accept
+// Blackhole returns the address of a loopback listener whose accept
 // queue is full and never drained: the kernel drops further SYNs, so a
-// dial hangs until its deadline, as to a host that is gone.
-func blackhole(t *testing.T) string {
+// dial hangs until its deadline, as to a host that is gone. It is closed
+// when t ends.
+func Blackhole(t testing.TB) string {
 	t.Helper()
 	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
 	if err != nil {

@@ -1,0 +1,365 @@
+package proxy
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/pion/transport/v2/test"
+
+	"github.com/sluiceproxy/sluice/proxy/upstream"
+	"github.com/sluiceproxy/sluice/proxy/upstream/upstreamtest"
+)
+
+// lineServer is a loopback server that reads one line per connection and
+// answers as its mode says: "ok" writes "NAME LINE\n" and closes; "reset"
+// resets the connection without a byte; "429" and "503" answer an HTTP
+// busy response with Retry-After: 5; "silent" reads and never answers.
+type lineServer struct {
+	name     string
+	ln       *net.TCPListener
+	mode     atomic.Value // string
+	accepted atomic.Int64
+	mu       sync.Mutex
+	conns    map[net.Conn]bool
+	wg       sync.WaitGroup
+}
+
+func newLineServer(t testing.TB, name, mode string) *lineServer {
+	t.Helper()
+	ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &lineServer{name: name, ln: ln, conns: map[net.Conn]bool{}}
+	s.mode.Store(mode)
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		for {
+			c, err := ln.AcceptTCP()
+			if err != nil {
+				return
+			}
+			s.accepted.Add(1)
+			s.mu.Lock()
+			s.conns[c] = true
+			s.mu.Unlock()
+			s.wg.Add(1)
+			go s.serve(c)
+		}
+	}()
+	t.Cleanup(s.kill)
+	return s
+}
+
+func (s *lineServer) addr() string { return s.ln.Addr().String() }
+
+func (s *lineServer) serve(c *net.TCPConn) {
+	defer s.wg.Done()
+	defer func() {
+		s.mu.Lock()
+		delete(s.conns, c)
+		s.mu.Unlock()
+		c.Close()
+	}()
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		return
+	}
+	switch mode := s.mode.Load().(string); mode {
+	case "ok":
+		fmt.Fprintf(c, "%s %s", s.name, line)
+	case "reset":
+		_ = c.SetLinger(0)
+	case "429", "503":
+		fmt.Fprintf(c, "HTTP/1.1 %s Busy\r\nRetry-After: 5\r\nContent-Length: 0\r\n\r\n", mode)
+	case "silent":
+		_, _ = io.Copy(io.Discard, c)
+	}
+}
+
+// kill closes the listener and resets every open connection, as a
+// killed process would.
+func (s *lineServer) kill() {
+	s.ln.Close()
+	s.mu.Lock()
+	for c := range s.conns {
+		_ = c.(*net.TCPConn).SetLinger(0)
+		c.Close()
+	}
+	s.mu.Unlock()
+	s.wg.Wait()
+}
+
+// ask sends one line through addr and returns the answer.
+func ask(addr, line string) (string, error) {
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.WriteString(c, line+"\n"); err != nil {
+		return "", err
+	}
+	b, err := io.ReadAll(c)
+	if err != nil {
+		return string(b), err
+	}
+	if len(b) == 0 {
+		return "", io.ErrUnexpectedEOF
+	}
+	return string(b), nil
+}
+
+func poolOf(name string, servers ...*lineServer) upstream.PoolConfig {
+	p := upstream.PoolConfig{Name: name, Balance: upstream.RoundRobin}
+	for _, s := range servers {
+		p.Servers = append(p.Servers, upstream.ServerConfig{Address: s.addr()})
+	}
+	return p
+}
+
+// TestPoolRetriesEarlyReset: a server that resets before its first byte
+// is replaced by the next, the client's bytes replayed: the client gets
+// the good answer to its own line.
+func TestPoolRetriesEarlyReset(t *testing.T) {
+	defer test.TimeOut(20 * time.Second).Stop()
+	checkRoutines(t)
+	bad, good := newLineServer(t, "bad", "reset"), newLineServer(t, "good", "ok")
+	p := poolOf("api", bad, good)
+	p.Retry = 1
+	srv, addr, _ := startProxyWith(t, Options{Upstreams: []upstream.PoolConfig{p}}, ListenerConfig{Upstream: "api"})
+	for i := range 6 {
+		got, err := ask(addr, fmt.Sprintf("hello %d", i))
+		if want := fmt.Sprintf("good hello %d\n", i); err != nil || got != want {
+			t.Fatalf("answer %d = %q, %v; want %q", i, got, err, want)
+		}
+	}
+	st := srv.Pools()[0]
+	if st.Retries == 0 || bad.accepted.Load() == 0 {
+		t.Errorf("retries %d, bad server accepted %d: the test retried nothing", st.Retries, bad.accepted.Load())
+	}
+}
+
+// TestPoolRetryAfter: a 429 with Retry-After: 5 cools its server, the
+// client gets the next server's answer, and the cooled server gets no
+// connection while it cools; when every server answers so, the client
+// gets the last answer as is.
+func TestPoolRetryAfter(t *testing.T) {
+	defer test.TimeOut(20 * time.Second).Stop()
+	checkRoutines(t)
+	busy, good := newLineServer(t, "busy", "429"), newLineServer(t, "good", "ok")
+	p := poolOf("api", busy, good)
+	p.Retry, p.HTTPRetryAfter = 1, true
+	srv, addr, logs := startProxyWith(t, Options{Upstreams: []upstream.PoolConfig{p}}, ListenerConfig{Upstream: "api"})
+	start := time.Now()
+	for i := range 10 {
+		got, err := ask(addr, fmt.Sprintf("GET /%d", i))
+		if want := fmt.Sprintf("good GET /%d\n", i); err != nil || got != want {
+			t.Fatalf("answer %d = %q, %v; want %q", i, got, err, want)
+		}
+	}
+	if n := busy.accepted.Load(); n != 1 {
+		t.Errorf("the busy server accepted %d connections within its Retry-After, want 1", n)
+	}
+	s, _ := srv.pool("api")
+	st, _ := s.Server(busy.addr())
+	if st.State != upstream.Cooling || st.CoolingUntil.Sub(start) < 4900*time.Millisecond || st.CoolingUntil.Sub(start) > 5100*time.Millisecond+time.Since(start) {
+		t.Errorf("busy server: %s until %v after the first ask; want cooling 5 s ± 100 ms", st.State, st.CoolingUntil.Sub(start))
+	}
+	waitLog(t, logs, "upstream server state", "to=cooling", "reason=retry_after")
+
+	// Every server busy: the last answer goes through.
+	good.mode.Store("503")
+	if err := srv.EnableServer("api", busy.addr()); err != nil {
+		t.Fatal(err)
+	}
+	got, err := ask(addr, "GET /last")
+	if err != nil || !strings.HasPrefix(got, "HTTP/1.1 503 Busy") {
+		t.Errorf("all busy: %q, %v; want the 503 answer as is", got, err)
+	}
+}
+
+// TestPoolQuotaExact: two primaries with 100 connections a minute each
+// and a backup with as many take 250 connections as 100/100/50.
+func TestPoolQuotaExact(t *testing.T) {
+	defer test.TimeOut(60 * time.Second).Stop()
+	checkRoutines(t)
+	a, b, c := newLineServer(t, "a", "ok"), newLineServer(t, "b", "ok"), newLineServer(t, "c", "ok")
+	p := poolOf("api", a, b, c)
+	for i := range p.Servers {
+		p.Servers[i].Quota = upstream.Quota{Conns: 100, Per: time.Minute}
+	}
+	p.Servers[2].Backup = true
+	srv, addr, _ := startProxyWith(t, Options{Upstreams: []upstream.PoolConfig{p}}, ListenerConfig{Upstream: "api"})
+	for i := range 250 {
+		if _, err := ask(addr, fmt.Sprint(i)); err != nil {
+			t.Fatalf("connection %d: %v", i, err)
+		}
+	}
+	if got := [3]int64{a.accepted.Load(), b.accepted.Load(), c.accepted.Load()}; got != [3]int64{100, 100, 50} {
+		t.Errorf("servers took %v connections, want [100 100 50]", got)
+	}
+	for _, s := range srv.Pools()[0].Servers[:2] {
+		if s.State != upstream.Cooling {
+			t.Errorf("%s: %s, want cooling (quota spent)", s.Address, s.State)
+		}
+	}
+}
+
+// TestPoolOverflow: with every server down, a connection gets the
+// listener's overflow response, or goes to its overflow upstream; the
+// spell without a server is logged once, and its end too.
+func TestPoolOverflow(t *testing.T) {
+	defer test.TimeOut(20 * time.Second).Stop()
+	checkRoutines(t)
+	a := newLineServer(t, "a", "ok")
+	a.kill()
+	page := "HTTP/1.1 503 Service Unavailable\r\nRetry-After: 60\r\n\r\nBusy: try a mirror\n"
+	p := poolOf("api", a)
+	srv, addr, logs := startProxyWith(t, Options{Upstreams: []upstream.PoolConfig{p}},
+		ListenerConfig{Upstream: "api", Admission: Admission{Overflow: Overflow{Respond: []byte(page)}}})
+	for range 3 {
+		if got, err := ask(addr, "GET /"); err != nil || got != page {
+			t.Fatalf("no server: %q, %v; want the overflow page", got, err)
+		}
+	}
+	if st := srv.Stats()[0].Admission; st.Overflowed != 3 {
+		t.Errorf("overflowed = %d, want 3", st.Overflowed)
+	}
+	if n := strings.Count(logs.String(), "no server can take a connection"); n != 1 {
+		t.Errorf("%d log lines for the spell without a server, want 1", n)
+	}
+
+	spill := newLineServer(t, "spill", "ok")
+	srv2, addr2, _ := startProxyWith(t, Options{Upstreams: []upstream.PoolConfig{p}},
+		ListenerConfig{Upstream: "api", Admission: Admission{Overflow: Overflow{Upstream: spill.addr()}}})
+	if got, err := ask(addr2, "x"); err != nil || got != "spill x\n" {
+		t.Errorf("no server, overflow upstream: %q, %v; want the spill server's answer", got, err)
+	}
+	if st := srv2.Stats()[0].Admission; st.Overflowed != 1 {
+		t.Errorf("overflowed = %d, want 1", st.Overflowed)
+	}
+}
+
+// TestPoolFailover: one of three servers is killed while clients keep
+// connecting; with a retry, no client connection fails.
+func TestPoolFailover(t *testing.T) {
+	defer test.TimeOut(60 * time.Second).Stop()
+	checkRoutines(t)
+	ss := []*lineServer{newLineServer(t, "a", "ok"), newLineServer(t, "b", "ok"), newLineServer(t, "c", "ok")}
+	p := poolOf("api", ss...)
+	p.Retry = 2
+	p.Passive = upstream.Passive{Failures: 1, Eject: time.Second}
+	srv, addr, _ := startProxyWith(t, Options{Upstreams: []upstream.PoolConfig{p}}, ListenerConfig{Upstream: "api"})
+	var failed atomic.Int64
+	var wg sync.WaitGroup
+	for g := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 100 {
+				if got, err := ask(addr, fmt.Sprintf("%d-%d", g, i)); err != nil || !strings.HasSuffix(got, fmt.Sprintf(" %d-%d\n", g, i)) {
+					failed.Add(1)
+					t.Errorf("client %d-%d: %q, %v", g, i, got, err)
+				}
+				if g == 0 && i == 30 {
+					ss[1].kill()
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if failed.Load() != 0 {
+		t.Errorf("%d client connections failed, want 0", failed.Load())
+	}
+	if st := srv.Pools()[0].Servers[1]; st.State != upstream.Ejected && st.Failures == 0 {
+		t.Errorf("killed server: %+v; want failures counted", st)
+	}
+}
+
+// TestPoolReloadKeepsState: a reload that keeps a pool keeps its
+// servers' state; one that removes a server drains it.
+func TestPoolReloadKeepsState(t *testing.T) {
+	defer test.TimeOut(20 * time.Second).Stop()
+	checkRoutines(t)
+	a, b := newLineServer(t, "a", "ok"), newLineServer(t, "b", "ok")
+	p := poolOf("api", a, b)
+	srv, addr, _ := startProxyWith(t, Options{Upstreams: []upstream.PoolConfig{p}}, ListenerConfig{Upstream: "api"})
+	if err := srv.DrainServer("api", a.addr()); err != nil {
+		t.Fatal(err)
+	}
+	cfg := srv.opts.Listeners[0]
+	if err := srv.Reload(Options{Listeners: []ListenerConfig{cfg}, Upstreams: []upstream.PoolConfig{p}}, time.Second); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 4 {
+		if got, err := ask(addr, fmt.Sprint(i)); err != nil || got != fmt.Sprintf("b %d\n", i) {
+			t.Fatalf("after reload: %q, %v; want b's answers only (a still drained)", got, err)
+		}
+	}
+	if err := srv.DrainServer("nope", a.addr()); !errors.Is(err, ErrNoPool) {
+		t.Errorf("DrainServer(nope) = %v, want ErrNoPool", err)
+	}
+	if err := srv.DrainServer("api", "127.0.0.1:1"); !errors.Is(err, upstream.ErrUnknownServer) {
+		t.Errorf("DrainServer(unknown server) = %v, want ErrUnknownServer", err)
+	}
+}
+
+// TestPoolBadOptions: a listener naming no pool and no host:port, and a
+// bad pool, are refused with errors naming them.
+func TestPoolBadOptions(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		opts Options
+		want string
+	}{
+		{"unknown pool", Options{Listeners: []ListenerConfig{{Addr: "127.0.0.1:0", Upstream: "api"}}}, `upstream "api": want host:port or the name of a pool`},
+		{"bad pool", Options{Listeners: []ListenerConfig{{Addr: "127.0.0.1:0", Upstream: "api"}},
+			Upstreams: []upstream.PoolConfig{{Name: "api"}}}, `upstream pool "api": servers`},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			if _, err := New(c.opts); err == nil || !strings.Contains(err.Error(), c.want) {
+				t.Errorf("New = %v, want an error containing %q", err, c.want)
+			}
+		})
+	}
+}
+
+// TestPoolBlackhole: a server that accepts nothing (its dials hang) costs
+// at most passive.failures clients a wait of the connect timeout before
+// it is ejected; every client still gets an answer, from the others.
+func TestPoolBlackhole(t *testing.T) {
+	defer test.TimeOut(60 * time.Second).Stop()
+	checkRoutines(t)
+	a, b := newLineServer(t, "a", "ok"), newLineServer(t, "b", "ok")
+	p := poolOf("api", a, b)
+	p.Servers = append(p.Servers, upstream.ServerConfig{Address: upstreamtest.Blackhole(t)})
+	p.Retry = 2
+	p.Passive = upstream.Passive{Failures: 2, Eject: time.Minute}
+	const timeout = 300 * time.Millisecond
+	_, addr, _ := startProxyWith(t, Options{Upstreams: []upstream.PoolConfig{p}}, ListenerConfig{Upstream: "api", ConnectTimeout: timeout})
+	slow := 0
+	for i := range 30 {
+		start := time.Now()
+		got, err := ask(addr, fmt.Sprint(i))
+		if err != nil || !strings.HasSuffix(got, fmt.Sprintf(" %d\n", i)) {
+			t.Fatalf("client %d: %q, %v", i, got, err)
+		}
+		if time.Since(start) >= timeout {
+			slow++
+		}
+	}
+	if slow == 0 || slow > 2 {
+		t.Errorf("%d clients waited out the connect timeout, want 1 or 2 (passive.failures)", slow)
+	}
+}
