@@ -20,6 +20,7 @@ import (
 
 	"github.com/sluiceproxy/sluice/proxy"
 	"github.com/sluiceproxy/sluice/proxy/admit"
+	"github.com/sluiceproxy/sluice/proxy/upstream"
 	"github.com/sluiceproxy/sluice/shaper"
 )
 
@@ -50,6 +51,13 @@ type Proxy interface {
 	CloseConn(id uint64) error
 	// SetLinkLimit changes one direction of a link in service.
 	SetLinkLimit(link string, d proxy.Dir, ll shaper.LinkLimit) error
+
+	// Pools returns every upstream pool's state, by name.
+	Pools() []upstream.Stats
+	// DrainServer stops giving a pool's server new connections;
+	// EnableServer undoes it.
+	DrainServer(pool, addr string) error
+	EnableServer(pool, addr string) error
 
 	// Bans returns the active bans of every ban policy.
 	Bans() []admit.BanInfo
@@ -138,6 +146,10 @@ func New(p Proxy, opts Options) *Handler {
 	h.mux.HandleFunc("POST /v1/bans", h.write(h.addBan))
 	h.mux.HandleFunc("DELETE /v1/bans/{ban}", h.write(h.liftBan))
 	h.mux.HandleFunc("GET /v1/clients/{addr}", h.read(h.client))
+	h.mux.HandleFunc("GET /v1/upstreams", h.read(h.upstreams))
+	h.mux.HandleFunc("GET /v1/upstreams/{pool}", h.read(h.upstreamPool))
+	h.mux.HandleFunc("POST /v1/upstreams/{pool}/servers/{addr}/drain", h.write(h.drainServer))
+	h.mux.HandleFunc("POST /v1/upstreams/{pool}/servers/{addr}/enable", h.write(h.enableServer))
 	return h
 }
 

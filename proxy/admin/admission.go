@@ -28,7 +28,7 @@ type AdmissionJSON struct {
 }
 
 func admissionJSON(a proxy.AdmissionStats) *AdmissionJSON {
-	if len(a.Decisions) == 0 && a.Tarpitted == 0 {
+	if len(a.Decisions) == 0 && a.Tarpitted == 0 && a.Overflowed == 0 {
 		return nil
 	}
 	out := &AdmissionJSON{Decisions: map[string]map[string]uint64{}, Refused: a.Refused,

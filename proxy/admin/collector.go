@@ -25,6 +25,8 @@ type Collector struct {
 
 	admissions, refusals, queueTimeouts, tarpitted, overflowed, acceptPaused *prometheus.Desc
 	limitKeys, limitQueued, banActive, banKeys, banStarted, banLifted        *prometheus.Desc
+
+	up upstreamDescs
 }
 
 // NewCollector returns a Collector for p; register it on a registry.
@@ -69,7 +71,7 @@ func NewCollector(p Proxy) *Collector {
 		refusals:      d("admission_refusals_total", "Connections a listener refused at accept, by reason (deny, ban, conns, rate, window, queue_full).", "listener", "reason"),
 		queueTimeouts: d("admission_queue_timeouts_total", "Connections refused after waiting in a limit's queue for its timeout.", "listener"),
 		tarpitted:     d("admission_tarpitted_connections", "Refused connections a listener holds in its tarpit, or writes an overflow response to, now.", "listener"),
-		overflowed:    d("admission_overflowed_total", "Refused connections handed to the listener's overflow target.", "listener"),
+		overflowed:    d("admission_overflowed_total", "Connections handed to the listener's overflow target: refused by admission, or taken by no server of its pool.", "listener"),
 		acceptPaused:  d("admission_accept_paused_total", "Times a listener stopped accepting because a global connection limit was full.", "listener"),
 		limitKeys:     d("limit_keys", "Keys (client addresses, networks, listeners) a limit tracks now.", "limit"),
 		limitQueued:   d("limit_queued_connections", "Connections waiting in a limit's queues now.", "limit"),
@@ -77,6 +79,8 @@ func NewCollector(p Proxy) *Collector {
 		banKeys:       d("ban_keys", "Keys a ban policy tracks now (bounded by its table).", "ban"),
 		banStarted:    d("bans_started_total", "Bans a policy started (manual ones included).", "ban"),
 		banLifted:     d("bans_lifted_total", "Bans a policy lifted (on time or by hand).", "ban"),
+
+		up: newUpstreamDescs(d),
 	}
 }
 
@@ -89,11 +93,15 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 		c.limitKeys, c.limitQueued, c.banActive, c.banKeys, c.banStarted, c.banLifted} {
 		ch <- d
 	}
+	for _, d := range c.up.list() {
+		ch <- d
+	}
 }
 
 // Collect implements prometheus.Collector.
 func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	c.collectAdmission(ch)
+	c.collectUpstreams(ch)
 	ps := c.p.Process()
 	ch <- prometheus.MustNewConstMetric(c.readAhead, prometheus.GaugeValue, float64(ps.ReadAhead))
 	ch <- prometheus.MustNewConstMetric(c.shapedPipes, prometheus.GaugeValue, float64(ps.Pipes))
@@ -151,8 +159,8 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 func (c *Collector) collectAdmission(ch chan<- prometheus.Metric) {
 	for _, ls := range c.p.Stats() {
 		a := ls.Admission
-		if len(a.Decisions) == 0 && a.Tarpitted == 0 {
-			continue // no admission policy
+		if len(a.Decisions) == 0 && a.Tarpitted == 0 && a.Overflowed == 0 {
+			continue // no admission policy, nothing overflowed
 		}
 		for k, n := range a.Decisions {
 			ch <- prometheus.MustNewConstMetric(c.admissions, prometheus.CounterValue, float64(n), ls.Name, k[0], k[1])

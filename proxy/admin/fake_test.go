@@ -19,6 +19,7 @@ import (
 	"github.com/sluiceproxy/sluice/proxy"
 	"github.com/sluiceproxy/sluice/proxy/admin"
 	"github.com/sluiceproxy/sluice/proxy/admit"
+	"github.com/sluiceproxy/sluice/proxy/upstream"
 	"github.com/sluiceproxy/sluice/shaper"
 )
 
@@ -38,7 +39,24 @@ type fakeProxy struct {
 	banSets []admit.BanStats
 	bans    []admit.BanInfo
 	keys    []admit.KeyState
+	pools   []upstream.Stats
 	calls   []string // the state-changing calls, as "add ban key dur" / "lift ban key"
+}
+
+func (f *fakeProxy) Pools() []upstream.Stats { return f.pools }
+
+func (f *fakeProxy) DrainServer(pool, addr string) error  { return f.serverOp("drain", pool, addr) }
+func (f *fakeProxy) EnableServer(pool, addr string) error { return f.serverOp("enable", pool, addr) }
+
+func (f *fakeProxy) serverOp(op, pool, addr string) error {
+	if pool != "api" {
+		return fmt.Errorf("%w %q", proxy.ErrNoPool, pool)
+	}
+	if addr != "10.0.0.1:443" && addr != "10.0.0.2:443" {
+		return fmt.Errorf("%w: %s", upstream.ErrUnknownServer, addr)
+	}
+	f.calls = append(f.calls, op+" "+pool+" "+addr)
+	return nil
 }
 
 func (f *fakeProxy) AdmissionSet() ([]admit.LimitStats, []admit.BanStats) { return f.limits, f.banSets }
@@ -129,6 +147,13 @@ func newFake() *fakeProxy {
 			{Ban: "scanners", Key: "203.0.113.0/24", Since: t0, Until: t0.Add(5 * time.Minute), Tier: 1, Repeats: 2, Manual: true},
 		},
 		keys: []admit.KeyState{{Limit: "per-ip", Key: "198.51.100.7", Conns: 2, Excess: 1.5}},
+		pools: []upstream.Stats{{Name: "api", Balance: upstream.LeastConn, Picks: 260, Retries: 3, NoServer: 1, Servers: []upstream.ServerStats{
+			{Address: "10.0.0.1:443", Weight: 2, State: upstream.Cooling, Active: 4, Total: 100, Failures: 1,
+				Quota: upstream.QuotaStats{Conns: 100, ConnsLimit: 100, Reset: t0.Add(time.Minute)}, CoolingUntil: t0.Add(time.Minute), LastCheck: t0},
+			{Address: "10.0.0.2:443", Weight: 1, State: upstream.Up, Active: 2, Total: 150, LastCheck: t0},
+			{Address: "10.0.0.9:443", Weight: 1, Backup: true, State: upstream.Down, Failures: 3, ConsecutiveFailures: 3,
+				LastCheck: t0, LastCheckErr: "connect: connection refused"},
+		}}},
 	}
 }
 
@@ -177,6 +202,7 @@ func TestWireJSON(t *testing.T) {
 		{"links without keys", "/v1/links", "links.json"},
 		{"bans, soonest first", "/v1/bans", "bans.json"},
 		{"a client's keys", "/v1/clients/198.51.100.7?listener=video", "client.json"},
+		{"upstream pools", "/v1/upstreams", "upstreams.json"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			rec := httptest.NewRecorder()
@@ -227,6 +253,13 @@ func TestBanCalls(t *testing.T) {
 		{"lift one not banned", "DELETE", "/v1/bans/scanners?key=198.51.100.8", "t0ken", "", 404, "is not banned"},
 		{"lift without a token", "DELETE", "/v1/bans/scanners?key=198.51.100.7", "", "", 401, "missing token"},
 		{"a bad client address", "GET", "/v1/clients/nobody", "", "", 400, "address: want an IP address"},
+		{"drain a server", "POST", "/v1/upstreams/api/servers/10.0.0.2:443/drain", "t0ken", "", 200, `"name": "api"`},
+		{"enable a server", "POST", "/v1/upstreams/api/servers/10.0.0.2:443/enable", "t0ken", "", 200, `"name": "api"`},
+		{"drain without a token", "POST", "/v1/upstreams/api/servers/10.0.0.2:443/drain", "", "", 401, "missing token"},
+		{"drain in no pool", "POST", "/v1/upstreams/nope/servers/10.0.0.2:443/drain", "t0ken", "", 404, "no such upstream pool"},
+		{"drain no server", "POST", "/v1/upstreams/api/servers/10.0.0.7:443/drain", "t0ken", "", 404, "no such server"},
+		{"one pool", "GET", "/v1/upstreams/api", "", "", 200, `"state": "cooling"`},
+		{"no pool", "GET", "/v1/upstreams/nope", "", "", 404, `no upstream pool`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			status, body := call(tc.method, tc.path, tc.token, tc.body)
@@ -235,7 +268,8 @@ func TestBanCalls(t *testing.T) {
 			}
 		})
 	}
-	want := []string{"add scanners 198.51.100.9/32 1h0m0s", "add scanners 203.0.113.0/24 10m0s", "lift scanners 198.51.100.7/32", "lift scanners 198.51.100.8/32"}
+	want := []string{"add scanners 198.51.100.9/32 1h0m0s", "add scanners 203.0.113.0/24 10m0s", "lift scanners 198.51.100.7/32", "lift scanners 198.51.100.8/32",
+		"drain api 10.0.0.2:443", "enable api 10.0.0.2:443"}
 	if fmt.Sprint(f.calls) != fmt.Sprint(want) {
 		t.Errorf("calls = %q, want %q", f.calls, want)
 	}
