@@ -27,6 +27,9 @@ var sluiceBin string
 var procsAtStart = runtime.GOMAXPROCS(0)
 
 func TestMain(m *testing.M) {
+	if name := os.Getenv(backendEnv); name != "" {
+		serveBackend(name) // a backend process of a test; never returns
+	}
 	dir, err := os.MkdirTemp("", "sluice-test")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)

@@ -188,6 +188,9 @@ func (v *topView) frame(ctx context.Context) (string, error) {
 		}
 		fmt.Fprintln(&b)
 	}
+	if err := v.upstreams(ctx, &b, now); err != nil {
+		return "", err
+	}
 
 	// The busiest connections by current down rate, then up rate.
 	type row struct {
