@@ -114,7 +114,7 @@ func (h *Handler) serverOp(r *http.Request, op string, do func(pool, addr string
 		}
 		return nil, errorf(http.StatusConflict, "%v", err)
 	}
-	h.log.Info("admin: upstream server "+op, slog.String("pool", pool), slog.String("server", addr), slog.String("remote", r.RemoteAddr))
+	h.log.Info("admin: upstream server", slog.String("op", op), slog.String("pool", pool), slog.String("server", addr), slog.String("remote", r.RemoteAddr))
 	st, _ := h.upstreamPool(r)
 	return st, nil
 }
