@@ -111,7 +111,7 @@ func TestCheck(t *testing.T) {
 }
 
 func TestCheckShippedExample(t *testing.T) {
-	for _, f := range []string{"sluice.yaml", "links.yaml", "mp4.yaml", "protect.yaml"} {
+	for _, f := range []string{"sluice.yaml", "links.yaml", "mp4.yaml", "protect.yaml", "upstreams.yaml"} {
 		var stdout, stderr bytes.Buffer
 		if code := execute([]string{"check", "--config", "../../examples/" + f}, &stdout, &stderr); code != exitOK {
 			t.Fatalf("examples/%s: exit %d: %s", f, code, stderr.String())
