@@ -94,8 +94,11 @@ func TestUpstreamProcesses(t *testing.T) {
 	defer test.TimeOut(90 * time.Second).Stop()
 	bs := []*backendProc{startBackend(t, "a"), startBackend(t, "b"), startBackend(t, "c")}
 	dir := t.TempDir()
-	if err := os.WriteFile(dir+"/token", []byte("tok\n"), 0o600); err != nil {
-		t.Fatal(err)
+	page := "HTTP/1.1 503 Service Unavailable\r\nRetry-After: 30\r\n\r\nBusy: see https://mirror.example/\n"
+	for name, body := range map[string]string{"token": "tok\n", "busy.http": page} {
+		if err := os.WriteFile(dir+"/"+name, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
 	}
 	const interval, timeout = 300 * time.Millisecond, 100 * time.Millisecond
 	conf := fmt.Sprintf(`log: {format: json}
@@ -108,8 +111,8 @@ upstreams:
     passive: {failures: 1, eject: 5s}
     retry: 2
 listeners:
-  - {name: api, listen: '127.0.0.1:0', upstream: api, timeouts: {connect: 1s}}
-`, dir, bs[0].addr, bs[1].addr, bs[2].addr, interval, timeout)
+  - {name: api, listen: '127.0.0.1:0', upstream: api, timeouts: {connect: 1s}, overflow: {respond_file: '%s/busy.http'}}
+`, dir, bs[0].addr, bs[1].addr, bs[2].addr, interval, timeout, dir)
 	p := startSluice(t, conf)
 	api := &adminClient{base: p.adminURL(t), token: "tok", http: &http.Client{Timeout: 10 * time.Second}}
 	addr := p.waitLine(t, "listening", map[string]any{"listener": "api"})["addr"].(string)
@@ -215,6 +218,28 @@ listeners:
 		}
 	}
 	p.waitLine(t, "upstream server state", map[string]any{"server": bs[2].addr, "to": "down"})
+
+	// Every server gone: clients get the notice page, and the spell is
+	// logged once.
+	for _, b := range bs {
+		_ = b.cmd.Process.Kill()
+	}
+	for _, b := range bs {
+		waitState(b.addr, "down", 10*time.Second)
+	}
+	for range 3 {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+		got, err := io.ReadAll(c)
+		c.Close()
+		if err != nil || string(got) != page {
+			t.Fatalf("no server: %q, %v; want the notice page", got, err)
+		}
+	}
+	p.waitLine(t, "upstream pool: no server can take a connection", map[string]any{"pool": "api"})
 	_ = p.cmd.Process.Signal(syscall.SIGTERM)
 	_ = p.wait(t, 10*time.Second)
 }
