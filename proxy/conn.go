@@ -208,14 +208,23 @@ func (c *conn) serve() {
 		if errors.Is(err, errOverflowed) {
 			return // written the overflow response, or reset
 		}
-		// Refused, unreachable or timed out: tell the client at once with
-		// a reset rather than leaving it connected to nothing. (SetLinger
-		// fails only on a socket already gone, which needs no reset.)
+		// Refused, unreachable, timed out, or no server answered: tell the
+		// client at once with a reset rather than leaving it connected to
+		// nothing. (SetLinger fails only on a socket already gone, which
+		// needs no reset.)
 		_ = c.client.SetLinger(0)
 		c.client.Close()
+		c.mu.Lock()
+		if c.up != nil {
+			c.up.Close() // a server that failed its first exchange
+		}
+		c.mu.Unlock()
 		result := resultUpstreamError
-		if errors.Is(err, errShutdown) || errors.Is(context.Cause(c.srv.ctx), errShutdown) {
+		switch {
+		case errors.Is(err, errShutdown) || errors.Is(context.Cause(c.srv.ctx), errShutdown):
 			result, err = resultShutdown, nil
+		case c.abortCause() != nil: // idle, closed by the admin API, drained
+			result, err = c.result(nil, nil)
 		}
 		c.logDone(result, err)
 		c.srv.forget(c, result)

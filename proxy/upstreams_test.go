@@ -363,3 +363,35 @@ func TestPoolBlackhole(t *testing.T) {
 		t.Errorf("%d clients waited out the connect timeout, want 1 or 2 (passive.failures)", slow)
 	}
 }
+
+// TestPoolEveryTryFails: when every server tried resets before its first
+// byte, the client is reset, each failure is counted, and the server
+// connections are closed; a silent server leaves the connection to the
+// idle timeout, which is no failure of the server.
+func TestPoolEveryTryFails(t *testing.T) {
+	defer test.TimeOut(20 * time.Second).Stop()
+	checkRoutines(t)
+	a, b := newLineServer(t, "a", "reset"), newLineServer(t, "b", "reset")
+	p := poolOf("api", a, b)
+	p.Retry = 1
+	srv, addr, logs := startProxyWith(t, Options{Upstreams: []upstream.PoolConfig{p}}, ListenerConfig{Upstream: "api", IdleTimeout: 300 * time.Millisecond})
+	if got, err := ask(addr, "x"); err == nil {
+		t.Fatalf("every server reset: got %q, want an error", got)
+	}
+	waitLog(t, logs, "result=upstream_error")
+	st := srv.Pools()[0]
+	if st.Servers[0].Failures+st.Servers[1].Failures != 2 {
+		t.Errorf("failures %d + %d, want 2", st.Servers[0].Failures, st.Servers[1].Failures)
+	}
+	a.mode.Store("silent")
+	b.mode.Store("silent")
+	if got, err := ask(addr, "y"); err == nil && got != "" {
+		t.Fatalf("silent servers: got %q, want nothing", got)
+	}
+	waitLog(t, logs, "result=idle_timeout")
+	st2 := srv.Pools()[0]
+	if st2.Servers[0].Failures+st2.Servers[1].Failures != 2 {
+		t.Errorf("after an idle timeout: failures %d + %d, want still 2", st2.Servers[0].Failures, st2.Servers[1].Failures)
+	}
+	eventually(t, func() bool { return srv.Pools()[0].Servers[0].Active+srv.Pools()[0].Servers[1].Active == 0 })
+}
