@@ -197,7 +197,7 @@ func (r *relay) run() {
 				c.obs.Up(buf[:n])
 			}
 			_, _ = r.replay.Write(buf[:n]) // never fails: past its limit it keeps nothing
-			_, _ = r.up.Write(buf[:n]) // a failure shows as the server's early end
+			_, _ = r.up.Write(buf[:n])     // a failure shows as the server's early end
 			r.mu.Unlock()
 			c.pumps[Up].bytes.Add(int64(n))
 			c.touch()
