@@ -461,10 +461,15 @@ func isReset(err error) bool {
 		errors.Is(err, syscall.ECONNABORTED)
 }
 
-// closeWrite half-closes w if it can (TCP), forwarding an EOF.
+// closeWrite half-closes w if it can (TCP), forwarding an EOF. A socket
+// no longer connected has nothing left to half-close: a pool's first
+// exchange forwards a client's EOF before the pump does, and the server
+// may have closed in turn.
 func closeWrite(w net.Conn) error {
 	if cw, ok := w.(interface{ CloseWrite() error }); ok {
-		return cw.CloseWrite()
+		if err := cw.CloseWrite(); !errors.Is(err, syscall.ENOTCONN) {
+			return err
+		}
 	}
 	return nil
 }

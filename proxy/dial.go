@@ -128,6 +128,11 @@ func (c *conn) awaitAnswer(r *relay) error {
 			c.lease.Done()
 			return cause
 		}
+		if errors.Is(err, io.EOF) && r.endedEmpty() {
+			// The client closed without a byte and the server closed
+			// in turn: a port probe, not a server failure.
+			return nil
+		}
 		// The server ended or reset before its first byte.
 		if rerr := c.retry(r); rerr != nil {
 			c.lease.Failed()
@@ -215,6 +220,14 @@ func (r *relay) run() {
 			return // past what can be replayed: the pumps take over
 		}
 	}
+}
+
+// endedEmpty reports whether the client ended its side having sent
+// nothing.
+func (r *relay) endedEmpty() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.eof && r.replay.Complete() && len(r.replay.Bytes()) == 0
 }
 
 // stop ends the relay and waits for it; the client's read deadline is

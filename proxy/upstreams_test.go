@@ -287,6 +287,85 @@ func TestPoolFailover(t *testing.T) {
 	}
 }
 
+// TestPoolEmptyClientNoFailure: a client that connects and closes
+// without a byte (a port probe), to which the server closes in turn,
+// costs the servers nothing: with failures: 1 it used to eject every
+// server of the pool, retrying the empty exchange on each.
+func TestPoolEmptyClientNoFailure(t *testing.T) {
+	defer test.TimeOut(20 * time.Second).Stop()
+	checkRoutines(t)
+	ss := []*lineServer{newLineServer(t, "a", "ok"), newLineServer(t, "b", "ok"), newLineServer(t, "c", "ok")}
+	p := poolOf("api", ss...)
+	p.Retry = 2
+	p.Passive = upstream.Passive{Failures: 1, Eject: time.Minute}
+	srv, addr, _ := startProxyWith(t, Options{Upstreams: []upstream.PoolConfig{p}}, ListenerConfig{Upstream: "api"})
+	for range 3 {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+		_ = c.(*net.TCPConn).CloseWrite()
+		if b, err := io.ReadAll(c); err != nil || len(b) > 0 {
+			t.Errorf("empty exchange: read %q, %v; want a clean end", b, err)
+		}
+		c.Close()
+	}
+	// Each probe reached one server; all three are up with no failure.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		var accepted int64
+		for _, s := range ss {
+			accepted += s.accepted.Load()
+		}
+		if accepted >= 3 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	for _, st := range srv.Pools()[0].Servers {
+		if st.State != upstream.Up || st.Failures != 0 {
+			t.Errorf("server %s: %v with %d failures after empty exchanges; want up with none", st.Address, st.State, st.Failures)
+		}
+	}
+	if got, err := ask(addr, "x"); err != nil || !strings.HasSuffix(got, " x\n") {
+		t.Errorf("ask after probes: %q, %v", got, err)
+	}
+}
+
+// TestPoolHalfCloseClient: a client that sends its request and
+// half-closes gets the whole answer through a pool that retries, even
+// when the server closes before the pumps take over (the relay's
+// half-close is not an error when the pump repeats it).
+func TestPoolHalfCloseClient(t *testing.T) {
+	defer test.TimeOut(20 * time.Second).Stop()
+	checkRoutines(t)
+	ss := []*lineServer{newLineServer(t, "a", "ok"), newLineServer(t, "b", "ok")}
+	p := poolOf("api", ss...)
+	p.Retry = 1
+	srv, addr, logs := startProxyWith(t, Options{Upstreams: []upstream.PoolConfig{p}}, ListenerConfig{Upstream: "api"})
+	for i := range 20 {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+		_, _ = fmt.Fprintf(c, "%d\n", i)
+		_ = c.(*net.TCPConn).CloseWrite()
+		b, err := io.ReadAll(c)
+		c.Close()
+		if err != nil || !strings.HasSuffix(string(b), fmt.Sprintf(" %d\n", i)) {
+			t.Errorf("half-closed request %d: %q, %v", i, b, err)
+		}
+	}
+	if st := srv.Pools()[0]; st.Servers[0].Failures+st.Servers[1].Failures != 0 {
+		t.Errorf("failures counted for half-closed clients: %+v", st.Servers)
+	}
+	if strings.Contains(logs.String(), "not connected") {
+		t.Errorf("a repeated half-close logged as an error:\n%s", logs.String())
+	}
+}
+
 // TestPoolReloadKeepsState: a reload that keeps a pool keeps its
 // servers' state; one that removes a server drains it.
 func TestPoolReloadKeepsState(t *testing.T) {

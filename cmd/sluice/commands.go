@@ -90,6 +90,7 @@ func newDemoCmd(stdout io.Writer) *cobra.Command {
 		},
 	}
 	cmd.Flags().DurationVarP(&d, "duration", "d", 12*time.Second, "how long to run")
+	cmd.AddCommand(newDemoFailoverCmd(stdout))
 	return cmd
 }
 
