@@ -93,7 +93,8 @@ type conn struct {
 	client    *net.TCPConn
 	start     time.Time
 
-	lease *upstream.Lease // the server's, once dialed; ended by finish or on an early failure
+	lease      *upstream.Lease // the server's, once dialed; ended by finish or on an early failure
+	overflowed bool            // sent to the overflow upstream in its first exchange (once at most)
 
 	mu     sync.Mutex
 	up     net.Conn      // set once dialed; guarded by mu until the pumps start

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"sync"
@@ -38,6 +39,12 @@ func (c *conn) dial() (net.Conn, error) {
 	}
 	if rt.pool != nil && rt.pool.sniff {
 		if err := c.firstByte(); err != nil {
+			if errors.Is(err, errNoAnswer) && len(rt.cfg.Admission.Overflow.Respond) > 0 {
+				c.mu.Lock()
+				c.up.Close() // the last server tried
+				c.mu.Unlock()
+				return c.overflow(req, err)
+			}
 			return nil, err
 		}
 	}
@@ -133,12 +140,37 @@ func (c *conn) awaitAnswer(r *relay) error {
 			// in turn: a port probe, not a server failure.
 			return nil
 		}
-		// The server ended or reset before its first byte.
-		if rerr := c.retry(r); rerr != nil {
-			c.lease.Failed()
-			return err
+		// The server ended or reset before its first byte: another one,
+		// or the overflow target.
+		if c.retry(r) == nil {
+			continue
 		}
+		c.lease.Failed()
+		if !c.overflowed && c.rt.overflow != nil && c.toOverflow(r) == nil {
+			continue
+		}
+		return fmt.Errorf("%w: %w", errNoAnswer, err)
 	}
+}
+
+// errNoAnswer: no server of the pool answered the connection.
+var errNoAnswer = errors.New("no server answered")
+
+// toOverflow moves c, in its first exchange, to its listener's overflow
+// upstream, the client's bytes replayed.
+func (c *conn) toOverflow(r *relay) error {
+	c.overflowed = true
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !r.replay.Complete() {
+		return errNoReplay
+	}
+	next, err := c.rt.overflow.DialFor(c.srv.ctx, upstream.Request{Client: clientAddr(c.client)})
+	if err != nil {
+		return err
+	}
+	c.rt.stats.overflowed.Add(1)
+	return c.switchTo(r, next)
 }
 
 // retry moves c to another server of its pool and replays the client's
@@ -154,6 +186,12 @@ func (c *conn) retry(r *relay) error {
 	if err != nil {
 		return err
 	}
+	return c.switchTo(r, next)
+}
+
+// switchTo makes next c's server in its first exchange, the client's
+// bytes kept so far replayed to it. Requires r.mu.
+func (c *conn) switchTo(r *relay, next *upstream.Lease) error {
 	up := next.Conn()
 	if b := r.replay.Bytes(); len(b) > 0 {
 		_, _ = up.Write(b) // a failure shows as the new server's early end

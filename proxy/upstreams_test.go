@@ -34,7 +34,18 @@ type lineServer struct {
 
 func newLineServer(t testing.TB, name, mode string) *lineServer {
 	t.Helper()
-	ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	return newLineServerAt(t, name, mode, "127.0.0.1:0")
+}
+
+// newLineServerAt is newLineServer on addr: a server restarted on its
+// address.
+func newLineServerAt(t testing.TB, name, mode, addr string) *lineServer {
+	t.Helper()
+	la, err := net.ResolveTCPAddr("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.ListenTCP("tcp", la)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -473,4 +484,99 @@ func TestPoolEveryTryFails(t *testing.T) {
 		t.Errorf("after an idle timeout: failures %d + %d, want still 2", st2.Servers[0].Failures, st2.Servers[1].Failures)
 	}
 	eventually(t, func() bool { return srv.Pools()[0].Servers[0].Active+srv.Pools()[0].Servers[1].Active == 0 })
+}
+
+// TestPoolRevived: a server killed, ejected by its failures and marked
+// down by checks takes connections again once its checks pass rise times,
+// however long its ejection was to last.
+func TestPoolRevived(t *testing.T) {
+	defer test.TimeOut(30 * time.Second).Stop()
+	checkRoutines(t)
+	a, b := newLineServer(t, "a", "ok"), newLineServer(t, "b", "ok")
+	p := poolOf("api", a, b)
+	p.Retry = 1
+	p.Passive = upstream.Passive{Failures: 1, Eject: time.Minute}
+	p.Check = upstream.Check{Type: upstream.TCPCheck, Interval: 100 * time.Millisecond, Timeout: 50 * time.Millisecond, Rise: 2, Fall: 2}
+	srv, addr, _ := startProxyWith(t, Options{Upstreams: []upstream.PoolConfig{p}}, ListenerConfig{Upstream: "api"})
+	a.kill()
+	for i := range 4 { // a's failures eject it; b answers all
+		if got, err := ask(addr, fmt.Sprint(i)); err != nil || got != fmt.Sprintf("b %d\n", i) {
+			t.Fatalf("with a killed: %q, %v", got, err)
+		}
+	}
+	eventually(t, func() bool { return srv.Pools()[0].Servers[0].State == upstream.Down })
+	a2 := newLineServerAt(t, "a", "ok", a.addr())
+	eventually(t, func() bool { return srv.Pools()[0].Servers[0].State == upstream.Up })
+	for i := range 4 {
+		if _, err := ask(addr, fmt.Sprint(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if a2.accepted.Load() < 2 {
+		t.Errorf("the revived server took %d of 4 connections, want its share (round robin: 2)", a2.accepted.Load())
+	}
+}
+
+// TestPoolBlackholeConcurrent: with clients arriving together, a server
+// whose dials hang takes no new connection once passive.failures dials to
+// it are pending with none answered: about that many clients wait out the
+// connect timeout, not every client sent its way until it is ejected.
+func TestPoolBlackholeConcurrent(t *testing.T) {
+	defer test.TimeOut(60 * time.Second).Stop()
+	checkRoutines(t)
+	a, b := newLineServer(t, "a", "ok"), newLineServer(t, "b", "ok")
+	p := poolOf("api", a, b)
+	p.Servers = append(p.Servers, upstream.ServerConfig{Address: upstreamtest.Blackhole(t)})
+	p.Retry = 2
+	p.Passive = upstream.Passive{Failures: 2, Eject: time.Minute}
+	const timeout = 500 * time.Millisecond
+	_, addr, _ := startProxyWith(t, Options{Upstreams: []upstream.PoolConfig{p}}, ListenerConfig{Upstream: "api", ConnectTimeout: timeout})
+	var slow, failed atomic.Int64
+	var wg sync.WaitGroup
+	for g := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 50 {
+				start := time.Now()
+				if _, err := ask(addr, fmt.Sprintf("%d-%d", g, i)); err != nil {
+					failed.Add(1)
+				}
+				if time.Since(start) >= timeout {
+					slow.Add(1)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	t.Logf("%d of 200 clients waited out the connect timeout (passive.failures 2)", slow.Load())
+	if failed.Load() != 0 || slow.Load() > 4 {
+		t.Errorf("%d failed, %d waited out the connect timeout; want 0 and at most 4 (2 failures, and those within 20 ms)", failed.Load(), slow.Load())
+	}
+}
+
+// TestPoolNoAnswerOverflows: when every server tried fails in the first
+// exchange, the client gets the overflow page, or the overflow upstream's
+// answer to its own bytes, replayed.
+func TestPoolNoAnswerOverflows(t *testing.T) {
+	defer test.TimeOut(20 * time.Second).Stop()
+	checkRoutines(t)
+	a, b := newLineServer(t, "a", "reset"), newLineServer(t, "b", "reset")
+	p := poolOf("api", a, b)
+	p.Retry = 1
+	page := "HTTP/1.1 503 Service Unavailable\r\n\r\nbusy\n"
+	_, addr, _ := startProxyWith(t, Options{Upstreams: []upstream.PoolConfig{p}},
+		ListenerConfig{Upstream: "api", Admission: Admission{Overflow: Overflow{Respond: []byte(page)}}})
+	if got, err := ask(addr, "x"); err != nil || got != page {
+		t.Errorf("no server answered, overflow page: %q, %v", got, err)
+	}
+	spill := newLineServer(t, "spill", "ok")
+	srv2, addr2, _ := startProxyWith(t, Options{Upstreams: []upstream.PoolConfig{p}},
+		ListenerConfig{Upstream: "api", Admission: Admission{Overflow: Overflow{Upstream: spill.addr()}}})
+	if got, err := ask(addr2, "replayed"); err != nil || got != "spill replayed\n" {
+		t.Errorf("no server answered, overflow upstream: %q, %v; want its answer to the replayed line", got, err)
+	}
+	if st := srv2.Stats()[0].Admission; st.Overflowed != 1 {
+		t.Errorf("overflowed = %d, want 1", st.Overflowed)
+	}
 }

@@ -20,6 +20,36 @@ var tiers = [...]tier{{false, false}, {true, false}, {false, true}, {true, true}
 // held.
 func (p *Pool) pick(a *attempt, at time.Time) *server {
 	now := p.since(at)
+	if s := p.pickTiers(a, now); s != nil {
+		return s
+	}
+	// Every server that could take it is stalled (see server.stalled):
+	// better a wait than no server.
+	a.stalled = true
+	s := p.pickTiers(a, now)
+	a.stalled = false
+	if s != nil {
+		return s
+	}
+	// No server is up. Probe the ejected one whose ejection ends first.
+	var best *server
+	for _, s := range p.servers {
+		if s.drained || s.removed || s.down || s.cooling(at) || !at.Before(s.ejectedUntil) || a.has(s) {
+			continue
+		}
+		if best == nil || s.ejectedUntil.Before(best.ejectedUntil) {
+			best = s
+		}
+	}
+	if best != nil {
+		p.ejectedPicks++
+	}
+	return best
+}
+
+// pickTiers picks among the primaries, then the backups, then those a
+// tried already; nil if none can take a.
+func (p *Pool) pickTiers(a *attempt, now int64) *server {
 	for _, t := range tiers {
 		var s *server
 		switch p.cfg.Balance {
@@ -38,25 +68,12 @@ func (p *Pool) pick(a *attempt, at time.Time) *server {
 			return s
 		}
 	}
-	// No server is up. Probe the ejected one whose ejection ends first.
-	var best *server
-	for _, s := range p.servers {
-		if s.drained || s.removed || s.down || s.cooling(at) || !at.Before(s.ejectedUntil) || a.has(s) {
-			continue
-		}
-		if best == nil || s.ejectedUntil.Before(best.ejectedUntil) {
-			best = s
-		}
-	}
-	if best != nil {
-		p.ejectedPicks++
-	}
-	return best
+	return nil
 }
 
 // eligible reports whether s is in tier t for a at now.
 func (a *attempt) eligible(s *server, now int64, t tier) bool {
-	return s.backup == t.backup && s.ready(now) && (t.tried || !a.has(s))
+	return s.backup == t.backup && s.ready(now) && (a.stalled || !s.stalled(now)) && (t.tried || !a.has(s))
 }
 
 // leastConn returns the eligible server with the fewest active

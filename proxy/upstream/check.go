@@ -148,7 +148,10 @@ func (p *Pool) checked(s *server, now time.Time, err error) {
 		s.checkPass++
 		s.checkFail = 0
 		if s.down && s.checkPass >= ck.Rise {
+			// Up again: checks passed Rise times in a row, which outweighs
+			// the passive failures that may have ejected it meanwhile.
 			s.down = false
+			s.ejectedUntil, s.consec, s.ejections = time.Time{}, 0, 0
 			p.settle(s, now, ReasonCheck, nil)
 		}
 		return

@@ -127,6 +127,14 @@ type server struct {
 	out     bool
 	readyAt int64
 
+	// Dials in flight, for a server that stops answering them (see
+	// stalled): how many, since when (ns since the pool's epoch) the
+	// count last rose from zero, and when the last one ended either way.
+	stallAt      int // the pool's Passive.Failures; 0: never stalled
+	dialing      int
+	dialingSince int64
+	lastDialEnd  int64 // math.MinInt64/2 before any
+
 	state   State // last reported
 	timer   shaper.Timer
 	timerAt time.Time
@@ -180,10 +188,11 @@ func (p *Pool) apply(cfg PoolConfig) {
 		if s == nil {
 			h := fnv.New64a()
 			h.Write([]byte(sc.Address))
-			s = &server{addr: sc.Address, seed: mix(h.Sum64())}
+			s = &server{addr: sc.Address, seed: mix(h.Sum64()), lastDialEnd: math.MinInt64 / 2}
 		}
 		s.weight = int64(sc.Weight)
 		s.invWeight = 1 / float64(sc.Weight)
+		s.stallAt = cfg.Passive.Failures
 		s.backup = sc.Backup
 		if s.quota != sc.Quota {
 			s.quota = sc.Quota
@@ -329,7 +338,8 @@ type attempt struct {
 	hashed  bool   // key is set
 	tried   [MaxRetry + 1]*server
 	n       int
-	retries int // left; -1 until the first pick reads the pool's Retry
+	retries int  // left; -1 until the first pick reads the pool's Retry
+	stalled bool // pick takes stalled servers too: no other could take it
 }
 
 func (a *attempt) has(s *server) bool {
@@ -373,9 +383,13 @@ func (p *Pool) run(ctx context.Context, a *attempt, last error) (*Lease, error) 
 		}
 		win := p.charge(s, now)
 		a.add(s)
+		s.dialStarted(p.since(now))
 		p.unlock()
 
 		c, err := p.dialServer(ctx, s.addr)
+		p.mu.Lock()
+		s.dialEnded(p.since(p.clock.Now()))
+		p.mu.Unlock()
 		if err == nil {
 			return newLease(a, s, win, c), nil
 		}
@@ -520,6 +534,38 @@ func (s *server) usable(now time.Time) bool {
 // ready is usable for pick, from what settle keeps: at now, ns since the
 // pool's epoch. Requires p.mu held.
 func (s *server) ready(now int64) bool { return !s.out && now >= s.readyAt }
+
+// stallGrace is how long a server's passive.failures dials may all be in
+// flight, none ending, before it takes no new connection until one ends.
+const stallGrace = 20 * time.Millisecond
+
+// stalled reports whether s answers no dial lately: as many dials in
+// flight as its pool's passive.failures, for longer than stallGrace, and
+// none ended within it. Such a server (blackholed: dials hang until the
+// connect timeout) takes no new connection while another can, until a
+// dial ends, so that only about that many clients wait out the connect
+// timeout before it is ejected. Requires p.mu held.
+func (s *server) stalled(now int64) bool {
+	grace := int64(stallGrace)
+	return s.stallAt > 0 && s.dialing >= s.stallAt && now-s.dialingSince > grace && now-s.lastDialEnd > grace
+}
+
+// dialStarted and dialEnded keep the count of dials in flight to s, at
+// now. Requires p.mu held.
+func (s *server) dialStarted(now int64) {
+	if s.dialing == 0 {
+		s.dialingSince = now
+	}
+	s.dialing++
+}
+
+func (s *server) dialEnded(now int64) {
+	s.dialing--
+	s.lastDialEnd = now
+	if s.dialing == 0 {
+		s.dialingSince = 0
+	}
+}
 
 // since returns t in ns since the pool's epoch (on the monotonic clock
 // when both have it).
