@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -9,8 +10,11 @@ import (
 	"net/netip"
 	"os"
 	"reflect"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
+	"text/tabwriter"
 	"time"
 
 	"github.com/sluiceproxy/sluice/config"
@@ -132,6 +136,7 @@ func (n *clusterNode) status() *admin.ClusterStatus {
 			Instances: l.Instances, Weight: l.Weight, Conns: l.Demand.Conns, Want: l.Demand.Want,
 		})
 	}
+	slices.SortFunc(out.Links, func(x, y admin.ClusterLink) int { return strings.Compare(x.Link+"/"+x.Dir, y.Link+"/"+y.Dir) })
 	return out
 }
 
@@ -432,4 +437,47 @@ func checkCluster(cfg *config.Config) error {
 	}
 	_, err := clusterOptions(cfg.Cluster, nil)
 	return err
+}
+
+// clusterSection renders the cluster's state and this instance's share
+// of each cluster link, for `sluice top`; nothing for an instance in no
+// cluster.
+func (v *topView) clusterSection(ctx context.Context, b *strings.Builder) error {
+	if v.noCluster {
+		return nil
+	}
+	var st admin.ClusterStatus
+	if err := v.c.do(ctx, "GET", "/v1/cluster", nil, &st); err != nil {
+		if strings.Contains(err.Error(), " 404 ") {
+			v.noCluster = true
+			return nil
+		}
+		return err
+	}
+	fmt.Fprintf(b, "cluster: instance %s %s for %s", st.Instance, strings.ToUpper(st.State), time.Since(st.Since).Round(time.Second))
+	fmt.Fprintf(b, ", renewals %d (failed %d), fallbacks %d, bans sent %d received %d", st.Calls, st.Failures, st.Fallbacks, st.BansSent, st.BansReceived)
+	if st.LastErr != "" {
+		fmt.Fprintf(b, "\n  last error: %s", st.LastErr)
+	}
+	fmt.Fprintln(b)
+	if len(st.Links) > 0 {
+		slices.SortFunc(st.Links, func(x, y admin.ClusterLink) int { return strings.Compare(x.Link+x.Dir, y.Link+y.Dir) })
+		tw := tabwriter.NewWriter(b, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "CLUSTER LINK\tDIR\tSHARE\tOF LINE\tFAIR\tFROM\tINSTANCES\tCONNS HERE/ALL")
+		for _, l := range st.Links {
+			from := "lease"
+			if !l.Leased {
+				from = "fallback"
+			}
+			pct := 0.0
+			if l.Line > 0 {
+				pct = 100 * float64(l.Share) / float64(l.Line)
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%.0f%% of %s\t%s\t%s\t%d\t%d/%d\n", l.Link, l.Dir, fmtBits(float64(l.Share)), pct,
+				fmtBits(float64(l.Line)), fmtBits(float64(l.Fair)), from, l.Instances, l.Conns, l.Weight)
+		}
+		_ = tw.Flush()
+	}
+	fmt.Fprintln(b)
+	return nil
 }
