@@ -135,6 +135,9 @@ func run() error {
 	if *admission {
 		return runAdmission(dir, echo.Addr().String())
 	}
+	if *clusterMode {
+		return runCluster(dir, src.Addr().String(), echo.Addr().String())
+	}
 	return runCore(dir, src.Addr().String(), echo.Addr().String())
 }
 
