@@ -465,3 +465,78 @@ func TestClusterAdmission(t *testing.T) {
 		t.Errorf("a: bans sent %d, received %d, want at least 1 each", st.BansSent, st.BansReceived)
 	}
 }
+
+// TestClusterReload: a reload that changes a cluster link's rate takes a
+// new lease at the new line; one that turns cluster off gives the link
+// back its configured rate; adding the cluster: block is refused.
+func TestClusterReload(t *testing.T) {
+	defer test.TimeOut(20 * time.Second).Stop()
+	defer test.CheckRoutines(t)()
+	var st stops
+	defer st.run()
+	redis := startRedisProc(t)
+	backend := streamBackend(t, &st)
+	in := startInstance(t, &st, clusterYAML(redis.addr(), "a", backend.Addr().String(), clusterAdmission))
+	d := in.d
+	reload := func(yaml string) {
+		t.Helper()
+		cfg, err := config.Parse([]byte(yaml))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := d.checkClusterReload(cfg); err != nil {
+			t.Fatal(err)
+		}
+		if err := d.srv.Reload(d.proxyOptions(cfg), 0); err != nil {
+			t.Fatal(err)
+		}
+		d.cluster.sync(cfg)
+		d.cfg = cfg
+	}
+	linkRate := func() int64 { return d.srv.Links(false)[0].Dirs[proxy.Down].Limit.Rate }
+	// The only instance of the cluster: the whole line.
+	pollUntil(t, 2*time.Second, "leased at 4 MB/s", func() bool { return linkRate() == 4_000_000 })
+
+	reload(strings.Replace(clusterYAML(redis.addr(), "a", backend.Addr().String(), clusterAdmission), "4MB/s", "2MB/s", 1))
+	pollUntil(t, 2*time.Second, "leased at the new line", func() bool {
+		st := d.cluster.status()
+		return len(st.Links) == 1 && st.Links[0].Line == 2_000_000 && linkRate() == 2_000_000
+	})
+
+	off := strings.Replace(clusterYAML(redis.addr(), "a", backend.Addr().String(), clusterAdmission), "rate: 4MB/s}, cluster: true", "rate: 3MB/s}", 1)
+	reload(off)
+	if got := linkRate(); got != 3_000_000 {
+		t.Errorf("link rate after cluster: false = %d, want its configured 3000000", got)
+	}
+	pollUntil(t, 2*time.Second, "the lease is given back", func() bool { return len(d.cluster.status().Links) == 0 })
+
+	none, err := config.Parse([]byte("listeners: [{listen: '127.0.0.1:0', upstream: 'a:1'}]"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.checkClusterReload(none); err == nil || !strings.Contains(err.Error(), "takes a restart") {
+		t.Errorf("reload without the cluster: block: %v, want refused", err)
+	}
+}
+
+// TestClusterCheck: sluice check validates the cluster: block's TLS
+// files without connecting to Redis.
+func TestClusterCheck(t *testing.T) {
+	dir := t.TempDir()
+	ca := dir + "/ca.pem"
+	if err := os.WriteFile(ca, []byte("not a certificate"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	path := writeConfig(t, "cluster: {redis: {address: '127.0.0.1:1', tls: {ca_file: "+ca+"}}}\n"+
+		"links: {line: {down: {rate: 1MB/s}, cluster: true}}\nlisteners: [{listen: '127.0.0.1:0', upstream: 'a:1', links: [line]}]\n")
+	var out, errb strings.Builder
+	if code := execute([]string{"check", "--config", path}, &out, &errb); code != exitConfig || !strings.Contains(errb.String(), "cluster.redis.tls.ca_file: want PEM certificates") {
+		t.Errorf("check = %d, %s, want exit %d naming the ca_file", code, errb.String(), exitConfig)
+	}
+	path = writeConfig(t, "cluster: {redis: {address: '127.0.0.1:1'}}\n"+
+		"links: {line: {down: {rate: 1MB/s}, cluster: true}}\nlisteners: [{listen: '127.0.0.1:0', upstream: 'a:1', links: [line]}]\n")
+	out.Reset()
+	if code := execute([]string{"check", "--config", path}, &out, &errb); code != exitOK || !strings.Contains(out.String(), "cluster: true") {
+		t.Errorf("check of a cluster config with Redis down = %d, %s", code, out.String())
+	}
+}
