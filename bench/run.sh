@@ -26,6 +26,15 @@ for a in "$@"; do
       exit 1
     fi
   fi
+  if [ "$a" = -cluster ] && ! command -v redis-server >/dev/null; then
+    if [ "$(id -u)" = 0 ]; then
+      apt-get update -qq
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+    else
+      echo "bench: -cluster needs redis-server: sudo apt-get install redis-server" >&2
+      exit 1
+    fi
+  fi
   if [ "$a" = -mp4 ] && ! command -v ffmpeg >/dev/null; then
     if [ "$(id -u)" = 0 ]; then
       apt-get update -qq
@@ -44,6 +53,6 @@ go build -o "$out/loadbench" ./bench/loadbench
 mkdir -p bench/results
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
 mode=core
-for a in "$@"; do case "$a" in -shape) mode=shape ;; -links) mode=links ;; -mp4) mode=mp4 ;; -admission) mode=admission ;; -failover) mode=failover ;; esac; done
+for a in "$@"; do case "$a" in -shape) mode=shape ;; -links) mode=links ;; -mp4) mode=mp4 ;; -admission) mode=admission ;; -failover) mode=failover ;; -cluster) mode=cluster ;; esac; done
 "$out/loadbench" -sluice "$out/sluice" -nginx "$(command -v nginx)" -runs 3 \
   -json "bench/results/$mode-$stamp.json" "$@"

@@ -132,7 +132,7 @@ func TestAdmissionErrors(t *testing.T) {
 		{"borrow from no rate", "limits: {a: {rate: 1/s, borrow: b}, b: {conns: 3}}\n" + lst(""), `limits.a.borrow: limit "b" has no rate to lend from`},
 		{"unknown by", "limits: {a: {by: upstream}}\n" + lst(""), "limits.a.by: want one of source_ip, cidr, listener, global"},
 		{"prefix without cidr", "limits: {a: {prefix: 16}}\n" + lst(""), "limits.a.prefix: prefix lengths go with by: cidr"},
-		{"cluster", "limits: {a: {conns: 1, cluster: true}}\n" + lst(""), "limits.a.cluster: shared limits across instances are not supported"},
+		{"cluster", "limits: {a: {conns: 1, cluster: true}}\n" + lst(""), "limits.a.cluster: needs a cluster: block"},
 		{"negative conns", "limits: {a: {conns: -1}}\n" + lst(""), "limits.a.conns: want a whole number from 0 to"},
 		{"bad limit name", "limits: {'A b': {conns: 1}}\n" + lst(""), "a limit name is lower case"},
 		{"table on global", "limits: {a: {by: global, conns: 1, table: 1000}}\n" + lst(""), "limits.a.table: a global limit tracks few keys"},

@@ -30,8 +30,8 @@ type Ban struct {
 	// Table is the most keys tracked (default 100000). A full table never
 	// drops a live ban: new keys are then tracked by their /24 (/64).
 	Table int
-	// Cluster shares bans with other instances through cluster.redis.
-	// Not supported yet: true is an error.
+	// Cluster shares the policy's bans with the other instances of the
+	// cluster: block: a ban started on one holds on all.
 	Cluster bool
 }
 
@@ -109,9 +109,6 @@ func (d *decoder) bans(v any) []Ban {
 		}
 		b.Table = d.integer(path+".table", bm["table"], DefaultBanTable, 64, MaxBanTable)
 		b.Cluster = d.boolean(path+".cluster", bm["cluster"], false)
-		if b.Cluster {
-			d.failf(path+".cluster", "bans shared across instances are not supported in this version; remove it or set false")
-		}
 		out = append(out, b)
 	}
 	return out

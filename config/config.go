@@ -38,6 +38,7 @@ type Config struct {
 	Listeners []Listener
 	Shutdown  Shutdown
 	Cores     Cores
+	Cluster   Cluster
 }
 
 // EnvPrefix prefixes environment overrides: SLUICE_LOG_LEVEL=debug overrides
@@ -87,7 +88,7 @@ func newViper() *viper.Viper {
 // error. Each block has a file of its own with its types and the decoder
 // method that reads it (process.go has log, shutdown and cores); a new block
 // adds its key here and one line to decode.
-var topLevelKeys = []string{"log", "admin", "links", "limits", "bans", "upstreams", "listeners", "shutdown", "cores"}
+var topLevelKeys = []string{"log", "admin", "links", "limits", "bans", "upstreams", "listeners", "shutdown", "cores", "cluster"}
 
 // decode reads each block in turn. Listeners come after links, limits and
 // bans, whose names they refer to.
@@ -105,6 +106,8 @@ func decode(settings map[string]any, base string) (*Config, error) {
 	c.Bans = d.bans(top["bans"])
 	c.Upstreams = d.upstreams(top["upstreams"])
 	c.Listeners = d.listeners(top["listeners"], c.Links, c.Limits, c.Bans, c.Upstreams)
+	c.Cluster = d.cluster(top["cluster"])
+	d.checkCluster(c)
 
 	if len(d.errs) > 0 {
 		return nil, errors.Join(d.errs...)

@@ -162,6 +162,7 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte("cores: [all]\nlisteners: [{listen: ':1', upstream: 'a:1'}]"))
 	f.Add([]byte(linksYAML))
 	f.Add([]byte(protectYAML))
+	f.Add([]byte(clusterYAMLText))
 	f.Add([]byte("listeners: [{listen: ':1', upstream: 'a:1', mp4: {enabled: true, factor: 1.5, burst_seconds: 0.5, floor: 1Mbit, default_rate: 2Mbit}}]"))
 	f.Add([]byte("admin: {listen: off}\nlinks: {a: {up: {rate: 1Mbit}, keys: {by: listener, weight: 2}}}\nlisteners: [{listen: ':1', upstream: 'a:1', links: [a]}]"))
 	f.Fuzz(func(t *testing.T, b []byte) {

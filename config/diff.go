@@ -25,6 +25,7 @@ func Diff(old, next *Config) []string {
 	}
 	field("shutdown.drain", old.Shutdown.Drain.String(), next.Shutdown.Drain.String())
 	field("cores", old.Cores.String(), next.Cores.String())
+	out = append(out, diffCluster(old.Cluster, next.Cluster)...)
 	linkByName := func(ls []Link, name string) *Link { return named(ls, name, func(l Link) string { return l.Name }) }
 	for _, o := range old.Links {
 		if linkByName(next.Links, o.Name) == nil {
@@ -43,6 +44,7 @@ func Diff(old, next *Config) []string {
 		field(p+"down.rate", o.Down.Rate.String(), n.Down.Rate.String())
 		field(p+"down.burst", o.Down.Burst.String(), n.Down.Burst.String())
 		field(p+"keys", fmt.Sprintf("%+v", o.Keys), fmt.Sprintf("%+v", n.Keys))
+		field(p+"cluster", fmt.Sprint(o.Cluster), fmt.Sprint(n.Cluster))
 	}
 	limitByName := func(ls []Limit, name string) *Limit { return named(ls, name, func(l Limit) string { return l.Name }) }
 	for _, o := range old.Limits {

@@ -86,9 +86,10 @@ func (c *Config) YAML() ([]byte, error) {
 		Overrides []override `yaml:"overrides,omitempty"`
 	}
 	type link struct {
-		Up   *linkDir `yaml:"up,omitempty"`
-		Down *linkDir `yaml:"down,omitempty"`
-		Keys keys     `yaml:"keys"`
+		Up      *linkDir `yaml:"up,omitempty"`
+		Down    *linkDir `yaml:"down,omitempty"`
+		Keys    keys     `yaml:"keys"`
+		Cluster bool     `yaml:"cluster,omitempty"`
 	}
 	rateOr := func(r Rate) string {
 		if r == 0 {
@@ -126,6 +127,7 @@ func (c *Config) YAML() ([]byte, error) {
 		Delay   *int    `yaml:"delay,omitempty"`
 		Window  *window `yaml:"window,omitempty"`
 		Borrow  string  `yaml:"borrow,omitempty"`
+		Cluster bool    `yaml:"cluster,omitempty"`
 	}
 	type tier struct {
 		Over int    `yaml:"over"`
@@ -144,6 +146,7 @@ func (c *Config) YAML() ([]byte, error) {
 		Tiers   []tier `yaml:"tiers"`
 		Repeat  repeat `yaml:"repeat"`
 		Table   int    `yaml:"table"`
+		Cluster bool   `yaml:"cluster,omitempty"`
 	}
 	type out struct {
 		Log struct {
@@ -162,9 +165,11 @@ func (c *Config) YAML() ([]byte, error) {
 		Shutdown  struct {
 			Drain string `yaml:"drain"`
 		} `yaml:"shutdown"`
-		Cores string `yaml:"cores"`
+		Cores   string       `yaml:"cores"`
+		Cluster *clusterYAML `yaml:"cluster,omitempty"`
 	}
 	var o out
+	o.Cluster = c.Cluster.yaml()
 	o.Log.Level, o.Log.Format = c.Log.Level, c.Log.Format
 	o.Shutdown.Drain = c.Shutdown.Drain.String()
 	o.Cores = c.Cores.String()
@@ -183,13 +188,13 @@ func (c *Config) YAML() ([]byte, error) {
 		for _, ov := range l.Keys.Overrides {
 			k.Overrides = append(k.Overrides, override{Key: ov.Key, Rate: rateOr(ov.Rate), Ceil: rateOr(ov.Ceil), Weight: ov.Weight})
 		}
-		o.Links[l.Name] = link{Up: mkLinkDir(l.Up), Down: mkLinkDir(l.Down), Keys: k}
+		o.Links[l.Name] = link{Up: mkLinkDir(l.Up), Down: mkLinkDir(l.Down), Keys: k, Cluster: l.Cluster}
 	}
 	if len(c.Limits) > 0 {
 		o.Limits = map[string]limit{}
 	}
 	for _, l := range c.Limits {
-		ol := limit{By: l.By, Conns: l.Conns, Borrow: l.Borrow}
+		ol := limit{By: l.By, Conns: l.Conns, Borrow: l.Borrow, Cluster: l.Cluster}
 		if l.By == ByCIDR {
 			ol.Prefix, ol.Prefix6 = l.Prefix, l.Prefix6
 		}
@@ -212,7 +217,7 @@ func (c *Config) YAML() ([]byte, error) {
 		o.Bans = map[string]ban{}
 	}
 	for _, b := range c.Bans {
-		ob := ban{By: b.By, Count: b.Count, Repeat: repeat{Factor: b.Repeat.Factor, Max: b.Repeat.Max.String()}, Table: b.Table}
+		ob := ban{By: b.By, Count: b.Count, Repeat: repeat{Factor: b.Repeat.Factor, Max: b.Repeat.Max.String()}, Table: b.Table, Cluster: b.Cluster}
 		if b.By == ByCIDR {
 			ob.Prefix, ob.Prefix6 = b.Prefix, b.Prefix6
 		}

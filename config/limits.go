@@ -46,8 +46,9 @@ type Limit struct {
 	// Borrow names another limit (usually a global one) that a key over
 	// its own Rate may still be admitted by while that limit has room.
 	Borrow string
-	// Cluster shares the counters with other instances through
-	// cluster.redis. Not supported yet: true is an error.
+	// Cluster shares the counts with the other instances of the cluster:
+	// block: connections per key, new connections, windows (aligned on
+	// Redis's clock), within the bound docs/cluster.md gives.
 	Cluster bool
 }
 
@@ -184,9 +185,6 @@ func (d *decoder) limits(v any) []Limit {
 			d.failf(path, "want at least one of conns, rate and window, like {conns: 10} or {rate: \"100/s\"}")
 		}
 		l.Cluster = d.boolean(path+".cluster", lm["cluster"], false)
-		if l.Cluster {
-			d.failf(path+".cluster", "shared limits across instances are not supported in this version; remove it or set false")
-		}
 		out = append(out, l)
 	}
 	for _, l := range out {

@@ -17,6 +17,10 @@ type Link struct {
 	Up, Down LinkDir
 	// Keys splits the link between tenants.
 	Keys Keys
+	// Cluster shares the link's budget with the other instances of the
+	// cluster: (docs/cluster.md): each runs at its leased share of Up and
+	// Down.
+	Cluster bool
 }
 
 // LinkDir is one direction's budget.
@@ -96,7 +100,7 @@ func (d *decoder) links(v any) []Link {
 			d.failf(path, "a link name takes lower-case letters, digits, '-' and '_', like hk-line")
 			continue
 		}
-		lm := d.object(path, raw[name], "up", "down", "keys")
+		lm := d.object(path, raw[name], "up", "down", "keys", "cluster")
 		if lm == nil {
 			continue
 		}
@@ -107,6 +111,7 @@ func (d *decoder) links(v any) []Link {
 			d.failf(path, "want a rate in up, down or both, like {down: {rate: 1Gbit}}")
 		}
 		l.Keys = d.keys(path+".keys", lm["keys"], max(l.Up.Rate, l.Down.Rate))
+		l.Cluster = d.boolean(path+".cluster", lm["cluster"], false)
 		out = append(out, l)
 	}
 	return out

@@ -94,6 +94,7 @@ type link struct {
 	cfg   LinkConfig
 	dirs  [2]*shaper.Link // nil for a direction the link does not limit
 	loops [2]*shaper.Loop // the shaping loop that drives each (nil where there are none)
+	share [2]int64        // a cluster's share of each direction, in place of its rate; 0: none (cluster.go)
 }
 
 // unlimitedLink is what a direction's budget becomes when a reload removes
@@ -133,12 +134,12 @@ func (l *link) update(s *Server, lc LinkConfig) {
 	for d, ll := range [2]shaper.LinkLimit{Up: lc.Up, Down: lc.Down} {
 		switch {
 		case ll.Rate > 0 && l.dirs[d] != nil:
-			_ = l.dirs[d].SetLimit(ll) // validated
+			_ = l.dirs[d].SetLimit(withShare(ll, l.share[d])) // validated
 		case ll.Rate > 0:
 			l.dirs[d], l.loops[d] = s.newLinkDir(ll)
 		case l.dirs[d] != nil:
 			_ = l.dirs[d].SetLimit(unlimitedLink)
-			l.dirs[d] = nil
+			l.dirs[d], l.share[d] = nil, 0
 		}
 	}
 	l.cfg = lc

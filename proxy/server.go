@@ -30,6 +30,7 @@ import (
 	"errors"
 	"log/slog"
 	"net"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -69,6 +70,11 @@ type Options struct {
 	// Upstreams are the pools a listener's Upstream may name instead of a
 	// "host:port".
 	Upstreams []upstream.PoolConfig
+	// OnBan and OnLift, if set, hear of the bans started and lifted here
+	// (see [admit.Options]); a cluster shares them from there. They must
+	// not block. Fixed at New: Reload keeps the first.
+	OnBan  func(ban string, key netip.Prefix, until time.Time)
+	OnLift func(ban string, key netip.Prefix)
 	// ShapingLoops is how many shaping loops serve the small grants of
 	// shaped directions (see [shaper.Loop]). Zero means one per P
 	// (GOMAXPROCS at New); negative means none: each shaped direction
@@ -161,7 +167,7 @@ func New(opts Options) (*Server, error) {
 		s.dial = d.DialContext
 	}
 	s.rules = rules(&opts)
-	if s.admission, err = admit.NewSet(s.rules, admit.Options{Logger: s.log}); err != nil {
+	if s.admission, err = admit.NewSet(s.rules, admit.Options{Logger: s.log, OnBan: opts.OnBan, OnLift: opts.OnLift}); err != nil {
 		return nil, err
 	}
 	s.ctx, s.cancel = context.WithCancelCause(context.Background())

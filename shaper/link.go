@@ -55,6 +55,11 @@ type Link struct {
 	last    time.Time          // last grant, for the busy catch-up
 
 	granted, borrowed, grants int64
+
+	// Activity's count (activity.go).
+	period uint64 // the count's number; a member counted in it has seen == period+1
+	active int    // members that asked in this period
+	waited bool   // a member waited in this period
 }
 
 // KeyLimit is a key's share of a Link.
@@ -291,6 +296,8 @@ type Member struct {
 	notify func(int)
 	got    int
 	inAsk  bool
+
+	seen uint64 // Link.period+1 of the last period it was counted in; under l.mu
 }
 
 // ErrLeft is returned by Take on a member that has left.
@@ -389,6 +396,7 @@ func (m *Member) ask(n, upTo int, notify func(int)) (int, error) {
 	if m.left.Load() {
 		return 0, ErrLeft
 	}
+	l.count(m)
 	now := l.clock.Now()
 	most := l.lim.Burst // the most one grant can be
 	if m.k.ceil.rate != 0 {
@@ -581,6 +589,7 @@ func (l *Link) enqueue(m *Member) {
 	k.q.push(m)
 	m.queued = true
 	l.waiting++
+	l.waited = true
 	if m.notify == nil {
 		l.blocked++
 	}

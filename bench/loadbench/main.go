@@ -138,6 +138,9 @@ func run() error {
 	if *failover {
 		return runFailover(dir)
 	}
+	if *clusterMode {
+		return runCluster(dir, src.Addr().String(), echo.Addr().String())
+	}
 	return runCore(dir, src.Addr().String(), echo.Addr().String())
 }
 

@@ -53,6 +53,8 @@ type sluiced struct {
 	cores     *coreGovernor
 	stopCores context.CancelFunc
 
+	cluster *clusterNode // nil without a cluster: block
+
 	reloads       *prometheus.CounterVec
 	reloadOK      prometheus.Gauge
 	reloadSuccess prometheus.Gauge
@@ -89,12 +91,23 @@ func startDaemon(ctx context.Context, path string, stderr io.Writer) (_ *sluiced
 	if d.activated, err = activatedSockets(cfg, d.log); err != nil {
 		return nil, err
 	}
+	if cfg.Cluster.Enabled {
+		if d.cluster, err = newClusterNode(cfg, d.log); err != nil {
+			return nil, configError{err}
+		}
+		defer func() {
+			if err != nil {
+				d.cluster.close()
+			}
+		}()
+	}
 	opts := d.proxyOptions(cfg)
 	opts.Logger = d.log
 	d.srv, err = proxy.New(opts)
 	if err != nil {
 		return nil, configError{err}
 	}
+	d.cluster.attach(d.srv, cfg)
 	d.initMetrics()
 	if err := d.srv.Start(ctx); err != nil {
 		return nil, err
@@ -146,6 +159,9 @@ func (d *sluiced) initMetrics() {
 	d.reg.MustRegister(d.reloads, d.reloadOK, d.reloadSuccess, build, admin.NewCollector(d.srv),
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	d.reg.MustRegister(d.cores.collectors()...)
+	if d.cluster != nil {
+		d.reg.MustRegister(admin.NewClusterCollector(d.cluster.status))
+	}
 }
 
 func (d *sluiced) startAdmin(cfg *config.Config) error {
@@ -154,7 +170,7 @@ func (d *sluiced) startAdmin(cfg *config.Config) error {
 		return fmt.Errorf("admin: %w", err)
 	}
 	d.adminLn = ln
-	d.admin = admin.New(d.srv, admin.Options{
+	opts := admin.Options{
 		Token:     cfg.Admin.Token,
 		AuthReads: !isLoopbackAddr(ln.Addr()),
 		Gatherer:  d.reg,
@@ -163,7 +179,11 @@ func (d *sluiced) startAdmin(cfg *config.Config) error {
 		ParseRate: func(s string) (int64, error) { r, err := config.ParseRate(s); return int64(r), err },
 		ParseSize: func(s string) (int64, error) { z, err := config.ParseSize(s); return int64(z), err },
 		Logger:    d.log,
-	})
+	}
+	if d.cluster != nil {
+		opts.Cluster = d.cluster.status
+	}
+	d.admin = admin.New(d.srv, opts)
 	d.adminSrv = &http.Server{
 		Handler:           d.admin,
 		ReadHeaderTimeout: 5 * time.Second,
@@ -208,9 +228,13 @@ func (d *sluiced) reload(context.Context) error {
 		return fail(fmt.Errorf("admin.listen: changed from %q to %q; the admin address changes on restart only",
 			d.cfg.Admin.Listen, cfg.Admin.Listen))
 	}
+	if err := d.checkClusterReload(cfg); err != nil {
+		return fail(err)
+	}
 	if err := d.srv.Reload(d.proxyOptions(cfg), cfg.Shutdown.Drain); err != nil {
 		return fail(err)
 	}
+	d.cluster.sync(cfg)
 	changes := config.Diff(d.cfg, cfg)
 	if cfg.Log.Format != d.cfg.Log.Format {
 		d.log.Warn("log.format changes on restart only", slog.String("running", d.cfg.Log.Format))
@@ -294,6 +318,7 @@ func (d *sluiced) drain(drain time.Duration, sigs <-chan os.Signal) {
 		_ = d.adminSrv.Shutdown(actx)
 		acancel()
 	}
+	d.cluster.close() // gives the leases back once no connection uses them
 	d.log.Info("stopped", slog.Duration("dur", time.Since(start)))
 }
 
@@ -320,7 +345,9 @@ func runServer(ctx context.Context, path string, stderr io.Writer) error {
 // limits and bans.
 func (d *sluiced) proxyOptions(cfg *config.Config) proxy.Options {
 	limits, bans := admissionRules(cfg)
-	return proxy.Options{Listeners: d.listenerConfigs(cfg), Links: linkConfigs(cfg), Limits: limits, Bans: bans, Upstreams: upstreamPools(cfg)}
+	opts := proxy.Options{Listeners: d.listenerConfigs(cfg), Links: linkConfigs(cfg), Limits: limits, Bans: bans, Upstreams: upstreamPools(cfg)}
+	d.cluster.wire(cfg, &opts)
+	return opts
 }
 
 // listenerConfigs turns the config's listeners into the proxy's, handing

@@ -96,6 +96,9 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 			if _, err := proxy.New((&sluiced{}).proxyOptions(cfg)); err != nil {
 				return configError{fmt.Errorf("config %s is invalid:\n%w", checkConfig, err)}
 			}
+			if err := checkCluster(cfg); err != nil { // without connecting to Redis
+				return configError{fmt.Errorf("config %s is invalid:\n%w", checkConfig, err)}
+			}
 			out, err := cfg.YAML()
 			if err != nil {
 				return err

@@ -21,11 +21,12 @@ type topView struct {
 	c     *adminClient
 	conns int // how many connections to show
 
-	last     time.Time
-	lastLink map[string]int64
-	lastLis  map[string][2]int64
-	lastConn map[uint64][2]int64
-	lastMP4  map[string]int64 // paced bytes per listener
+	last      time.Time
+	lastLink  map[string]int64
+	lastLis   map[string][2]int64
+	lastConn  map[uint64][2]int64
+	lastMP4   map[string]int64 // paced bytes per listener
+	noCluster bool             // the instance is in no cluster: /v1/cluster answered 404
 }
 
 // frame polls once and renders a frame. Rates need two polls: the first
@@ -82,6 +83,9 @@ func (v *topView) frame(ctx context.Context) (string, error) {
 		}
 		_ = tw.Flush()
 		fmt.Fprintln(&b)
+	}
+	if err := v.clusterSection(ctx, &b); err != nil {
+		return "", err
 	}
 	tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "LISTENER\tADDR\tCONNS\tDOWN\tLIMIT/CONN\tUP\tLIMIT/CONN\tWAITING ↓/↑\tENDED")

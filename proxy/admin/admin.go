@@ -108,6 +108,9 @@ type Options struct {
 	ParseRate, ParseSize func(string) (int64, error)
 	// Logger receives a line per state change. Nil means no logging.
 	Logger *slog.Logger
+	// Cluster, if set, returns the state of the cluster the instance
+	// belongs to: GET /v1/cluster, and a line of /readyz. Nil: in none.
+	Cluster func() *ClusterStatus
 }
 
 // Handler is the admin HTTP API of a running proxy. See docs/operating.md
@@ -150,6 +153,7 @@ func New(p Proxy, opts Options) *Handler {
 	h.mux.HandleFunc("GET /v1/upstreams/{pool}", h.read(h.upstreamPool))
 	h.mux.HandleFunc("POST /v1/upstreams/{pool}/servers/{addr}/drain", h.write(h.drainServer))
 	h.mux.HandleFunc("POST /v1/upstreams/{pool}/servers/{addr}/enable", h.write(h.enableServer))
+	h.mux.HandleFunc("GET /v1/cluster", h.read(h.cluster))
 	return h
 }
 
@@ -242,6 +246,9 @@ func (h *Handler) readyz(w http.ResponseWriter, _ *http.Request) {
 		return
 	}
 	fmt.Fprintln(w, "ready")
+	if line := h.readyCluster(); line != "" {
+		fmt.Fprintln(w, line)
+	}
 }
 
 func (h *Handler) listeners(*http.Request) (any, error) {

@@ -111,9 +111,17 @@ func (b *banState) liftIfOver(p netip.Prefix, k *banKey, t int64) bool {
 }
 
 // record counts an event of addr at t and bans its key if a tier is
-// crossed. A full table tracks a new key under its aggregate; a live ban
-// is never dropped to make room.
+// crossed, telling Options.OnBan. A full table tracks a new key under
+// its aggregate; a live ban is never dropped to make room.
 func (b *banState) record(addr netip.Addr, t int64) {
+	if p, until, ok := b.count(addr, t); ok && b.set.opts.OnBan != nil {
+		b.set.opts.OnBan(b.cfg.Load().Name, p, time.Unix(0, until))
+	}
+}
+
+// count counts an event for record, and returns the key it banned and
+// until when, if it did.
+func (b *banState) count(addr netip.Addr, t int64) (netip.Prefix, int64, bool) {
 	cfg := b.cfg.Load()
 	cands := b.candidates(addr)
 	p := cands[0]
@@ -128,7 +136,7 @@ func (b *banState) record(addr netip.Addr, t int64) {
 		k = sh.m[p]
 		if k == nil && int(b.keys.Load()) >= b.table(cfg)+nShards {
 			sh.mu.Unlock()
-			return // even the aggregates fill the table: nothing to count on
+			return p, 0, false // even the aggregates fill the table: nothing to count on
 		}
 	}
 	if k == nil {
@@ -138,7 +146,7 @@ func (b *banState) record(addr netip.Addr, t int64) {
 	}
 	defer sh.mu.Unlock()
 	if b.liftIfOver(p, k, t) {
-		return // banned: its refusals count for nothing
+		return p, 0, false // banned: its refusals count for nothing
 	}
 	most := 0
 	for _, tr := range cfg.Tiers {
@@ -156,7 +164,7 @@ func (b *banState) record(addr netip.Addr, t int64) {
 		}
 	}
 	if hit < 0 {
-		return
+		return p, 0, false
 	}
 	if k.lastLift != 0 && t-k.lastLift > int64(b.forget(cfg)) {
 		k.repeats = 0
@@ -169,6 +177,7 @@ func (b *banState) record(addr netip.Addr, t int64) {
 	b.started.Add(1)
 	b.set.log.Info("ban start", slog.String("ban", cfg.Name), slog.String("key", p.String()), slog.Int("tier", hit),
 		slog.Time("until", time.Unix(0, k.until)), slog.Duration("dur", time.Duration(k.until-t)))
+	return p, k.until, true
 }
 
 func (b *banState) table(cfg *Ban) int {

@@ -43,6 +43,13 @@
 // by their /24 (/64) network and never drops a ban. Idle keys of limits
 // and bans are forgotten by [Set.Sweep].
 //
+// Several processes (the instances of a cluster) may share a limit: a
+// Limit's Shared reports this Set's counts and brings back the others'
+// (see [Shared]); and share bans: [Options.OnBan] hears of each ban
+// started here, [Set.ImportBan] installs one made elsewhere. The package
+// knows nothing of how they travel (sluice uses Redis, in
+// shaper/cluster); a nil Shared costs a decision nothing.
+//
 // What a refused connection gets (a close, a reset, an overflow target)
 // is the caller's business; what a connection holds while it lives (a
 // slot of a connection limit) comes back through its [Decision]'s Hold,

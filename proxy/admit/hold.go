@@ -43,6 +43,7 @@ type taken struct {
 	sh                 *limitShard // the key's shard; nil for a ByGlobal limit
 	idx                int32       // the key's cell in sh
 	slot, rate, window bool
+	sref               *sharedRef // a shared limit's key; nil otherwise
 }
 
 var holds = sync.Pool{New: func() any { return new(hold) }}
@@ -70,6 +71,9 @@ func (h *hold) release() {
 	for i, tk := range h.taken[:h.n] {
 		if tk.slot || (i == int(h.qi) && h.qslot.Load()) {
 			tk.ls.release(tk)
+			if tk.sref != nil {
+				tk.sref.s.AddConns(tk.sref.key, -1)
+			}
 		}
 	}
 }
@@ -94,6 +98,9 @@ func (w *Waiter) Hold() Hold { return w.hold }
 func (w *Waiter) grant() {
 	w.granted = true
 	w.hold.h.qslot.Store(true)
+	if r := w.tk.sref; r != nil {
+		r.s.AddConns(r.key, 1)
+	}
 	close(w.ready)
 }
 

@@ -210,7 +210,6 @@ func (s *Set) AddBan(name string, key netip.Prefix, d time.Duration, now time.Ti
 	t := now.UnixNano()
 	sh := b.shard(key)
 	sh.mu.Lock()
-	defer sh.mu.Unlock()
 	k := sh.m[key]
 	if k == nil {
 		k = &banKey{}
@@ -218,9 +217,14 @@ func (s *Set) AddBan(name string, key netip.Prefix, d time.Duration, now time.Ti
 		b.keys.Add(1)
 	}
 	k.since, k.until, k.manual, k.repeats = t, t+int64(d), true, k.repeats+1
+	until := k.until
+	sh.mu.Unlock()
 	b.started.Add(1)
 	b.set.log.Info("ban start", slog.String("ban", name), slog.String("key", key.String()), slog.Bool("manual", true),
-		slog.Time("until", time.Unix(0, k.until)), slog.Duration("dur", d))
+		slog.Time("until", time.Unix(0, until)), slog.Duration("dur", d))
+	if s.opts.OnBan != nil {
+		s.opts.OnBan(name, key, time.Unix(0, until))
+	}
 	return nil
 }
 
@@ -228,6 +232,11 @@ func (s *Set) AddBan(name string, key netip.Prefix, d time.Duration, now time.Ti
 // it had one. It returns an error wrapping [ErrNoBan] for an unknown
 // policy.
 func (s *Set) LiftBan(name string, key netip.Prefix, now time.Time) (bool, error) {
+	return s.liftBan(name, key, now, true)
+}
+
+// liftBan lifts key's ban; with hook, it tells Options.OnLift.
+func (s *Set) liftBan(name string, key netip.Prefix, now time.Time, hook bool) (bool, error) {
 	b, err := s.ban(name)
 	if err != nil {
 		return false, err
@@ -235,13 +244,17 @@ func (s *Set) LiftBan(name string, key netip.Prefix, now time.Time) (bool, error
 	key = key.Masked()
 	sh := b.shard(key)
 	sh.mu.Lock()
-	defer sh.mu.Unlock()
 	k := sh.m[key]
 	if k == nil || k.until == 0 {
+		sh.mu.Unlock()
 		return false, nil
 	}
 	k.until = min(k.until, now.UnixNano())
 	b.liftIfOver(key, k, now.UnixNano())
+	sh.mu.Unlock()
+	if hook && s.opts.OnLift != nil {
+		s.opts.OnLift(name, key)
+	}
 	return true, nil
 }
 

@@ -117,6 +117,11 @@ type Limit struct {
 	// when that limit admits it at once (see the package doc). Empty means
 	// no borrowing. It needs Rate.
 	Borrow string
+
+	// Shared, if set, shares the limit's counts with other processes (the
+	// instances of a cluster): see [Shared]. Nil counts on this process
+	// alone.
+	Shared Shared
 }
 
 // Counted says what a ban's tiers count.

@@ -20,6 +20,14 @@ type Options struct {
 	// Rand returns numbers in [0, 1) for the jitter of ban lengths; nil
 	// means math/rand/v2.
 	Rand func() float64
+	// OnBan, if set, is called when a ban starts here: by a tier, or by
+	// [Set.AddBan]; not by [Set.ImportBan]. It may be called from any
+	// goroutine that decides, with no lock of the Set held; it must not
+	// block. A cluster hands the ban on to the other instances from it.
+	OnBan func(ban string, key netip.Prefix, until time.Time)
+	// OnLift, if set, is called when [Set.LiftBan] lifts a ban; not on
+	// expiry, nor by [Set.ImportLift]. It must not block.
+	OnLift func(ban string, key netip.Prefix)
 }
 
 // Set holds the state of named limits and ban policies: per key,
@@ -223,6 +231,11 @@ type check struct {
 	delay   int64
 	// What a ByGlobal limit took, to give back if another limit refuses.
 	slot, rate, window bool
+	// A shared limit's (shared.go): the key there, the others' open
+	// connections, and whether the cluster's window is full.
+	wfull  bool
+	rconns int32
+	sref   *sharedRef
 }
 
 // atOnce reports whether ch admits without delay or queue.
@@ -282,7 +295,7 @@ func (p *Policy) decide(addr netip.Addr, t int64) Decision {
 		ch.r.sh.mu.Lock()
 	}
 	var d Decision
-	queued := p.decideLocked(cs, t, &d)
+	queued := p.decideLocked(cs, addr, t, &d)
 	if queued >= 0 {
 		p.enqueue(cs, queued, &d)
 	}
@@ -307,7 +320,7 @@ func (p *Policy) decide(addr netip.Addr, t int64) Decision {
 // decideLocked decides with every keyed limit's shard locked, into d,
 // and takes what the connection holds. It returns the index of the limit
 // the connection is to be queued on, or -1.
-func (p *Policy) decideLocked(cs []check, t int64, d *Decision) int {
+func (p *Policy) decideLocked(cs []check, addr netip.Addr, t int64, d *Decision) int {
 	queued := -1
 	for _, i := range p.keyed {
 		ch := &cs[i]
@@ -315,6 +328,9 @@ func (p *Policy) decideLocked(cs []check, t int64, d *Decision) int {
 		if ch.idx, ok = ch.ls.cell(&ch.r, ch.cfg.shardCap); !ok {
 			ch.refuse = rTableFull
 			continue
+		}
+		if ch.cfg.Shared != nil {
+			p.shareKeyed(ch, addr, t)
 		}
 		ch.checkKeyed(t)
 	}
@@ -337,6 +353,9 @@ func (p *Policy) decideLocked(cs []check, t int64, d *Decision) int {
 	}
 	for n, i := range p.global { // borrow targets first
 		ch := &cs[i]
+		if ch.cfg.Shared != nil {
+			ch.shareGlobal(t)
+		}
 		ch.takeGlobal(t, queued >= 0, p.borrow[i] >= 0 && cs[p.borrow[i]].atOnce())
 		if ch.refuse != admits {
 			p.giveBack(cs, p.global[:n+1])
@@ -368,6 +387,10 @@ func (p *Policy) decideLocked(cs []check, t int64, d *Decision) int {
 		if ch.r.sh != nil {
 			ch.commitKeyed(&tk, t, i == queued)
 		}
+		if ch.sref != nil {
+			ch.sref.commit(ch.cfg, tk.slot)
+			tk.sref = ch.sref
+		}
 		if ch.delay > int64(d.Delay) {
 			d.Delay, d.Limit = time.Duration(ch.delay), ch.cfg.Name
 		}
@@ -398,7 +421,7 @@ func (p *Policy) refuse(ch *check, r reason) Decision {
 func (ch *check) checkKeyed(t int64) {
 	cfg, sh := ch.cfg, ch.r.sh
 	c := &sh.cells[ch.idx]
-	if cfg.Conns > 0 && int(c.conns) >= cfg.Conns {
+	if cfg.Conns > 0 && int(c.conns)+int(ch.rconns) >= cfg.Conns {
 		switch {
 		case cfg.QueueSize == 0:
 			ch.refuse = rConns
@@ -421,7 +444,7 @@ func (ch *check) checkKeyed(t int64) {
 		ch.tat = t + e
 	}
 	if !cfg.Window.IsZero() && ch.refuse == admits {
-		if _, _, ok := window(c.wstart, c.wcount, cfg.Window.N, cfg.Window.Per, t); !ok {
+		if _, _, ok := window(c.wstart, c.wcount, cfg.Window.N, cfg.Window.Per, t); (!ok && ch.sref == nil) || ch.wfull {
 			ch.refuse = rWindow
 		}
 	}
@@ -452,7 +475,12 @@ func (ch *check) commitKeyed(tk *taken, t int64, queued bool) {
 // connection already; lent says the limit it borrows from admits at once.
 func (ch *check) takeGlobal(t int64, queued, lent bool) {
 	cfg, g := ch.cfg, &ch.ls.g
-	if !cfg.Window.IsZero() {
+	if !cfg.Window.IsZero() && ch.sref != nil { // the cluster's window counts, not this one
+		if ch.wfull {
+			ch.refuse = rWindow
+			return
+		}
+	} else if !cfg.Window.IsZero() {
 		g.mu.Lock()
 		start, count, ok := window(g.wstart, g.wcount, cfg.Window.N, cfg.Window.Per, t)
 		if ok {
@@ -484,7 +512,7 @@ func (ch *check) takeGlobal(t int64, queued, lent bool) {
 	}
 	if cfg.Conns > 0 {
 		switch {
-		case g.waiting.Load() == 0 && g.tryTake(cfg.Conns):
+		case g.waiting.Load() == 0 && g.tryTake(cfg.Conns-int(ch.rconns)):
 			ch.slot = true
 		case cfg.QueueSize == 0 || queued:
 			ch.refuse = rConns

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -94,6 +95,7 @@ func New(o Options) (*Cluster, error) {
 		return nil, err
 	}
 	o = o.normalized()
+	quietRedis.Do(func() { redis.SetLogger(redisLog{o.Logger}) })
 	c := &Cluster{
 		o:     o,
 		rdb:   o.Client,
@@ -116,6 +118,20 @@ func New(o Options) (*Cluster, error) {
 	c.wg.Add(1)
 	go c.renewLoop()
 	return c, nil
+}
+
+// quietRedis sets go-redis's process-wide logger once.
+var quietRedis sync.Once
+
+// redisLog sends go-redis's own log lines (one per failed dial, many a
+// second while Redis is down) to the first Cluster's logger at Debug: a
+// Cluster logs one line on entering fallback and one on leaving it.
+type redisLog struct{ log *slog.Logger }
+
+func (l redisLog) Printf(ctx context.Context, format string, v ...any) {
+	if l.log.Enabled(ctx, slog.LevelDebug) {
+		l.log.DebugContext(ctx, "redis client", slog.String("detail", fmt.Sprintf(format, v...)))
+	}
 }
 
 // Instance returns the instance's name in the cluster.

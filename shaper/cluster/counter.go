@@ -51,6 +51,7 @@ type ctrKey struct {
 	mine        int64 // our hits recorded in wid
 	drained     int64 // others' hits in wid already taken by TakeRemoteHits
 	remoteConns int64 // others' open connections, at the last call
+	watch       bool  // read by Get with nothing local yet: shared at the next call, to learn the others' counts
 }
 
 // Counter returns the shared counter name (unique in the cluster; every
@@ -129,13 +130,19 @@ type Count struct {
 
 // Get returns key's counts: this instance's exactly, the others' as of
 // the last renewal. The window is the current one by Redis's clock as
-// this instance estimates it.
+// this instance estimates it. A key this instance holds nothing of (no
+// hit, no connection, not read within its window) is zero until the
+// next renewal, which fetches the others' counts of it: the first
+// reading of a key misses them.
 func (k *Counter) Get(key string) Count {
 	now := k.c.o.Clock.Now()
 	k.c.mu.Lock()
 	defer k.c.mu.Unlock()
 	e := k.keys[key]
 	if e == nil {
+		if !k.closing {
+			k.keyLocked(key).watch = true
+		}
 		return Count{}
 	}
 	cnt := Count{Hits: e.pending + e.flushing, Conns: e.conns + e.remoteConns, RemoteConns: e.remoteConns}
@@ -214,7 +221,7 @@ func (k *Counter) flushLocked(nowMs int64) (ctrRequest, ctrSnap) {
 	cs := ctrSnap{ctr: k}
 	wid := nowMs / k.winMs
 	for key, e := range k.keys {
-		live := e.pending > 0 || e.conns > 0 || e.conns != e.sentConns || e.wid >= wid
+		live := e.pending > 0 || e.conns > 0 || e.conns != e.sentConns || e.wid >= wid || e.watch
 		if !live {
 			delete(k.keys, key)
 			continue
@@ -248,6 +255,7 @@ func (k *Counter) succeededLocked(cs ctrSnap, cr ctrReply) {
 		}
 		e.mine += e.flushing
 		e.flushing = 0
+		e.watch = false
 		e.sentConns = cs.conns[i]
 		if i < len(cr.V) {
 			e.total, e.remoteConns = int64(cr.V[i][0]), int64(cr.V[i][1])

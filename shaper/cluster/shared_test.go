@@ -283,3 +283,34 @@ func TestBansAcrossRestart(t *testing.T) {
 }
 
 func redisZ(score float64, member string) redis.Z { return redis.Z{Score: score, Member: member} }
+
+// TestCounterGetFetchesUnknownKey: a key an instance never counted is
+// zero at its first Get, and the next renewal fetches the others' counts
+// of it.
+func TestCounterGetFetchesUnknownKey(t *testing.T) {
+	srv := startRedis(t)
+	a := newInstance(t, srv.Addr(), "a", nil)
+	b := newInstance(t, srv.Addr(), "b", nil)
+	ka, err := a.Counter("conns", cluster.CounterOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	kb, err := b.Counter("conns", cluster.CounterOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const ip = "192.0.2.9"
+	ka.AddConns(ip, 3)
+	if err := a.Renew(); err != nil {
+		t.Fatal(err)
+	}
+	if got := kb.Get(ip); got != (cluster.Count{}) {
+		t.Errorf("first Get on b = %+v, want zero", got)
+	}
+	if err := b.Renew(); err != nil {
+		t.Fatal(err)
+	}
+	if got := kb.Get(ip).RemoteConns; got != 3 {
+		t.Errorf("Get on b after a renewal: RemoteConns = %d, want 3", got)
+	}
+}
