@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -88,6 +89,15 @@ func (r *redisProc) start() {
 		reply, err := redisCommand(r.addr(), "PING")
 		return err == nil && reply == "+PONG"
 	})
+}
+
+// signal sends sig to redis-server (SIGSTOP, SIGCONT).
+func (r *redisProc) signal(sig syscall.Signal) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.cmd != nil {
+		_ = r.cmd.Process.Signal(sig)
+	}
 }
 
 // kill SIGKILLs redis-server and reaps it.
@@ -539,4 +549,67 @@ func TestClusterCheck(t *testing.T) {
 	if code := execute([]string{"check", "--config", path}, &out, &errb); code != exitOK || !strings.Contains(out.String(), "cluster: true") {
 		t.Errorf("check of a cluster config with Redis down = %d, %s", code, out.String())
 	}
+}
+
+// TestClusterRedisStopped: Redis SIGSTOPped for 3 s (it accepts, never
+// answers): the instance falls back, and a ping-pong through a cluster
+// link keeps its round trip, since no pump waits on Redis.
+func TestClusterRedisStopped(t *testing.T) {
+	defer test.TimeOut(40 * time.Second).Stop()
+	var st stops
+	defer st.run()
+	redis := startRedisProc(t)
+	echo, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.push(func() { echo.Close() })
+	go func() {
+		for {
+			c, err := echo.Accept()
+			if err != nil {
+				return
+			}
+			go func() { defer c.Close(); _, _ = io.Copy(c, c) }()
+		}
+	}()
+	a := startInstance(t, &st, clusterYAML(redis.addr(), "a", echo.Addr().String(), clusterAdmission))
+	c, err := net.Dial("tcp", a.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.push(func() { c.Close() })
+	// pings ping-pongs 64 bytes for span and returns the p50 and p99.
+	pings := func(span time.Duration) (p50, p99 time.Duration) {
+		t.Helper()
+		var d []time.Duration
+		buf := make([]byte, 64)
+		for end := time.Now().Add(span); time.Now().Before(end); {
+			start := time.Now()
+			_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+			if _, err := c.Write(buf); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := io.ReadFull(c, buf); err != nil {
+				t.Fatal(err)
+			}
+			d = append(d, time.Since(start))
+		}
+		slices.Sort(d)
+		return d[len(d)/2], d[len(d)*99/100]
+	}
+	pollUntil(t, 3*time.Second, "leased", func() bool { return a.d.cluster.status().State == "leased" })
+	b50, b99 := pings(time.Second)
+	redis.signal(syscall.SIGSTOP)
+	st.push(func() { redis.signal(syscall.SIGCONT) })
+	s50, s99 := pings(3 * time.Second)
+	if state := a.d.cluster.status().State; state != "fallback" {
+		t.Errorf("after 3 s of a stopped redis: state %s, want fallback", state)
+	}
+	t.Logf("ping-pong p50/p99 %v/%v leased, %v/%v over 3 s with redis stopped", b50, b99, s50, s99)
+	if s99 > b99+20*time.Millisecond {
+		t.Errorf("p99 with redis stopped %v, leased %v: a pump waited on redis", s99, b99)
+	}
+	redis.signal(syscall.SIGCONT)
+	pollUntil(t, 5*time.Second, "leased again", func() bool { return a.d.cluster.status().State == "leased" })
 }
