@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -50,6 +51,7 @@ type redisProc struct {
 	bin  string
 	port int
 	dir  string
+	args []string // replace the default flags (a sentinel's), or nil
 
 	mu  sync.Mutex
 	cmd *exec.Cmd
@@ -78,7 +80,11 @@ func (r *redisProc) addr() string { return "127.0.0.1:" + strconv.Itoa(r.port) }
 // start runs redis-server and waits until it answers PING.
 func (r *redisProc) start() {
 	r.t.Helper()
-	cmd := exec.Command(r.bin, "--port", strconv.Itoa(r.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", r.dir)
+	args := r.args
+	if args == nil {
+		args = []string{"--port", strconv.Itoa(r.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", r.dir}
+	}
+	cmd := exec.Command(r.bin, args...)
 	if err := cmd.Start(); err != nil {
 		r.t.Fatalf("start redis-server: %v", err)
 	}
@@ -612,4 +618,101 @@ func TestClusterRedisStopped(t *testing.T) {
 	}
 	redis.signal(syscall.SIGCONT)
 	pollUntil(t, 5*time.Second, "leased again", func() bool { return a.d.cluster.status().State == "leased" })
+}
+
+// startReplica starts a redis-server replicating master.
+func startReplica(t testing.TB, master *redisProc) *redisProc {
+	t.Helper()
+	r := &redisProc{t: t, bin: needRedisServer(t), port: freeLoopbackPort(t), dir: t.TempDir()}
+	r.args = []string{"--port", strconv.Itoa(r.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", r.dir,
+		"--replicaof", "127.0.0.1", strconv.Itoa(master.port)}
+	r.start()
+	t.Cleanup(r.kill)
+	return r
+}
+
+// startSentinelProc starts a sentinel watching master as "sluice-master",
+// quick to act (down after 400 ms).
+func startSentinelProc(t testing.TB, master *redisProc) *redisProc {
+	t.Helper()
+	r := &redisProc{t: t, bin: needRedisServer(t), port: freeLoopbackPort(t), dir: t.TempDir()}
+	conf := filepath.Join(r.dir, "sentinel.conf")
+	body := fmt.Sprintf("port %d\nbind 127.0.0.1\ndir %s\nsentinel monitor sluice-master 127.0.0.1 %d 2\n"+
+		"sentinel down-after-milliseconds sluice-master 400\nsentinel failover-timeout sluice-master 2000\n",
+		r.port, r.dir, master.port)
+	if err := os.WriteFile(conf, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r.args = []string{conf, "--sentinel"}
+	r.start()
+	t.Cleanup(r.kill)
+	return r
+}
+
+// redisReply sends one inline command and returns the whole reply, read
+// until the server is quiet for 100 ms.
+func redisReply(addr, cmd string) string {
+	c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
+	if err != nil {
+		return ""
+	}
+	defer c.Close()
+	if _, err := io.WriteString(c, cmd+"\r\n"); err != nil {
+		return ""
+	}
+	var b strings.Builder
+	buf := make([]byte, 4096)
+	for {
+		_ = c.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+		n, err := c.Read(buf)
+		b.Write(buf[:n])
+		if err != nil {
+			return b.String()
+		}
+	}
+}
+
+// TestClusterSentinelFailover: an instance joins the cluster through three
+// sentinels; the master is SIGKILLed during a transfer: the transfer goes
+// on, and leases resume from the promoted replica.
+func TestClusterSentinelFailover(t *testing.T) {
+	if testing.Short() {
+		t.Skip("a failover takes seconds")
+	}
+	defer test.TimeOut(60 * time.Second).Stop()
+	var st stops
+	defer st.run()
+	master := startRedisProc(t)
+	replica := startReplica(t, master)
+	var sentinels []string
+	for range 3 {
+		sentinels = append(sentinels, fmt.Sprintf("%q", startSentinelProc(t, master).addr()))
+	}
+	backend := streamBackend(t, &st)
+	conf := fmt.Sprintf(`
+cluster: {redis: {sentinel: {master: sluice-master, addresses: [%s]}}, lease: 100ms, instances: 1, instance: a}
+links:
+  line: {down: {rate: 4MB/s}, cluster: true}
+listeners:
+  - {name: web, listen: '127.0.0.1:0', upstream: %q, links: [line]}
+`, strings.Join(sentinels, ", "), backend.Addr().String())
+	a := startInstance(t, &st, conf)
+	r := startReader(t, &st, a.addr)
+	pollUntil(t, 5*time.Second, "leased through the sentinels", func() bool { return a.d.cluster.status().State == "leased" })
+	pollUntil(t, 10*time.Second, "the replica in sync", func() bool {
+		return strings.Contains(redisReply(replica.addr(), "INFO replication"), "master_link_status:up")
+	})
+	before := r.n.Load()
+	killed := time.Now()
+	master.kill()
+	pollUntil(t, 5*time.Second, "the instance notices", func() bool { return a.d.cluster.status().State != "leased" })
+	pollUntil(t, 30*time.Second, "leased after the failover", func() bool { return a.d.cluster.status().State == "leased" })
+	t.Logf("leased again %v after the master was killed", time.Since(killed).Round(time.Millisecond))
+	if err := r.broken(); err != nil {
+		t.Fatalf("the transfer broke in the failover: %v", err)
+	}
+	if r.n.Load() <= before {
+		t.Errorf("the transfer moved nothing during the failover")
+	}
+	r.stop()
 }
