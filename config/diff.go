@@ -26,18 +26,7 @@ func Diff(old, next *Config) []string {
 	field("shutdown.drain", old.Shutdown.Drain.String(), next.Shutdown.Drain.String())
 	field("cores", old.Cores.String(), next.Cores.String())
 	out = append(out, diffCluster(old.Cluster, next.Cluster)...)
-	linkByName := func(ls []Link, name string) *Link { return named(ls, name, func(l Link) string { return l.Name }) }
-	for _, o := range old.Links {
-		if linkByName(next.Links, o.Name) == nil {
-			out = append(out, fmt.Sprintf("link %s removed", o.Name))
-		}
-	}
-	for _, n := range next.Links {
-		o := linkByName(old.Links, n.Name)
-		if o == nil {
-			out = append(out, fmt.Sprintf("link %s added", n.Name))
-			continue
-		}
+	diffNamed(&out, "link", old.Links, next.Links, func(l Link) string { return l.Name }, func(o, n *Link) {
 		p := "link " + n.Name + ": "
 		field(p+"up.rate", o.Up.Rate.String(), n.Up.Rate.String())
 		field(p+"up.burst", o.Up.Burst.String(), n.Up.Burst.String())
@@ -45,48 +34,25 @@ func Diff(old, next *Config) []string {
 		field(p+"down.burst", o.Down.Burst.String(), n.Down.Burst.String())
 		field(p+"keys", fmt.Sprintf("%+v", o.Keys), fmt.Sprintf("%+v", n.Keys))
 		field(p+"cluster", fmt.Sprint(o.Cluster), fmt.Sprint(n.Cluster))
-	}
-	limitByName := func(ls []Limit, name string) *Limit { return named(ls, name, func(l Limit) string { return l.Name }) }
-	for _, o := range old.Limits {
-		if limitByName(next.Limits, o.Name) == nil {
-			out = append(out, fmt.Sprintf("limit %s removed", o.Name))
-		}
-	}
-	for _, n := range next.Limits {
-		if o := limitByName(old.Limits, n.Name); o == nil {
-			out = append(out, fmt.Sprintf("limit %s added", n.Name))
-		} else {
-			field("limit "+n.Name, fmt.Sprintf("%+v", *o), fmt.Sprintf("%+v", n))
-		}
-	}
-	banByName := func(bs []Ban, name string) *Ban { return named(bs, name, func(b Ban) string { return b.Name }) }
-	for _, o := range old.Bans {
-		if banByName(next.Bans, o.Name) == nil {
-			out = append(out, fmt.Sprintf("ban policy %s removed", o.Name))
-		}
-	}
-	for _, n := range next.Bans {
-		if o := banByName(old.Bans, n.Name); o == nil {
-			out = append(out, fmt.Sprintf("ban policy %s added", n.Name))
-		} else {
-			field("ban policy "+n.Name, fmt.Sprintf("%+v", *o), fmt.Sprintf("%+v", n))
-		}
-	}
-	out = append(out, diffUpstreams(old.Upstreams, next.Upstreams)...)
-	byName := func(ls []Listener, name string) *Listener {
-		return named(ls, name, func(l Listener) string { return l.Name })
-	}
-	for _, o := range old.Listeners {
-		if byName(next.Listeners, o.Name) == nil {
-			out = append(out, fmt.Sprintf("listener %s removed", o.Name))
-		}
-	}
-	for _, n := range next.Listeners {
-		o := byName(old.Listeners, n.Name)
-		if o == nil {
-			out = append(out, fmt.Sprintf("listener %s added", n.Name))
-			continue
-		}
+	})
+	diffNamed(&out, "limit", old.Limits, next.Limits, func(l Limit) string { return l.Name }, func(o, n *Limit) {
+		field("limit "+n.Name, fmt.Sprintf("%+v", *o), fmt.Sprintf("%+v", *n))
+	})
+	diffNamed(&out, "ban policy", old.Bans, next.Bans, func(b Ban) string { return b.Name }, func(o, n *Ban) {
+		field("ban policy "+n.Name, fmt.Sprintf("%+v", *o), fmt.Sprintf("%+v", *n))
+	})
+	diffNamed(&out, "upstream", old.Upstreams, next.Upstreams, func(u Upstream) string { return u.Name }, func(o, n *Upstream) {
+		p := "upstream " + n.Name + ": "
+		field(p+"balance", o.Balance, n.Balance)
+		field(p+"servers", fmt.Sprintf("%+v", o.Servers), fmt.Sprintf("%+v", n.Servers))
+		field(p+"check", fmt.Sprintf("%+v", o.Check), fmt.Sprintf("%+v", n.Check))
+		field(p+"passive", fmt.Sprintf("%+v", o.Passive), fmt.Sprintf("%+v", n.Passive))
+		field(p+"retry", fmt.Sprint(o.Retry), fmt.Sprint(n.Retry))
+		field(p+"http_retry_after", fmt.Sprint(o.HTTPRetryAfter), fmt.Sprint(n.HTTPRetryAfter))
+		field(p+"retry_after", o.RetryAfter.String(), n.RetryAfter.String())
+		field(p+"retry_after_max", o.RetryAfterMax.String(), n.RetryAfterMax.String())
+	})
+	diffNamed(&out, "listener", old.Listeners, next.Listeners, func(l Listener) string { return l.Name }, func(o, n *Listener) {
 		p := "listener " + n.Name + ": "
 		field(p+"listen", o.Listen, n.Listen)
 		field(p+"upstream", o.Upstream, n.Upstream)
@@ -115,8 +81,27 @@ func Diff(old, next *Config) []string {
 				field(p+"conn.down.kernel_pacing", fmt.Sprint(d.a.KernelPacing), fmt.Sprint(d.b.KernelPacing))
 			}
 		}
-	}
+	})
 	return out
+}
+
+// diffNamed adds to out a line for each element of old that next lacks
+// ("KIND NAME removed") and each new one ("KIND NAME added"), and calls
+// changed for each kept, to describe its changes.
+func diffNamed[T any](out *[]string, kind string, old, next []T, nameOf func(T) string, changed func(o, n *T)) {
+	for _, o := range old {
+		if named(next, nameOf(o), nameOf) == nil {
+			*out = append(*out, fmt.Sprintf("%s %s removed", kind, nameOf(o)))
+		}
+	}
+	for i := range next {
+		n := &next[i]
+		if o := named(old, nameOf(*n), nameOf); o == nil {
+			*out = append(*out, fmt.Sprintf("%s %s added", kind, nameOf(*n)))
+		} else {
+			changed(o, n)
+		}
+	}
 }
 
 // named returns the element of ls called name, or nil.

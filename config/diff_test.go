@@ -7,6 +7,9 @@ import (
 
 func TestDiff(t *testing.T) {
 	old, err := Parse([]byte(`
+upstreams:
+  api: {servers: ['h:1', 'h:2']}
+  old: {servers: ['h:5']}
 listeners:
   - {name: a, listen: ':1', upstream: 'h:1', conn: {down: {rate: 10Mbit}}}
   - {name: b, listen: ':2', upstream: 'h:1'}
@@ -16,6 +19,9 @@ listeners:
 	}
 	next, err := Parse([]byte(`
 log: {level: debug}
+upstreams:
+  api: {servers: ['h:1', 'h:2'], retry: 1}
+  new: {servers: ['h:6']}
 listeners:
   - {name: a, listen: ':1', upstream: 'h:2', conn: {down: {rate: 20Mbit}}}
   - {name: c, listen: ':3', upstream: 'h:1'}
@@ -26,6 +32,9 @@ listeners:
 	got := strings.Join(Diff(old, next), "\n")
 	want := strings.Join([]string{
 		"log.level info → debug",
+		"upstream old removed",
+		"upstream api: retry 0 → 1",
+		"upstream new added",
 		"listener b removed",
 		"listener a: upstream h:1 → h:2",
 		"listener a: conn.down.rate 10Mbit → 20Mbit",

@@ -1,8 +1,6 @@
 package config
 
 import (
-	"fmt"
-	"reflect"
 	"sort"
 	"strconv"
 	"strings"
@@ -333,29 +331,6 @@ func (c *Config) upstreamsYAML() map[string]any {
 			p.Passive = &passive{Failures: u.Passive.Failures, Eject: u.Passive.Eject.String(), MaxEject: u.Passive.MaxEject.String()}
 		}
 		out[u.Name] = p
-	}
-	return out
-}
-
-// diffUpstreams describes the pools' changes for [Diff].
-func diffUpstreams(old, next []Upstream) []string {
-	byName := func(us []Upstream, name string) *Upstream {
-		return named(us, name, func(u Upstream) string { return u.Name })
-	}
-	var out []string
-	for _, o := range old {
-		if byName(next, o.Name) == nil {
-			out = append(out, "upstream "+o.Name+" removed")
-		}
-	}
-	for _, n := range next {
-		o := byName(old, n.Name)
-		switch {
-		case o == nil:
-			out = append(out, "upstream "+n.Name+" added")
-		case !reflect.DeepEqual(*o, n):
-			out = append(out, fmt.Sprintf("upstream %s %+v → %+v", n.Name, *o, n))
-		}
 	}
 	return out
 }
