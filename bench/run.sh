@@ -54,5 +54,9 @@ mkdir -p bench/results
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
 mode=core
 for a in "$@"; do case "$a" in -shape) mode=shape ;; -links) mode=links ;; -mp4) mode=mp4 ;; -admission) mode=admission ;; -failover) mode=failover ;; -cluster) mode=cluster ;; esac; done
-"$out/loadbench" -sluice "$out/sluice" -nginx "$(command -v nginx)" -runs 3 \
+haproxy=()
+if command -v haproxy >/dev/null; then
+  haproxy=(-haproxy "$(command -v haproxy)") # apt-get install haproxy to compare with it too
+fi
+"$out/loadbench" -sluice "$out/sluice" -nginx "$(command -v nginx)" "${haproxy[@]}" -runs 3 \
   -json "bench/results/$mode-$stamp.json" "$@"

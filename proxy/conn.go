@@ -192,6 +192,12 @@ func (s *Server) newConn(l *listener, rt *route, c *net.TCPConn, d admit.Decisio
 	s.joinLinks(cn)
 	cn.touch()
 	s.conns[cn] = struct{}{}
+	if len(s.conns) == s.parkMinConns && s.watch != nil {
+		select { // the reaper's sweep starts parking idle directions
+		case s.sweepNow <- struct{}{}:
+		default:
+		}
+	}
 	return cn
 }
 
@@ -339,6 +345,7 @@ func (c *conn) abort(cause error) {
 	if c.up != nil {
 		_ = c.up.SetDeadline(aLongTimeAgo)
 	}
+	c.wakeParked() // parked directions have no wait to unblock: start them
 }
 
 // A conn is the context of its own gate waits: it is done once aborted.

@@ -25,28 +25,53 @@ func reapPeriod(ls []ListenerConfig) time.Duration {
 // connection: a timer per connection would cost each idle one about a
 // quarter KiB. Each scan ends before the timer is re-armed. It runs until
 // the server has closed and every connection is gone.
+//
+// The same scan parks the directions of connections that moved no byte
+// for parkAfter (park.go), while at least parkMinConns are open: it then
+// runs every parkAfter/2 at least, and newConn wakes it when the count
+// gets there.
 func (s *Server) reapIdle(stop <-chan struct{}) {
 	t, tick := s.clock.NewTimer(time.Duration(s.reapEvery.Load()))
 	defer t.Stop()
-	var idle []*conn
+	var idle, evict []*conn
 	for {
 		select {
 		case <-tick:
+		case <-s.sweepNow:
+			t.Stop()
 		case <-stop:
 			return
 		}
 		now := s.clock.Now().Sub(s.epoch)
-		idle = idle[:0]
+		idle, evict = idle[:0], evict[:0]
 		s.mu.Lock()
+		sweep := s.parking()
 		for c := range s.conns {
-			if to := c.cfg.IdleTimeout; to > 0 && c.idleFor(now) >= to && !c.waitingForTokens() {
+			quiet := c.idleFor(now)
+			if to := c.cfg.IdleTimeout; to > 0 && quiet >= to && !c.waitingForTokens() {
 				idle = append(idle, c)
+			} else if sweep && quiet >= s.parkAfter && c.evictable() {
+				evict = append(evict, c)
 			}
 		}
+		sweep = s.parking() // for the period: the count may have dropped
 		s.mu.Unlock()
 		for _, c := range idle {
 			c.abort(errIdleTimeout)
 		}
-		t.Reset(time.Duration(s.reapEvery.Load())) // Reconfigure may change the period
+		for _, c := range evict {
+			c.evict()
+		}
+		every := time.Duration(s.reapEvery.Load()) // Reconfigure may change the period
+		if sweep {
+			every = min(every, s.parkAfter/2)
+		}
+		t.Reset(every)
 	}
+}
+
+// parking reports whether idle directions are parked now: the server has
+// a watcher and at least parkMinConns conns. Requires s.mu held.
+func (s *Server) parking() bool {
+	return s.watch != nil && len(s.conns) >= s.parkMinConns
 }

@@ -5,6 +5,7 @@ import (
 	"io"
 	"math"
 	"net"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -28,16 +29,25 @@ const genericBufSize = 32 << 10
 // buffer), then splices exactly the queued bytes. Go's splice would otherwise
 // park in the kernel holding a pipe (two descriptors) for as long as src is
 // idle.
+//
+// A pump is part of its conn for the conn's life; what it needs only while
+// its goroutine runs (moving) is pooled, and a parked direction (park.go)
+// holds neither.
 type pump struct {
 	c        *conn
-	dir      Dir
 	src, dst net.Conn
 	bytes    atomic.Int64 // moved, read by Stats while the pump runs
 
-	shaping    // what holds the direction back, and the grant taken
-	splicePath // both ends TCP: wait for queued bytes, then splice them
-	rawMove    // a shaped grant moved with raw system calls (rawio_linux.go)
-	readAhead  // bytes read from src ahead of the grants (ahead.go)
+	shaping // what holds the direction back
+
+	// srcRaw, dstRaw and dstTCP are set on the splice path (both ends
+	// TCP); srcRaw is nil on the user-space path.
+	srcRaw, dstRaw syscall.RawConn
+	dstTCP         *net.TCPConn
+
+	// moving is the state of moves in progress, taken from a pool while
+	// the pump's goroutine runs, nil while it has none.
+	*moving
 
 	// pacer is set, before the conn is listed, when an MP4 Observer
 	// watches the conn (both directions).
@@ -49,35 +59,48 @@ type pump struct {
 	// err is how the direction ended: nil after a clean half-close. Set
 	// before the pump's exit is counted in conn.running.
 	err error
+
+	// park is the direction's park state (park.go): parkNone, or what
+	// its wait for src is.
+	park atomic.Int32
+	dir  Dir
+	// inSet: src is in the watcher's epoll set; guarded by the
+	// watcher's mu.
+	inSet bool
 }
 
 // shaping is what holds a direction back: its own gate and its seats on
-// links, and the grant it took.
+// links.
 type shaping struct {
 	chunk    atomic.Int64                // grant size when shaped; set by applyLimits
 	gate     atomic.Pointer[shaper.Gate] // nil while the direction has never been limited
 	members  []*shaper.Member            // seats on the links the conn crosses; set before the pump runs
 	linkLoop *shaper.Loop                // the loop that drives the link of a conn that crosses one
-	taken    *shaper.Gate                // the gate the current grant came from, for refunds
 	inLink   atomic.Bool                 // waiting for a link's grant
 }
 
-// splicePath is the state of the splice path; srcRaw is nil on the
-// user-space path.
+// moving is what a pump uses while its goroutine runs: the reused state of
+// its moves and grants, and the callbacks bound to it. Pooled: an idle
+// conn's parked directions hold none.
+type moving struct {
+	splicePath              // wait for queued bytes, then splice them
+	rawMove                 // a shaped grant moved with raw system calls (rawio_linux.go)
+	readAhead               // bytes read from src ahead of the grants (ahead.go)
+	taken      *shaper.Gate // the gate the current grant came from, for refunds
+}
+
+// splicePath is the state of the splice path's moves.
 type splicePath struct {
-	srcRaw syscall.RawConn
-	dstTCP *net.TCPConn
-	lr     io.LimitedReader // reused: R is src, N is set per move
-	ready  func(fd uintptr) bool
-	avail  int   // set by ready: bytes queued on src
-	rerr   error // set by ready: io.EOF or the socket's error
+	lr    io.LimitedReader // reused: R is src, N is set per move
+	ready func(fd uintptr) bool
+	avail int   // set by ready: bytes queued on src
+	rerr  error // set by ready: io.EOF or the socket's error
 }
 
 // rawMove is a raw move of a shaped grant in progress (rawio_linux.go).
 type rawMove struct {
-	dstRaw        syscall.RawConn
-	rawInFn       func(fd uintptr) bool // p.rawIn, bound once
-	rawOutFn      func(fd uintptr) bool // p.rawOut, bound once
+	rawInFn       func(fd uintptr) bool // m.rawIn, bound once
+	rawOutFn      func(fd uintptr) bool // m.rawOut, bound once
 	rawBuf        []byte                // read into and written from; nil with a pipe
 	pipe          *pipe                 // spliced through; nil with rawBuf
 	rawWant, rawN int
@@ -96,6 +119,31 @@ type readAhead struct {
 	heldN              int
 }
 
+// movings pools the moving state of pumps whose goroutine runs.
+var movings = sync.Pool{New: func() any {
+	m := &moving{}
+	m.ready, m.rawInFn, m.rawOutFn = m.readable, m.rawIn, m.rawOut
+	return m
+}}
+
+// takeMoving gives p, whose goroutine starts, its moving state.
+func (p *pump) takeMoving() {
+	m := movings.Get().(*moving)
+	if p.srcRaw != nil {
+		m.lr.R = p.src
+	}
+	p.moving = m
+}
+
+// dropMoving gives p's moving state back; p must hold no bytes read
+// ahead and no grant.
+func (p *pump) dropMoving() {
+	m := p.moving
+	p.moving = nil
+	*m = moving{splicePath: splicePath{ready: m.ready}, rawMove: rawMove{rawInFn: m.rawInFn, rawOutFn: m.rawOutFn}}
+	movings.Put(m)
+}
+
 func (p *pump) init(c *conn, dir Dir, src, dst net.Conn) {
 	p.c, p.dir, p.src, p.dst = c, dir, src, dst
 	st, ok1 := src.(*net.TCPConn)
@@ -112,16 +160,20 @@ func (p *pump) init(c *conn, dir Dir, src, dst net.Conn) {
 		return
 	}
 	p.srcRaw, p.dstRaw, p.dstTCP = raw, draw, dt
-	p.lr.R = st
-	p.ready = p.readable
-	p.rawInFn, p.rawOutFn = p.rawIn, p.rawOut
 }
 
 // pump is the goroutine of one direction (stack dumps name it). The last of
-// a conn's two pumps to end closes the conn.
+// a conn's two pumps to end closes the conn. A parked direction's
+// goroutine returns, and the watcher starts pump again (park.go).
 func (p *pump) pump() {
-	p.err = p.run()
+	p.takeMoving()
+	err := p.run()
+	if errors.Is(err, errParked) {
+		return // the watcher has the direction: touch nothing of p
+	}
+	p.err = err
 	p.dropAhead()
+	p.dropMoving()
 	if p.c.running.Add(-1) == 0 {
 		p.c.finish()
 	}
@@ -140,6 +192,9 @@ func (p *pump) run() error {
 		err = p.copySplice()
 	default:
 		err = p.copyBuffer()
+	}
+	if errors.Is(err, errParked) {
+		return err
 	}
 	if err == nil {
 		err = closeWrite(p.dst)
@@ -210,13 +265,31 @@ func (p *pump) copySplice() error {
 
 // waitReadable blocks until src has bytes queued and returns how many, or
 // returns io.EOF once src has ended, or the socket's error. The wait holds
-// no pipe and no buffer; it honours src's read deadline.
+// no pipe and no buffer; it honours src's read deadline. It returns
+// errParked once the direction is parked (park.go): the caller returns it
+// and touches p no more.
 func (p *pump) waitReadable() (int, error) {
-	p.avail, p.rerr = 0, nil
-	if err := p.srcRaw.Read(p.ready); err != nil {
-		return 0, err
+	for {
+		p.avail, p.rerr = 0, nil
+		parkable := p.parkable()
+		if parkable {
+			p.park.Store(parkWaiting)
+		}
+		err := p.srcRaw.Read(p.ready)
+		if parkable && p.park.Swap(parkNone) == parkEvict {
+			parked, again := p.evicted(err)
+			if parked {
+				return 0, errParked
+			}
+			if again {
+				continue
+			}
+		}
+		if err != nil {
+			return 0, err
+		}
+		return p.avail, p.rerr
 	}
-	return p.avail, p.rerr
 }
 
 // grant asks the conn's own gate, if the direction is limited, and then

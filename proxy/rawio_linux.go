@@ -97,24 +97,24 @@ func (p *pump) spliceOut(pp *pipe, n int) (int, error) {
 
 // rawIn is the RawConn.Read callback: one read or splice of up to rawWant
 // bytes queued on fd. With rawNoWait, nothing to move is not waited for.
-func (p *pump) rawIn(fd uintptr) bool {
+func (m *moving) rawIn(fd uintptr) bool {
 	for {
 		var n uintptr
 		var e unix.Errno
-		if p.pipe == nil {
-			n, _, e = unix.RawSyscall(unix.SYS_READ, fd, uintptr(unsafe.Pointer(unsafe.SliceData(p.rawBuf))), uintptr(p.rawWant))
+		if m.pipe == nil {
+			n, _, e = unix.RawSyscall(unix.SYS_READ, fd, uintptr(unsafe.Pointer(unsafe.SliceData(m.rawBuf))), uintptr(m.rawWant))
 		} else {
-			n, _, e = unix.RawSyscall6(unix.SYS_SPLICE, fd, 0, uintptr(p.pipe.w), 0, uintptr(p.rawWant), unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+			n, _, e = unix.RawSyscall6(unix.SYS_SPLICE, fd, 0, uintptr(m.pipe.w), 0, uintptr(m.rawWant), unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
 		}
 		switch e {
 		case unix.EINTR:
 			continue
 		case unix.EAGAIN:
-			return p.rawNoWait
+			return m.rawNoWait
 		case 0:
-			p.rawN = int(n)
+			m.rawN = int(n)
 		default:
-			p.rawErr = os.NewSyscallError(p.rawName("read"), e)
+			m.rawErr = os.NewSyscallError(m.rawName("read"), e)
 		}
 		return true
 	}
@@ -123,25 +123,25 @@ func (p *pump) rawIn(fd uintptr) bool {
 // rawOut is the RawConn.Write callback: writes or splices to fd until
 // rawWant bytes are out, waiting for room when the socket is full (with
 // rawNoWait, returning what is out).
-func (p *pump) rawOut(fd uintptr) bool {
-	for p.rawN < p.rawWant {
+func (m *moving) rawOut(fd uintptr) bool {
+	for m.rawN < m.rawWant {
 		var n uintptr
 		var e unix.Errno
-		if p.pipe == nil {
-			rest := p.rawBuf[p.rawN:p.rawWant]
+		if m.pipe == nil {
+			rest := m.rawBuf[m.rawN:m.rawWant]
 			n, _, e = unix.RawSyscall(unix.SYS_WRITE, fd, uintptr(unsafe.Pointer(unsafe.SliceData(rest))), uintptr(len(rest)))
 		} else {
-			n, _, e = unix.RawSyscall6(unix.SYS_SPLICE, uintptr(p.pipe.r), 0, fd, 0, uintptr(p.rawWant-p.rawN), unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+			n, _, e = unix.RawSyscall6(unix.SYS_SPLICE, uintptr(m.pipe.r), 0, fd, 0, uintptr(m.rawWant-m.rawN), unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
 		}
 		switch e {
 		case unix.EINTR:
 			continue
 		case unix.EAGAIN:
-			return p.rawNoWait
+			return m.rawNoWait
 		case 0:
-			p.rawN += int(n)
+			m.rawN += int(n)
 		default:
-			p.rawErr = os.NewSyscallError(p.rawName("write"), e)
+			m.rawErr = os.NewSyscallError(m.rawName("write"), e)
 			return true
 		}
 	}
@@ -149,8 +149,8 @@ func (p *pump) rawOut(fd uintptr) bool {
 }
 
 // rawName names the system call of the current raw move, for errors.
-func (p *pump) rawName(plain string) string {
-	if p.pipe != nil {
+func (m *moving) rawName(plain string) string {
+	if m.pipe != nil {
 		return "splice"
 	}
 	return plain

@@ -12,7 +12,7 @@ import (
 const spliceSupported = true
 
 // readable is the RawConn.Read callback of the splice path. It reports true
-// with p.avail set when bytes are queued on fd, true with p.rerr set when the
+// with m.avail set when bytes are queued on fd, true with m.rerr set when the
 // stream has ended (io.EOF) or failed, and false to wait for readiness.
 //
 // One recv(MSG_PEEK|MSG_TRUNC) answers all three: on TCP it counts the queued
@@ -20,7 +20,7 @@ const spliceSupported = true
 // at EOF and EAGAIN when empty. The buffer is NULL, so a kernel that copied
 // anyway would fail with EFAULT rather than write into our memory. It
 // allocates nothing.
-func (p *pump) readable(fd uintptr) bool {
+func (m *moving) readable(fd uintptr) bool {
 	for {
 		n, _, e := unix.RawSyscall6(unix.SYS_RECVFROM, fd, 0, maxMove,
 			unix.MSG_PEEK|unix.MSG_TRUNC|unix.MSG_DONTWAIT, 0, 0)
@@ -30,11 +30,11 @@ func (p *pump) readable(fd uintptr) bool {
 		case e == unix.EINTR:
 			continue
 		case e != 0:
-			p.rerr = os.NewSyscallError("recvfrom", e)
+			m.rerr = os.NewSyscallError("recvfrom", e)
 		case n == 0:
-			p.rerr = io.EOF
+			m.rerr = io.EOF
 		default:
-			p.avail = int(n)
+			m.avail = int(n)
 		}
 		return true
 	}

@@ -11,7 +11,7 @@ import (
 // spliceSupported: elsewhere the pumps copy through a buffer.
 const spliceSupported = false
 
-func (p *pump) readable(fd uintptr) bool { panic("unreachable") }
+func (m *moving) readable(fd uintptr) bool { panic("unreachable") }
 
 // setPacingRate: kernel pacing is Linux-only.
 func setPacingRate(c *net.TCPConn, rate uint64) error { return nil }
@@ -23,8 +23,8 @@ func (p *pump) writeAll(b []byte) (int, error)                     { panic("unre
 func (p *pump) spliceGrant(want int) (int64, error)                { panic("unreachable") }
 func (p *pump) spliceIn(pp *pipe, n int, noWait bool) (int, error) { panic("unreachable") }
 func (p *pump) spliceOut(pp *pipe, n int) (int, error)             { panic("unreachable") }
-func (p *pump) rawIn(fd uintptr) bool                              { panic("unreachable") }
-func (p *pump) rawOut(fd uintptr) bool                             { panic("unreachable") }
+func (m *moving) rawIn(fd uintptr) bool                            { panic("unreachable") }
+func (m *moving) rawOut(fd uintptr) bool                           { panic("unreachable") }
 
 type pipe struct{}
 

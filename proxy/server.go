@@ -107,10 +107,21 @@ type Server struct {
 
 	nextID atomic.Uint64
 
-	reaperDone chan struct{}  // closed to stop the idle reaper; nil if none runs; guarded by mu
-	reapEvery  atomic.Int64   // the reaper's period in ns; Reconfigure updates it
-	reconfMu   sync.Mutex     // serializes Reconfigure
-	draining   sync.WaitGroup // drain timers of removed listeners, pending or running
+	reaperDone chan struct{} // closed to stop the idle reaper; nil if none runs; guarded by mu
+	reapEvery  atomic.Int64  // the reaper's period in ns; Reconfigure updates it
+	sweepNow   chan struct{} // wakes the reaper when enough conns are open to park idle ones
+
+	// watch watches the sockets of parked directions (park.go); nil when
+	// directions are never parked. Set by Start, closed by stopReaper
+	// once the conns are gone.
+	watch *watcher
+	// parkAfter is how long a conn moves no byte before its directions
+	// that wait for their source are parked, while at least parkMinConns
+	// conns are open; tests lower them before Start.
+	parkAfter    time.Duration
+	parkMinConns int
+	reconfMu     sync.Mutex     // serializes Reconfigure
+	draining     sync.WaitGroup // drain timers of removed listeners, pending or running
 
 	mu          sync.Mutex
 	listeners   []*listener
@@ -152,7 +163,8 @@ func New(opts Options) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{opts: opts, log: opts.Logger, dial: opts.DialContext, clock: opts.Clock,
-		conns: map[*conn]struct{}{}, stats: map[string]*listenerStats{}}
+		conns: map[*conn]struct{}{}, stats: map[string]*listenerStats{},
+		sweepNow: make(chan struct{}, 1), parkAfter: defaultParkAfter, parkMinConns: defaultParkMinConns}
 	if s.clock == nil {
 		s.clock = shaper.RealClock()
 	}
@@ -203,6 +215,15 @@ func (s *Server) Start(ctx context.Context) error {
 		go s.accept(l)
 	}
 	s.reapEvery.Store(int64(reapPeriod(s.opts.Listeners)))
+	if s.parkAfter > 0 {
+		// Without a watcher (not Linux, or no epoll set to be had) every
+		// direction keeps its goroutine, as it always may.
+		if w, err := newWatcher(); err == nil && w != nil {
+			s.watch = w
+		} else if err != nil {
+			s.log.Warn("park watcher", slog.Any(keyErr, err))
+		}
+	}
 	s.reaperDone = make(chan struct{})
 	go s.reapIdle(s.reaperDone)
 	s.startSweeper()
@@ -256,6 +277,9 @@ func (s *Server) stopReaper() {
 	timers := s.drainTimers
 	s.drainTimers = nil
 	s.mu.Unlock()
+	if s.watch != nil {
+		s.watch.close() // no direction is parked: the conns are gone
+	}
 	// Removed listeners' drain timers: their conns are gone by now.
 	for _, t := range timers {
 		if t.Stop() {

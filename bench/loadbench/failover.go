@@ -22,7 +22,6 @@ import (
 
 var (
 	failover       = flag.Bool("failover", false, "measure failover: one of three backends killed (and blackholed) under new connections, sluice vs HAProxy vs nginx")
-	haproxyBin     = flag.String("haproxy", "haproxy", "-failover: haproxy binary; empty skips HAProxy")
 	failoverRate   = flag.Int("failover-rate", 200, "-failover: new client connections a second")
 	failoverLength = flag.Duration("failover-length", 6*time.Second, "-failover: length of each scenario; a backend dies at a third and comes back at two thirds")
 	failoverWork   = flag.Duration("failover-work", 20*time.Millisecond, "-failover: how long a backend takes to answer, so that a kill meets requests in flight")

@@ -37,6 +37,7 @@ var (
 	sluiceBin   = flag.String("sluice", "./sluice", "sluice binary")
 	nginxBin    = flag.String("nginx", "/usr/sbin/nginx", "nginx binary; empty skips nginx")
 	nginxMod    = flag.String("nginx-stream-module", "/usr/lib/nginx/modules/ngx_stream_module.so", "nginx stream module")
+	haproxyBin  = flag.String("haproxy", "", "HAProxy binary, for the core and -failover measurements (e.g. /usr/sbin/haproxy); empty skips HAProxy")
 	runs        = flag.Int("runs", 3, "runs; figures are medians")
 	duration    = flag.Duration("duration", 3*time.Second, "length of each throughput measurement")
 	pings       = flag.Int("pings", 20000, "ping-pong round trips per latency measurement")
@@ -169,6 +170,10 @@ func runCore(dir, srcAddr, echoAddr string) error {
 			}
 			return p, err
 		})
+	}
+
+	if *haproxyBin != "" {
+		starters = append(starters, func() (*proxyProc, error) { return startHAProxyCore(dir, srcAddr, echoAddr) })
 	}
 
 	all := map[string][]result{}
@@ -567,6 +572,47 @@ stream {
 	master := cmd.Process.Pid
 	p := &proxyProc{cmd: cmd, target: &target{name: "nginx", sourceAddr: a, echoAddr: b,
 		pids: func() []int { return append([]int{master}, children(master)...) }}}
+	if err := waitListening(a, b); err != nil {
+		p.stop()
+		return nil, err
+	}
+	return p, nil
+}
+
+// startHAProxyCore runs HAProxy in TCP mode with two frontends, in the
+// foreground, with room for 9,950 connections in 20,000 descriptors.
+func startHAProxyCore(dir, srcAddr, echoAddr string) (*proxyProc, error) {
+	a, b, err := freePorts()
+	if err != nil {
+		return nil, err
+	}
+	conf := fmt.Sprintf(`global
+  maxconn 9950
+  ulimit-n 20000
+defaults
+  mode tcp
+  timeout connect 5s
+  timeout client 1h
+  timeout server 1h
+listen source
+  bind %s
+  server s %s
+listen echo
+  bind %s
+  server e %s
+`, a, srcAddr, b, echoAddr)
+	path := filepath.Join(dir, "haproxy.cfg")
+	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(*haproxyBin, "-db", "-f", path)
+	cmd.Stderr = os.Stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	p := &proxyProc{cmd: cmd, target: &target{name: "haproxy", sourceAddr: a, echoAddr: b,
+		pids: func() []int { return []int{cmd.Process.Pid} }}}
 	if err := waitListening(a, b); err != nil {
 		p.stop()
 		return nil, err

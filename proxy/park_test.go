@@ -1,0 +1,251 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"runtime"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/pion/transport/v2/test"
+)
+
+// startParking serves one listener named "t" in front of upstream, with
+// idle directions parked after parkAfter whatever the number of
+// connections. It skips the test where directions are never parked.
+func startParking(t *testing.T, cfg ListenerConfig, parkAfter time.Duration) (*Server, string, *logBuffer) {
+	t.Helper()
+	logs := &logBuffer{}
+	cfg.Name, cfg.Addr = "t", "127.0.0.1:0"
+	srv, err := New(Options{Listeners: []ListenerConfig{cfg},
+		Logger: slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.parkAfter, srv.parkMinConns = parkAfter, 1
+	if err := srv.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Close() })
+	if srv.watch == nil {
+		t.Skip("directions are not parked on this system")
+	}
+	return srv, srv.Addr("t").String(), logs
+}
+
+// waitParked waits until n directions are parked.
+func waitParked(t *testing.T, srv *Server, n int) {
+	t.Helper()
+	if !poll(func() bool { return srv.ParkedDirections() == n }) {
+		t.Fatalf("%d directions parked after 5s, want %d", srv.ParkedDirections(), n)
+	}
+}
+
+// TestParkedThenActive: a connection whose directions were parked moves
+// every byte both ways once active again (each direction starts from its
+// watcher's event), and parks again once quiet.
+func TestParkedThenActive(t *testing.T) {
+	defer test.TimeOut(60 * time.Second).Stop()
+	checkRoutines(t)
+
+	b := newBackend(t)
+	srv, addr, logs := startParking(t, ListenerConfig{Upstream: b.addr()}, 20*time.Millisecond)
+	client, server := connect(t, addr, b)
+	defer client.Close()
+	defer server.Close()
+	exchange(t, client, server)
+	for round := range 3 {
+		waitParked(t, srv, 2)
+		// One direction wakes alone, then both at once.
+		exchange(t, client, server)
+		waitParked(t, srv, 2)
+		err := test.StressDuplex(fullReader{client}, fullReader{server}, test.Options{MsgSize: 32 << 10, MsgCount: 64})
+		if err != nil {
+			t.Fatalf("round %d: %v", round, err)
+		}
+	}
+	waitParked(t, srv, 2)
+	const size = 8 << 20
+	up := make(chan streamResult, 1)
+	go func() { up <- transfer(client, server, 1, size, 0) }()
+	down := transfer(server, client, 2, size, 0)
+	for name, res := range map[string]streamResult{"up": <-up, "down": down} {
+		if err := res.exact(size); err != nil {
+			t.Errorf("%s after parking: %v", name, err)
+		}
+	}
+	client.Close()
+	server.Close()
+	waitLog(t, logs, "conn done", "result=ok")
+}
+
+// TestManyParkedThenBurst: 200 idle connections hold no goroutine, and
+// all of them woken at once move their bytes exactly.
+func TestManyParkedThenBurst(t *testing.T) {
+	defer test.TimeOut(60 * time.Second).Stop()
+	checkRoutines(t)
+
+	const conns = 200
+	b := newBackend(t)
+	srv, addr, _ := startParking(t, ListenerConfig{Upstream: b.addr()}, 20*time.Millisecond)
+	before := runtime.NumGoroutine()
+	clients, servers := make([]*net.TCPConn, conns), make([]*net.TCPConn, conns)
+	defer func() {
+		for i := range clients {
+			clients[i].Close()
+			servers[i].Close()
+		}
+	}()
+	for i := range conns {
+		clients[i], servers[i] = connect(t, addr, b)
+		exchange(t, clients[i], servers[i])
+	}
+	waitParked(t, srv, 2*conns)
+	if n := runtime.NumGoroutine() - before; n > conns/10 {
+		t.Errorf("%d idle connections hold %d more goroutines, want none per connection", conns, n)
+	}
+	const size = 256 << 10
+	results := make(chan error, 2*conns)
+	for i := range conns {
+		go func() { results <- transfer(clients[i], servers[i], uint64(i), size, 0).exact(size) }()
+		go func() { results <- transfer(servers[i], clients[i], uint64(i)+conns, size, 0).exact(size) }()
+	}
+	for range 2 * conns {
+		if err := <-results; err != nil {
+			t.Error(err)
+		}
+	}
+	if t.Failed() {
+		return
+	}
+	for i := range conns {
+		clients[i].Close()
+		servers[i].Close()
+	}
+	if !poll(func() bool { return srv.ActiveConns() == 0 }) {
+		t.Errorf("%d connections left after both ends closed", srv.ActiveConns())
+	}
+}
+
+// TestParkedAborts: an idle timeout, a close through the admin API and a
+// shutdown each end a connection whose directions are parked, as they do
+// one whose pumps wait.
+func TestParkedAborts(t *testing.T) {
+	defer test.TimeOut(30 * time.Second).Stop()
+	checkRoutines(t)
+
+	b := newBackend(t)
+	t.Run("idle timeout", func(t *testing.T) {
+		srv, addr, logs := startParking(t, ListenerConfig{Upstream: b.addr(), IdleTimeout: 400 * time.Millisecond}, 20*time.Millisecond)
+		client, server := connect(t, addr, b)
+		defer client.Close()
+		defer server.Close()
+		exchange(t, client, server)
+		waitParked(t, srv, 2)
+		client.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if n, err := client.Read(make([]byte, 1)); n != 0 || !errors.Is(err, io.EOF) {
+			t.Fatalf("idle client read = %d, %v; want 0, EOF", n, err)
+		}
+		waitLog(t, logs, "conn done", "result=idle_timeout")
+		if n := srv.ParkedDirections(); n != 0 {
+			t.Errorf("%d directions parked after the conn ended", n)
+		}
+	})
+	t.Run("admin close", func(t *testing.T) {
+		srv, addr, logs := startParking(t, ListenerConfig{Upstream: b.addr()}, 20*time.Millisecond)
+		client, server := connect(t, addr, b)
+		defer client.Close()
+		defer server.Close()
+		exchange(t, client, server)
+		waitParked(t, srv, 2)
+		conns := srv.Conns()
+		if len(conns) != 1 {
+			t.Fatalf("Conns() = %v, want one", conns)
+		}
+		if err := srv.CloseConn(conns[0].ID); err != nil {
+			t.Fatal(err)
+		}
+		client.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := client.Read(make([]byte, 1)); err == nil {
+			t.Fatal("read from a closed connection succeeded")
+		}
+		waitLog(t, logs, "conn done", "result=closed")
+	})
+	t.Run("shutdown", func(t *testing.T) {
+		srv, addr, logs := startParking(t, ListenerConfig{Upstream: b.addr()}, 20*time.Millisecond)
+		client, server := connect(t, addr, b)
+		defer client.Close()
+		defer server.Close()
+		exchange(t, client, server)
+		waitParked(t, srv, 2)
+		ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+		defer cancel()
+		if err := srv.Shutdown(ctx); !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("Shutdown = %v, want the drain to time out", err)
+		}
+		waitLog(t, logs, "conn done", "result=shutdown")
+	})
+}
+
+// TestParkedHalfCloseAndReset: a half-close reaching a parked direction is
+// forwarded after its bytes while the other direction goes on (and parks
+// and wakes again), and a reset reaching a parked direction is forwarded
+// as a reset.
+func TestParkedHalfCloseAndReset(t *testing.T) {
+	defer test.TimeOut(30 * time.Second).Stop()
+	checkRoutines(t)
+
+	b := newBackend(t)
+	srv, addr, logs := startParking(t, ListenerConfig{Upstream: b.addr()}, 20*time.Millisecond)
+	for _, end := range bothEnds {
+		t.Run(end.name+" half-closes", func(t *testing.T) {
+			client, server := connect(t, addr, b)
+			defer client.Close()
+			defer server.Close()
+			closer, other := end.pick(client, server)
+			exchange(t, client, server)
+			waitParked(t, srv, 2)
+			if _, err := closer.Write([]byte("last words")); err != nil {
+				t.Fatal(err)
+			}
+			closer.CloseWrite()
+			got, err := io.ReadAll(other)
+			if err != nil || string(got) != "last words" {
+				t.Fatalf("other end read %q, %v; want the bytes then EOF", got, err)
+			}
+			waitParked(t, srv, 1) // the direction left parks again
+			if _, err := other.Write([]byte("answer")); err != nil {
+				t.Fatal(err)
+			}
+			other.CloseWrite()
+			got, err = io.ReadAll(closer)
+			if err != nil || string(got) != "answer" {
+				t.Fatalf("closer read %q, %v; want the answer then EOF", got, err)
+			}
+		})
+	}
+	for _, end := range bothEnds {
+		t.Run(end.name+" resets", func(t *testing.T) {
+			client, server := connect(t, addr, b)
+			defer client.Close()
+			defer server.Close()
+			resetter, other := end.pick(client, server)
+			exchange(t, client, server)
+			waitParked(t, srv, 2)
+			resetter.SetLinger(0)
+			resetter.Close()
+			other.SetReadDeadline(time.Now().Add(5 * time.Second))
+			if _, err := other.Read(make([]byte, 1)); !errors.Is(err, syscall.ECONNRESET) {
+				t.Fatalf("other end read err = %v, want ECONNRESET", err)
+			}
+		})
+	}
+	waitLog(t, logs, "result=reset")
+	if !poll(func() bool { return srv.ActiveConns() == 0 && srv.ParkedDirections() == 0 }) {
+		t.Errorf("%d conns, %d parked directions left", srv.ActiveConns(), srv.ParkedDirections())
+	}
+}
