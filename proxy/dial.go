@@ -115,8 +115,11 @@ func (c *conn) firstByte() error {
 // awaitAnswer waits for the first bytes of c's server, retrying servers
 // as firstByte says.
 func (c *conn) awaitAnswer(r *relay) error {
-	buf := make([]byte, upstream.MaxHeadBytes)
 	sniff := c.rt.pool.cfg.HTTPRetryAfter
+	buf := make([]byte, 1) // a peek only needs to see a byte...
+	if sniff {
+		buf = make([]byte, upstream.MaxHeadBytes) // ...or the answer's head
+	}
 	for {
 		n, err := peekHead(c.up, buf, sniff)
 		if err == nil && sniff {
@@ -228,10 +231,16 @@ type relay struct {
 	done   chan struct{}
 }
 
+// relayBuf is the size of the reads a relay makes.
+const relayBuf = 16 << 10
+
 func (r *relay) run() {
 	defer close(r.done)
 	c := r.c
-	buf := make([]byte, 16<<10)
+	pool := &copyPools[copyClass(relayBuf)]
+	b := pool.Get().(*[]byte)
+	defer pool.Put(b)
+	buf := (*b)[:relayBuf]
 	for {
 		n, err := c.client.Read(buf)
 		if n > 0 {

@@ -142,7 +142,7 @@ func (s *Server) target(cfg *ListenerConfig) (upstream.Target, *poolEntry) {
 	return d, nil
 }
 
-// noServer notes, and logs when it starts, that the pool had no server
+// noServerNow notes, and logs when it starts, that the pool had no server
 // for a connection.
 func (e *poolEntry) noServerNow(log *slog.Logger, listener string, overflow bool) {
 	if e.noServer.CompareAndSwap(false, true) {

@@ -49,22 +49,29 @@ type limitState struct {
 }
 
 func newLimitState(id int, seed uint64, l Limit) *limitState {
-	ls := &limitState{id: id, seed: seed, by: l.By, bits: l.Prefix, bits6: l.Prefix6}
-	if ls.bits == 0 {
-		ls.bits = defaultPrefix
-	}
-	if ls.bits6 == 0 {
-		ls.bits6 = defaultPrefix6
-	}
+	ls := &limitState{id: id, seed: seed, by: l.By}
+	ls.bits, ls.bits6 = keyBits(l)
 	ls.cfg.Store(newLimitCfg(l))
 	return ls
+}
+
+// keyBits returns l's network sizes with the defaults applied.
+func keyBits(l Limit) (bits, bits6 int) {
+	bits, bits6 = l.Prefix, l.Prefix6
+	if bits == 0 {
+		bits = defaultPrefix
+	}
+	if bits6 == 0 {
+		bits6 = defaultPrefix6
+	}
+	return bits, bits6
 }
 
 // sameKey reports whether l keys connections as ls does, so that ls may
 // carry on with l's numbers.
 func (ls *limitState) sameKey(l Limit) bool {
-	n := newLimitState(0, 0, l)
-	return n.by == ls.by && (ls.by != ByCIDR || n.bits == ls.bits && n.bits6 == ls.bits6)
+	bits, bits6 := keyBits(l)
+	return l.By == ls.by && (ls.by != ByCIDR || bits == ls.bits && bits6 == ls.bits6)
 }
 
 // cell is one key's state in a limit: 24 bytes. Guarded by its shard's

@@ -43,7 +43,7 @@
 // (ejection is a guess, and must not turn a blip into minutes of
 // overflow); down, cooling and draining servers are never probed. When
 // nothing is left, DialFor returns an error wrapping [ErrNoServer]: the
-// proxy sends the client to its [Overflow].
+// proxy sends the client to its listener's overflow target.
 //
 // Quotas are fixed windows per server: the window opens at the server's
 // first connection after the last window ended and lasts Per; conn

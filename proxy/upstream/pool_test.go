@@ -815,26 +815,6 @@ func TestStaticDialFor(t *testing.T) {
 	}
 }
 
-func TestOverflow(t *testing.T) {
-	if _, err := upstream.NewOverflow("a:1", []byte("x"), upstream.Options{}); !errors.Is(err, upstream.ErrOverflowBoth) {
-		t.Errorf("both: %v", err)
-	}
-	if _, err := upstream.NewOverflow("nope", nil, upstream.Options{}); err == nil {
-		t.Error("bad address accepted")
-	}
-	o, err := upstream.NewOverflow("127.0.0.1:8099", nil, upstream.Options{})
-	if err != nil || o.Upstream.Addr() != "127.0.0.1:8099" || o.IsZero() {
-		t.Errorf("upstream overflow: %+v %v", o, err)
-	}
-	o, _ = upstream.NewOverflow("", []byte("busy"), upstream.Options{})
-	if string(o.Response) != "busy" || o.IsZero() {
-		t.Errorf("response overflow: %+v", o)
-	}
-	if o, _ := upstream.NewOverflow("", nil, upstream.Options{}); !o.IsZero() {
-		t.Error("empty overflow is not zero")
-	}
-}
-
 // TestPoolDial: as a plain Dialer, a pool dials and ends the lease at
 // once: the pick counts, no connection stays active.
 func TestPoolDial(t *testing.T) {

@@ -334,10 +334,12 @@ func (h *banHub) subscribeLoop() {
 				h.c.o.Logger.Warn("cluster ban subscription lost", "err", err, "instance", h.c.o.Instance)
 			}
 			h.mu.Unlock()
+			t, tc := h.c.o.Clock.NewTimer(backoff)
 			select {
 			case <-h.done:
+				t.Stop()
 				return
-			case <-time.After(backoff):
+			case <-tc:
 			}
 			continue
 		}
