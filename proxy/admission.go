@@ -270,9 +270,13 @@ func (s *Server) refuse(l *listener, rt *route, c *net.TCPConn) {
 // returns errRefused when the queue's timeout passes, and the abort cause
 // if the connection is aborted meanwhile.
 func (c *conn) awaitAdmission() error {
-	if w := c.waiter; w != nil {
-		c.waiter = nil
-		t, expire := c.srv.clock.NewTimer(c.queueWait)
+	aw := c.wait
+	if aw == nil {
+		return nil
+	}
+	c.wait = nil
+	if w := aw.waiter; w != nil {
+		t, expire := c.srv.clock.NewTimer(aw.queueWait)
 		select {
 		case <-w.Ready():
 			t.Stop()
@@ -289,8 +293,8 @@ func (c *conn) awaitAdmission() error {
 		}
 		c.hold = w.Hold()
 	}
-	if c.delay > 0 {
-		t, wake := c.srv.clock.NewTimer(c.delay)
+	if aw.delay > 0 {
+		t, wake := c.srv.clock.NewTimer(aw.delay)
 		select {
 		case <-wake:
 		case <-c.Done():

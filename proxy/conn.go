@@ -37,7 +37,7 @@ const (
 )
 
 // Dir is a direction of a proxied connection.
-type Dir int
+type Dir uint8
 
 const (
 	// Up is client → upstream.
@@ -84,34 +84,43 @@ type conn struct {
 	cfg *ListenerConfig // l's config when the conn was accepted
 	rt  *route          // l's route when the conn was accepted: its dialer, admission, counters
 
-	hold      admit.Hold     // what admission gave it (zero: nothing); forget releases it
-	waiter    *admit.Waiter  // a limit's queue to wait in before dialing (awaitAdmission); nil if none
-	queueWait time.Duration  // how long waiter may wait
-	delay     time.Duration  // how long to hold the conn before dialing
-	stats     *listenerStats // its listener's counters, by the name it was accepted under
-	id        uint64
-	client    *net.TCPConn
-	start     time.Time
+	hold   admit.Hold     // what admission gave it (zero: nothing); forget releases it
+	wait   *admitWait     // what it waits for before dialing (awaitAdmission); nil if nothing
+	stats  *listenerStats // its listener's counters, by the name it was accepted under
+	id     uint64
+	client *net.TCPConn
+	start  time.Duration // when it was accepted, since the Server's epoch
 
-	lease      *upstream.Lease // the server's, once dialed; ended by finish or on an early failure
-	overflowed bool            // sent to the overflow upstream in its first exchange (once at most)
+	lease *upstream.Lease // the server's, once dialed; ended by finish or on an early failure
 
-	mu     sync.Mutex
 	up     net.Conn      // set once dialed; guarded by mu until the pumps start
 	cause  error         // first reason the conn was aborted; guarded by mu
 	done   chan struct{} // made by the first Done, closed by abort; guarded by mu
-	paced  bool          // SO_MAX_PACING_RATE is set on client; guarded by mu
-	limits ConnLimits    // as last applied; guarded by mu
+	limits *ConnLimits   // as last applied, never changed in place; guarded by mu
 
 	// lastActive is when a byte last moved either way (or the conn was
 	// accepted), in nanoseconds since the Server's epoch; its idle reaper
 	// reads it.
 	lastActive atomic.Int64
+
+	mu         sync.Mutex
 	running    atomic.Int32 // pumps still running
+	paced      bool         // SO_MAX_PACING_RATE is set on client; guarded by mu
+	overflowed bool         // sent to the overflow upstream in its first exchange (once at most)
 
 	obs *mp4probe.Observer // set at accept when the listener paces MP4
 
 	pumps [2]pump
+}
+
+// admitWait is what an admitted connection waits for before its upstream
+// is dialed: a place in a limit's queue, a delay, or both. Out of line:
+// most connections wait for neither, and every byte of conn is paid per
+// idle connection (docs/internals.md).
+type admitWait struct {
+	waiter    *admit.Waiter // a limit's queue to wait in; nil if none
+	queueWait time.Duration // how long waiter may wait
+	delay     time.Duration // how long to hold the conn before dialing
 }
 
 // A connection's life, in the order it happens: the accept loop takes
@@ -181,11 +190,14 @@ func (s *Server) newConn(l *listener, rt *route, c *net.TCPConn, d admit.Decisio
 	cfg := rt.cfg
 	st := s.statsFor(cfg.Name)
 	st.accepted.Add(1)
-	cn := &conn{srv: s, l: l, cfg: cfg, rt: rt, hold: d.Hold, waiter: d.Waiter, delay: d.Delay, stats: st, id: s.nextID.Add(1), client: c, start: s.clock.Now()}
-	if cn.waiter != nil {
-		cn.queueWait = s.queueTimeoutLocked(d.Limit)
+	cn := &conn{srv: s, l: l, cfg: cfg, rt: rt, hold: d.Hold, stats: st, id: s.nextID.Add(1), client: c, start: s.clock.Now().Sub(s.epoch)}
+	if d.Waiter != nil || d.Delay > 0 {
+		cn.wait = &admitWait{waiter: d.Waiter, delay: d.Delay}
+		if d.Waiter != nil {
+			cn.wait.queueWait = s.queueTimeoutLocked(d.Limit)
+		}
 	}
-	cn.limits = *l.limits.Load() // what serve applies once the upstream is dialed; listed meanwhile
+	cn.limits = l.limits.Load() // what serve applies once the upstream is dialed; listed meanwhile
 	if cn.obs = st.mp4.observer(cfg.MP4); cn.obs != nil {
 		cn.pumps[Up].pacer, cn.pumps[Down].pacer = &pacer{obs: cn.obs}, &pacer{obs: cn.obs}
 	}
@@ -436,7 +448,7 @@ func (c *conn) logDone(result string, err error) {
 		slog.String(keyUpstream, c.cfg.Upstream),
 		slog.Int64(keyBytesUp, c.pumps[Up].bytes.Load()),
 		slog.Int64(keyBytesDn, c.pumps[Down].bytes.Load()),
-		slog.Duration(keyDur, c.srv.clock.Now().Sub(c.start)),
+		slog.Duration(keyDur, c.srv.clock.Now().Sub(c.srv.epoch)-c.start),
 		slog.String(keyResult, result),
 	}
 	if pc := c.pumps[Down].pacer; pc != nil && pc.plans > 0 {

@@ -75,9 +75,13 @@ const maxPacedGrant = 512 << 10
 // sizes and kernel pacing to lim. Connections of an unlimited listener
 // carry no gate at all.
 func (c *conn) applyLimits(lim *ConnLimits) {
+	if lim != c.l.limits.Load() {
+		cp := *lim // the listener's are never changed in place; others may be
+		lim = &cp
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.limits = *lim
+	c.limits = lim
 	pace := lim.KernelPacing && !lim.Down.Unlimited() && lim.Down.Rate <= maxPacedRate && spliceSupported
 	for d, l := range [2]shaper.Limit{Up: lim.Up, Down: lim.Down} {
 		p := &c.pumps[d]

@@ -194,8 +194,12 @@ func (s *Server) joinLinks(c *conn) {
 		key := l.key(c.client.RemoteAddr(), c.cfg)
 		for d, sl := range l.dirs {
 			if sl != nil {
-				c.pumps[d].members = append(c.pumps[d].members, sl.Join(key))
-				c.pumps[d].linkLoop = l.loops[d]
+				p := &c.pumps[d]
+				if p.seats == nil {
+					p.seats = &linkSeats{}
+				}
+				p.seats.members = append(p.seats.members, sl.Join(key))
+				p.seats.loop = l.loops[d]
 			}
 		}
 	}
@@ -204,7 +208,7 @@ func (s *Server) joinLinks(c *conn) {
 // leaveLinks gives up a connection's seats.
 func (c *conn) leaveLinks() {
 	for d := range c.pumps {
-		for _, m := range c.pumps[d].members {
+		for _, m := range c.pumps[d].members() {
 			m.Leave()
 		}
 	}

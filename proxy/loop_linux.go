@@ -70,7 +70,7 @@ var _ shaper.Task = (*loopState)(nil)
 // holds bytes read ahead, under its own gate, one link or both (no MP4
 // plan), in grants the loop serves.
 func (p *pump) loopable() bool {
-	return len(p.c.srv.loops) > 0 && (p.taken != nil || len(p.members) == 1) && len(p.members) <= 1 &&
+	return len(p.c.srv.loops) > 0 && (p.taken != nil || len(p.members()) == 1) && len(p.members()) <= 1 &&
 		p.pacer == nil && (p.held != nil || p.ahead != nil) && p.chunk.Load() <= loopMaxGrant
 }
 
@@ -83,8 +83,8 @@ func (p *pump) runInLoop(queued int) (int, error) {
 	if lp == nil { // not on every idle conn
 		loops := p.c.srv.loops
 		lp = &loopState{p: p, back: make(chan struct{}, 1), peekNow: p.peekNow, loop: loops[p.c.id%uint64(len(loops))]}
-		if p.linkLoop != nil {
-			lp.loop = p.linkLoop // grants come from there
+		if p.seats != nil {
+			lp.loop = p.seats.loop // grants come from there
 		}
 		lp.granted = func(n int) { lp.loop.Grant(lp, n) }
 		p.lp = lp
@@ -95,8 +95,8 @@ func (p *pump) runInLoop(queued int) (int, error) {
 	if lp.gate != nil {
 		changed = lp.gate.Changed()
 	}
-	if len(p.members) == 1 {
-		lp.m = p.members[0]
+	if len(p.members()) == 1 {
+		lp.m = p.members()[0]
 	}
 	lp.gap = 0
 	if lp.g != nil {

@@ -10,6 +10,7 @@ import (
 	"syscall"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/pion/transport/v2/test"
 )
@@ -247,5 +248,15 @@ func TestParkedHalfCloseAndReset(t *testing.T) {
 	waitLog(t, logs, "result=reset")
 	if !poll(func() bool { return srv.ActiveConns() == 0 && srv.ParkedDirections() == 0 }) {
 		t.Errorf("%d conns, %d parked directions left", srv.ActiveConns(), srv.ParkedDirections())
+	}
+}
+
+// TestConnRecordSize keeps the connection record in Go's 512-byte size
+// class: every byte of it is paid per idle connection, and the next class
+// is 576 bytes (docs/internals.md, "Memory per idle connection"). Fields
+// most connections do not use go out of line (admitWait, linkSeats).
+func TestConnRecordSize(t *testing.T) {
+	if size := unsafe.Sizeof(conn{}); size > 512 {
+		t.Fatalf("conn is %d bytes, over the 512-byte size class", size)
 	}
 }

@@ -62,8 +62,9 @@ type pump struct {
 
 	// park is the direction's park state (park.go): parkNone, or what
 	// its wait for src is.
-	park atomic.Int32
-	dir  Dir
+	park   atomic.Int32
+	inLink atomic.Bool // waiting for a link's grant
+	dir    Dir
 	// inSet: src is in the watcher's epoll set; guarded by the
 	// watcher's mu.
 	inSet bool
@@ -72,11 +73,24 @@ type pump struct {
 // shaping is what holds a direction back: its own gate and its seats on
 // links.
 type shaping struct {
-	chunk    atomic.Int64                // grant size when shaped; set by applyLimits
-	gate     atomic.Pointer[shaper.Gate] // nil while the direction has never been limited
-	members  []*shaper.Member            // seats on the links the conn crosses; set before the pump runs
-	linkLoop *shaper.Loop                // the loop that drives the link of a conn that crosses one
-	inLink   atomic.Bool                 // waiting for a link's grant
+	chunk atomic.Int64                // grant size when shaped; set by applyLimits
+	gate  atomic.Pointer[shaper.Gate] // nil while the direction has never been limited
+	seats *linkSeats                  // nil unless the conn crosses a link; set before the pump runs
+}
+
+// linkSeats are a direction's seats on the links its conn crosses. Out of
+// line: most connections cross none.
+type linkSeats struct {
+	members []*shaper.Member // one per link
+	loop    *shaper.Loop     // the loop that drives the links' grants
+}
+
+// members returns the direction's seats on links, nil if none.
+func (s *shaping) members() []*shaper.Member {
+	if s.seats == nil {
+		return nil
+	}
+	return s.seats.members
 }
 
 // moving is what a pump uses while its goroutine runs: the reused state of
@@ -225,7 +239,7 @@ func (p *pump) copySplice() error {
 			return err
 		}
 		var n int64
-		shaped := p.taken != nil || len(p.members) > 0
+		shaped := p.taken != nil || len(p.members()) > 0
 		switch {
 		case p.ahead != nil || p.held != nil || shaped && want <= maxCopy:
 			// Bytes read ahead go first, even when the limit was lifted
@@ -301,7 +315,7 @@ func (p *pump) grant(want int) (int, error) {
 	p.taken = nil
 	g := p.gate.Load()
 	limited := g != nil && !g.Unlimited()
-	if !limited && len(p.members) == 0 {
+	if !limited && len(p.members()) == 0 {
 		return want, nil
 	}
 	size := int(p.chunk.Load())
@@ -320,7 +334,7 @@ func (p *pump) grant(want int) (int, error) {
 	if !limited {
 		upTo = want // a link may grant a key that fell behind more than a chunk
 	}
-	for i, m := range p.members {
+	for i, m := range p.members() {
 		p.inLink.Store(true)
 		got, err := m.TakeUpTo(p.c, n, upTo)
 		p.inLink.Store(false)
@@ -355,11 +369,11 @@ const linkGrantTime = 10 * time.Millisecond
 // linkGrantTime of its share of its links (the least of them, as measured
 // by each), at least chunk, and at most maxLinkGrant.
 func (p *pump) linkGrant(chunk int) int {
-	if chunk >= maxLinkGrant || len(p.members) == 0 {
+	if chunk >= maxLinkGrant || len(p.members()) == 0 {
 		return chunk
 	}
 	share := int64(math.MaxInt64)
-	for _, m := range p.members {
+	for _, m := range p.members() {
 		share = min(share, m.Share())
 	}
 	return max(chunk, int(min(share/int64(time.Second/linkGrantTime), maxLinkGrant)))
@@ -375,15 +389,15 @@ func (p *pump) refundFirst(i, k int) {
 	if p.taken != nil {
 		p.taken.Refund(k)
 	}
-	for _, m := range p.members[:i] {
+	for _, m := range p.members()[:i] {
 		m.Refund(k)
 	}
 }
 
 // refund gives back k bytes of the current grant that were not moved.
 func (p *pump) refund(k int) {
-	if k > 0 && (p.taken != nil || len(p.members) > 0) {
-		p.refundFirst(len(p.members), k)
+	if k > 0 && (p.taken != nil || len(p.members()) > 0) {
+		p.refundFirst(len(p.members()), k)
 	}
 }
 

@@ -193,9 +193,9 @@ func (s *Server) Conns() []ConnInfo {
 
 func (c *conn) info() ConnInfo {
 	ci := ConnInfo{ID: c.id, Listener: c.cfg.Name, Client: addrString(c.client.RemoteAddr()),
-		Upstream: c.cfg.Upstream, Start: c.start, Chunk: c.cfg.Chunk}
+		Upstream: c.cfg.Upstream, Start: c.srv.epoch.Add(c.start), Chunk: c.cfg.Chunk}
 	c.mu.Lock()
-	ci.Limits = c.limits
+	ci.Limits = *c.limits
 	c.mu.Unlock()
 	for d := range c.pumps {
 		ci.Bytes[d] = c.pumps[d].bytes.Load()
