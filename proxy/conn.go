@@ -107,6 +107,7 @@ type conn struct {
 	running    atomic.Int32 // pumps still running
 	paced      bool         // SO_MAX_PACING_RATE is set on client; guarded by mu
 	overflowed bool         // sent to the overflow upstream in its first exchange (once at most)
+	detached   bool         // client and up are closed, their sockets kept in the pumps' fd (park.go); guarded by mu
 
 	obs *mp4probe.Observer // set at accept when the listener paces MP4
 
@@ -306,6 +307,12 @@ func (c *conn) endEarly(err error) {
 // runs once, on the goroutine of the pump that ended last.
 func (c *conn) finish() {
 	result, err := c.result(c.pumps[Up].err, c.pumps[Down].err)
+	if c.client == nil { // its sockets were lost attaching them again (park.go)
+		c.endLease()
+		c.logDone(result, err)
+		c.srv.forget(c, result)
+		return
+	}
 	if result != resultOK && result != resultIdle && result != resultShutdown {
 		// Forward a reset as a reset: both sides learn the stream broke.
 		_ = c.client.SetLinger(0)
@@ -353,11 +360,42 @@ func (c *conn) abort(cause error) {
 		close(c.done)
 	}
 	// Best effort: a socket that is already closed has nothing to unblock.
-	_ = c.client.SetDeadline(aLongTimeAgo)
+	// A detached conn has no Go socket: the pump that attaches them sets
+	// their deadlines.
+	if c.client != nil {
+		_ = c.client.SetDeadline(aLongTimeAgo)
+	}
 	if c.up != nil {
 		_ = c.up.SetDeadline(aLongTimeAgo)
 	}
 	c.wakeParked() // parked directions have no wait to unblock: start them
+}
+
+// attached makes sure c's sockets are Go's, attaching them if c was
+// detached (park.go). A pump calls it before it touches them. It returns
+// the cause if they were lost.
+func (c *conn) attached() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.detached {
+		return c.attach()
+	}
+	if c.client == nil {
+		return c.cause
+	}
+	return nil
+}
+
+// clientAddrLocked returns the client's address, also while c is
+// detached. Requires c.mu held.
+func (c *conn) clientAddrLocked() net.Addr {
+	switch {
+	case c.client != nil:
+		return c.client.RemoteAddr()
+	case c.detached:
+		return peerOf(c.pumps[Up].fd)
+	}
+	return nil
 }
 
 // A conn is the context of its own gate waits: it is done once aborted.
@@ -444,7 +482,7 @@ func (c *conn) logDone(result string, err error) {
 	attrs := []slog.Attr{
 		slog.Uint64(keyConnID, c.id),
 		slog.String(keyListener, c.cfg.Name),
-		slog.String(keyClient, c.client.RemoteAddr().String()),
+		slog.String(keyClient, addrString(c.clientAddr())),
 		slog.String(keyUpstream, c.cfg.Upstream),
 		slog.Int64(keyBytesUp, c.pumps[Up].bytes.Load()),
 		slog.Int64(keyBytesDn, c.pumps[Down].bytes.Load()),
@@ -500,6 +538,13 @@ func isFDExhausted(err error) bool {
 
 // clientAddr is c's peer address, an IPv4-mapped one as IPv4, for
 // admission; the zero value if unknown.
+// clientAddr is clientAddrLocked, taking c.mu.
+func (c *conn) clientAddr() net.Addr {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.clientAddrLocked()
+}
+
 func clientAddr(c *net.TCPConn) netip.AddrPort {
 	a, ok := c.RemoteAddr().(*net.TCPAddr)
 	if !ok {

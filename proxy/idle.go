@@ -27,13 +27,15 @@ func reapPeriod(ls []ListenerConfig) time.Duration {
 // the server has closed and every connection is gone.
 //
 // The same scan parks the directions of connections that moved no byte
-// for parkAfter (park.go), while at least parkMinConns are open: it then
+// for parkAfter (park.go), and detaches the sockets of those whose two
+// directions are parked and that moved no byte for detachAfter, while at
+// least parkMinConns are open: it then
 // runs every parkAfter/2 at least, and newConn wakes it when the count
 // gets there.
 func (s *Server) reapIdle(stop <-chan struct{}) {
 	t, tick := s.clock.NewTimer(time.Duration(s.reapEvery.Load()))
 	defer t.Stop()
-	var idle, evict []*conn
+	var idle, evict, detach []*conn
 	for {
 		select {
 		case <-tick:
@@ -43,7 +45,7 @@ func (s *Server) reapIdle(stop <-chan struct{}) {
 			return
 		}
 		now := s.clock.Now().Sub(s.epoch)
-		idle, evict = idle[:0], evict[:0]
+		idle, evict, detach = idle[:0], evict[:0], detach[:0]
 		s.mu.Lock()
 		sweep := s.parking()
 		for c := range s.conns {
@@ -52,6 +54,8 @@ func (s *Server) reapIdle(stop <-chan struct{}) {
 				idle = append(idle, c)
 			} else if sweep && quiet >= s.parkAfter && c.evictable() {
 				evict = append(evict, c)
+			} else if sweep && quiet >= s.detachAfter && c.detachable() {
+				detach = append(detach, c)
 			}
 		}
 		sweep = s.parking() // for the period: the count may have dropped
@@ -61,6 +65,9 @@ func (s *Server) reapIdle(stop <-chan struct{}) {
 		}
 		for _, c := range evict {
 			c.evict()
+		}
+		for _, c := range detach {
+			c.detach()
 		}
 		every := time.Duration(s.reapEvery.Load()) // Reconfigure may change the period
 		if sweep {

@@ -2,8 +2,11 @@ package proxy
 
 import (
 	"errors"
+	"fmt"
+	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -29,6 +32,8 @@ type watcher struct {
 
 	mu     sync.Mutex
 	parked map[uint64]*pump // by parkKey; guarded by mu
+
+	detached atomic.Int64 // conns whose sockets are detached
 }
 
 // newWatcher makes a watcher and starts its goroutine.
@@ -75,7 +80,7 @@ func (w *watcher) handle(fd uintptr) bool {
 		for i := range w.events[:n] {
 			ev := &w.events[i]
 			key := uint64(uint32(ev.Fd)) | uint64(uint32(ev.Pad))<<32
-			if p := w.parked[key]; p != nil && p.park.CompareAndSwap(parkParked, parkNone) {
+			if p := w.parked[key]; p != nil && p.unpark() {
 				delete(w.parked, key)
 				go p.pump()
 			}
@@ -122,7 +127,7 @@ func (w *watcher) park(p *pump) bool {
 func (w *watcher) wake(p *pump) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if p.park.CompareAndSwap(parkParked, parkNone) {
+	if p.unpark() {
 		delete(w.parked, p.parkKey())
 		go p.pump()
 	}
@@ -140,4 +145,214 @@ func (w *watcher) count() int {
 func (w *watcher) close() {
 	w.ep.Close()
 	<-w.done
+}
+
+// detach closes Go's sockets of c, whose two directions are parked,
+// keeping the kernel's sockets in duplicate descriptors that the watcher
+// watches instead (park.go). It does nothing if c was aborted, either
+// direction left its parked state, or a socket is not TCP.
+func (c *conn) detach() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	up, ok := c.up.(*net.TCPConn)
+	if c.cause != nil || c.detached || !ok || c.pumps[Up].srcRaw == nil || c.pumps[Down].srcRaw == nil {
+		return
+	}
+	w := c.srv.watch
+	w.mu.Lock() // no event or wake takes a pump out of its parked state meanwhile
+	defer w.mu.Unlock()
+	if !c.detachable() {
+		return
+	}
+	socks := [2]*net.TCPConn{Up: c.client, Down: up} // the source of each direction
+	var fds [2]int
+	for d, sc := range socks {
+		fd, err := dupSocket(sc)
+		if err == nil {
+			err = w.watch(fd, &c.pumps[d])
+			if err != nil {
+				unix.Close(fd)
+			}
+		}
+		if err != nil {
+			for _, fd := range fds[:d] {
+				w.unwatch(fd)
+			}
+			return // both stay parked on Go's sockets
+		}
+		fds[d] = fd
+	}
+	for d, sc := range socks {
+		p := &c.pumps[d]
+		_ = p.srcRaw.Control(func(fd uintptr) { // the watch is on the duplicate now
+			_ = unix.EpollCtl(w.epfd, unix.EPOLL_CTL_DEL, int(fd), nil)
+		})
+		sc.Close() // Go's descriptor; the socket lives on in fds[d]
+		p.src, p.dst, p.srcRaw, p.dstRaw, p.dstTCP = nil, nil, nil, nil, nil
+		p.fd = int32(fds[d])
+		p.park.Store(parkDetached)
+	}
+	c.client, c.up = nil, nil
+	if c.lease != nil {
+		c.lease.DropConn()
+	}
+	c.detached = true
+	w.detached.Add(1)
+}
+
+// attach makes Go sockets of a detached conn's descriptors again, and
+// moves the watch of a direction still parked to them. Requires c.mu held
+// and c detached. On failure (out of descriptors) the conn is aborted
+// with the error and both descriptors are closed.
+func (c *conn) attach() error {
+	w := c.srv.watch
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	c.detached = false
+	w.detached.Add(-1)
+	var socks [2]*net.TCPConn
+	var err error
+	for d := range c.pumps {
+		if socks[d], err = fileConn(int(c.pumps[d].fd)); err != nil {
+			break
+		}
+	}
+	if err != nil {
+		if c.cause == nil {
+			c.cause = fmt.Errorf("attach an idle connection's sockets: %w", err)
+			if c.done != nil {
+				close(c.done)
+			}
+		}
+		for d := range c.pumps {
+			p := &c.pumps[d]
+			if socks[d] != nil {
+				socks[d].Close()
+			}
+			w.unwatch(int(p.fd))
+			p.fd = 0
+			if p.park.CompareAndSwap(parkDetached, parkNone) { // it ends at once: c.client is gone
+				delete(w.parked, p.parkKey())
+				go p.pump()
+			}
+		}
+		return c.cause
+	}
+	c.client, c.up = socks[Up], socks[Down]
+	c.pumps[Up].setSockets(c.client, c.up)
+	c.pumps[Down].setSockets(c.up, c.client)
+	for d := range c.pumps {
+		p := &c.pumps[d]
+		old := int(p.fd)
+		p.fd = 0
+		p.inSet = false
+		// A direction still parked keeps an armed watch, on Go's new
+		// descriptor; the other was started and parks anew when it must.
+		if p.park.CompareAndSwap(parkDetached, parkParked) {
+			_ = p.srcRaw.Control(func(fd uintptr) {
+				if w.armLocked(int(fd), p) == nil {
+					p.inSet = true
+				}
+			})
+			if !p.inSet { // not watched: start it, its wait in Go's poller sees bytes
+				p.park.Store(parkNone)
+				delete(w.parked, p.parkKey())
+				go p.pump()
+			}
+		}
+		w.unwatch(old)
+	}
+	if c.cause != nil { // aborted while detached: fail the new sockets' waits
+		_ = c.client.SetDeadline(aLongTimeAgo)
+		_ = c.up.SetDeadline(aLongTimeAgo)
+	}
+	return nil
+}
+
+// watch adds fd to the set, armed for one event, under p's key. Requires
+// w.mu held.
+func (w *watcher) watch(fd int, p *pump) error {
+	return w.armLocked(fd, p)
+}
+
+// unwatch takes fd out of the set and closes it. (Closing alone would
+// not take it out while another descriptor of the socket is open.)
+func (w *watcher) unwatch(fd int) {
+	_ = unix.EpollCtl(w.epfd, unix.EPOLL_CTL_DEL, fd, nil)
+	unix.Close(fd)
+}
+
+// armLocked adds fd to the set, armed for one event, under p's key (or
+// re-arms it if it is there). Requires w.mu held.
+func (w *watcher) armLocked(fd int, p *pump) error {
+	key := p.parkKey()
+	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT,
+		Fd: int32(uint32(key)), Pad: int32(uint32(key >> 32))}
+	err := unix.EpollCtl(w.epfd, unix.EPOLL_CTL_ADD, fd, &ev)
+	if errors.Is(err, unix.EEXIST) {
+		err = unix.EpollCtl(w.epfd, unix.EPOLL_CTL_MOD, fd, &ev)
+	}
+	return err
+}
+
+// dupSocket returns a duplicate of sc's descriptor, close-on-exec.
+func dupSocket(sc *net.TCPConn) (int, error) {
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return -1, err
+	}
+	nfd, derr := -1, error(nil)
+	if err := raw.Control(func(fd uintptr) {
+		nfd, derr = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0)
+	}); err != nil {
+		return -1, err
+	}
+	if derr != nil {
+		return -1, os.NewSyscallError("fcntl F_DUPFD_CLOEXEC", derr)
+	}
+	return nfd, nil
+}
+
+// fileConn makes a Go socket of a duplicate of fd (fd stays open).
+func fileConn(fd int) (*net.TCPConn, error) {
+	nfd, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return nil, os.NewSyscallError("fcntl F_DUPFD_CLOEXEC", err)
+	}
+	f := os.NewFile(uintptr(nfd), "")
+	defer f.Close()
+	nc, err := net.FileConn(f)
+	if err != nil {
+		return nil, err
+	}
+	tc, ok := nc.(*net.TCPConn)
+	if !ok {
+		nc.Close()
+		return nil, fmt.Errorf("not a TCP socket: %T", nc)
+	}
+	return tc, nil
+}
+
+// detachedCount returns how many conns are detached.
+func (w *watcher) detachedCount() int { return int(w.detached.Load()) }
+
+// peerOf returns the address of fd's peer, for a detached conn's listing.
+func peerOf(fd int32) net.Addr {
+	sa, err := unix.Getpeername(int(fd))
+	if err != nil {
+		return nil
+	}
+	switch sa := sa.(type) {
+	case *unix.SockaddrInet4:
+		return &net.TCPAddr{IP: net.IP(sa.Addr[:]), Port: sa.Port}
+	case *unix.SockaddrInet6:
+		return &net.TCPAddr{IP: net.IP(sa.Addr[:]), Port: sa.Port}
+	}
+	return nil
+}
+
+// setPacingFD sets SO_MAX_PACING_RATE on a detached socket.
+func setPacingFD(fd int32, rate uint64) error {
+	return os.NewSyscallError("setsockopt SO_MAX_PACING_RATE",
+		unix.SetsockoptUint64(int(fd), unix.SOL_SOCKET, unix.SO_MAX_PACING_RATE, rate))
 }

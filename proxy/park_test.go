@@ -38,6 +38,42 @@ func startParking(t *testing.T, cfg ListenerConfig, parkAfter time.Duration) (*S
 	return srv, srv.Addr("t").String(), logs
 }
 
+// parkMode is how far idle connections go in a park test: their
+// directions parked, or also their sockets detached (park.go).
+type parkMode struct {
+	name   string
+	detach bool
+}
+
+var parkModes = []parkMode{{"parked", false}, {"detached", true}}
+
+// start is startParking, with sockets detached once both directions of a
+// conn have been parked for twice parkAfter in detach mode, never
+// otherwise.
+func (m parkMode) start(t *testing.T, cfg ListenerConfig, parkAfter time.Duration) (*Server, string, *logBuffer) {
+	t.Helper()
+	srv, addr, logs := startParking(t, cfg, parkAfter)
+	srv.mu.Lock() // the reaper reads it
+	srv.detachAfter = time.Hour
+	if m.detach {
+		srv.detachAfter = 2 * parkAfter
+	}
+	srv.mu.Unlock()
+	return srv, addr, logs
+}
+
+// wait waits until n directions are parked and, in detach mode, the
+// sockets of n/2 conns detached.
+func (m parkMode) wait(t *testing.T, srv *Server, n int) {
+	t.Helper()
+	waitParked(t, srv, n)
+	if m.detach && n%2 == 0 {
+		if !poll(func() bool { return srv.DetachedConns() == n/2 }) {
+			t.Fatalf("%d conns detached after 5s, want %d", srv.DetachedConns(), n/2)
+		}
+	}
+}
+
 // waitParked waits until n directions are parked.
 func waitParked(t *testing.T, srv *Server, n int) {
 	t.Helper()
@@ -52,36 +88,40 @@ func waitParked(t *testing.T, srv *Server, n int) {
 func TestParkedThenActive(t *testing.T) {
 	defer test.TimeOut(60 * time.Second).Stop()
 	checkRoutines(t)
+	for _, m := range parkModes {
+		t.Run(m.name, func(t *testing.T) {
 
-	b := newBackend(t)
-	srv, addr, logs := startParking(t, ListenerConfig{Upstream: b.addr()}, 20*time.Millisecond)
-	client, server := connect(t, addr, b)
-	defer client.Close()
-	defer server.Close()
-	exchange(t, client, server)
-	for round := range 3 {
-		waitParked(t, srv, 2)
-		// One direction wakes alone, then both at once.
-		exchange(t, client, server)
-		waitParked(t, srv, 2)
-		err := test.StressDuplex(fullReader{client}, fullReader{server}, test.Options{MsgSize: 32 << 10, MsgCount: 64})
-		if err != nil {
-			t.Fatalf("round %d: %v", round, err)
-		}
+			b := newBackend(t)
+			srv, addr, logs := m.start(t, ListenerConfig{Upstream: b.addr()}, 20*time.Millisecond)
+			client, server := connect(t, addr, b)
+			defer client.Close()
+			defer server.Close()
+			exchange(t, client, server)
+			for round := range 3 {
+				m.wait(t, srv, 2)
+				// One direction wakes alone, then both at once.
+				exchange(t, client, server)
+				m.wait(t, srv, 2)
+				err := test.StressDuplex(fullReader{client}, fullReader{server}, test.Options{MsgSize: 32 << 10, MsgCount: 64})
+				if err != nil {
+					t.Fatalf("round %d: %v", round, err)
+				}
+			}
+			m.wait(t, srv, 2)
+			const size = 8 << 20
+			up := make(chan streamResult, 1)
+			go func() { up <- transfer(client, server, 1, size, 0) }()
+			down := transfer(server, client, 2, size, 0)
+			for name, res := range map[string]streamResult{"up": <-up, "down": down} {
+				if err := res.exact(size); err != nil {
+					t.Errorf("%s after parking: %v", name, err)
+				}
+			}
+			client.Close()
+			server.Close()
+			waitLog(t, logs, "conn done", "result=ok")
+		})
 	}
-	waitParked(t, srv, 2)
-	const size = 8 << 20
-	up := make(chan streamResult, 1)
-	go func() { up <- transfer(client, server, 1, size, 0) }()
-	down := transfer(server, client, 2, size, 0)
-	for name, res := range map[string]streamResult{"up": <-up, "down": down} {
-		if err := res.exact(size); err != nil {
-			t.Errorf("%s after parking: %v", name, err)
-		}
-	}
-	client.Close()
-	server.Close()
-	waitLog(t, logs, "conn done", "result=ok")
 }
 
 // TestManyParkedThenBurst: 200 idle connections hold no goroutine, and
@@ -89,46 +129,50 @@ func TestParkedThenActive(t *testing.T) {
 func TestManyParkedThenBurst(t *testing.T) {
 	defer test.TimeOut(60 * time.Second).Stop()
 	checkRoutines(t)
+	for _, m := range parkModes {
+		t.Run(m.name, func(t *testing.T) {
 
-	const conns = 200
-	b := newBackend(t)
-	srv, addr, _ := startParking(t, ListenerConfig{Upstream: b.addr()}, 20*time.Millisecond)
-	before := runtime.NumGoroutine()
-	clients, servers := make([]*net.TCPConn, conns), make([]*net.TCPConn, conns)
-	defer func() {
-		for i := range clients {
-			clients[i].Close()
-			servers[i].Close()
-		}
-	}()
-	for i := range conns {
-		clients[i], servers[i] = connect(t, addr, b)
-		exchange(t, clients[i], servers[i])
-	}
-	waitParked(t, srv, 2*conns)
-	if n := runtime.NumGoroutine() - before; n > conns/10 {
-		t.Errorf("%d idle connections hold %d more goroutines, want none per connection", conns, n)
-	}
-	const size = 256 << 10
-	results := make(chan error, 2*conns)
-	for i := range conns {
-		go func() { results <- transfer(clients[i], servers[i], uint64(i), size, 0).exact(size) }()
-		go func() { results <- transfer(servers[i], clients[i], uint64(i)+conns, size, 0).exact(size) }()
-	}
-	for range 2 * conns {
-		if err := <-results; err != nil {
-			t.Error(err)
-		}
-	}
-	if t.Failed() {
-		return
-	}
-	for i := range conns {
-		clients[i].Close()
-		servers[i].Close()
-	}
-	if !poll(func() bool { return srv.ActiveConns() == 0 }) {
-		t.Errorf("%d connections left after both ends closed", srv.ActiveConns())
+			const conns = 200
+			b := newBackend(t)
+			srv, addr, _ := m.start(t, ListenerConfig{Upstream: b.addr()}, 20*time.Millisecond)
+			before := runtime.NumGoroutine()
+			clients, servers := make([]*net.TCPConn, conns), make([]*net.TCPConn, conns)
+			defer func() {
+				for i := range clients {
+					clients[i].Close()
+					servers[i].Close()
+				}
+			}()
+			for i := range conns {
+				clients[i], servers[i] = connect(t, addr, b)
+				exchange(t, clients[i], servers[i])
+			}
+			m.wait(t, srv, 2*conns)
+			if n := runtime.NumGoroutine() - before; n > conns/10 {
+				t.Errorf("%d idle connections hold %d more goroutines, want none per connection", conns, n)
+			}
+			const size = 256 << 10
+			results := make(chan error, 2*conns)
+			for i := range conns {
+				go func() { results <- transfer(clients[i], servers[i], uint64(i), size, 0).exact(size) }()
+				go func() { results <- transfer(servers[i], clients[i], uint64(i)+conns, size, 0).exact(size) }()
+			}
+			for range 2 * conns {
+				if err := <-results; err != nil {
+					t.Error(err)
+				}
+			}
+			if t.Failed() {
+				return
+			}
+			for i := range conns {
+				clients[i].Close()
+				servers[i].Close()
+			}
+			if !poll(func() bool { return srv.ActiveConns() == 0 }) {
+				t.Errorf("%d connections left after both ends closed", srv.ActiveConns())
+			}
+		})
 	}
 }
 
@@ -138,58 +182,62 @@ func TestManyParkedThenBurst(t *testing.T) {
 func TestParkedAborts(t *testing.T) {
 	defer test.TimeOut(30 * time.Second).Stop()
 	checkRoutines(t)
+	for _, m := range parkModes {
+		t.Run(m.name, func(t *testing.T) {
 
-	b := newBackend(t)
-	t.Run("idle timeout", func(t *testing.T) {
-		srv, addr, logs := startParking(t, ListenerConfig{Upstream: b.addr(), IdleTimeout: 400 * time.Millisecond}, 20*time.Millisecond)
-		client, server := connect(t, addr, b)
-		defer client.Close()
-		defer server.Close()
-		exchange(t, client, server)
-		waitParked(t, srv, 2)
-		client.SetReadDeadline(time.Now().Add(5 * time.Second))
-		if n, err := client.Read(make([]byte, 1)); n != 0 || !errors.Is(err, io.EOF) {
-			t.Fatalf("idle client read = %d, %v; want 0, EOF", n, err)
-		}
-		waitLog(t, logs, "conn done", "result=idle_timeout")
-		if n := srv.ParkedDirections(); n != 0 {
-			t.Errorf("%d directions parked after the conn ended", n)
-		}
-	})
-	t.Run("admin close", func(t *testing.T) {
-		srv, addr, logs := startParking(t, ListenerConfig{Upstream: b.addr()}, 20*time.Millisecond)
-		client, server := connect(t, addr, b)
-		defer client.Close()
-		defer server.Close()
-		exchange(t, client, server)
-		waitParked(t, srv, 2)
-		conns := srv.Conns()
-		if len(conns) != 1 {
-			t.Fatalf("Conns() = %v, want one", conns)
-		}
-		if err := srv.CloseConn(conns[0].ID); err != nil {
-			t.Fatal(err)
-		}
-		client.SetReadDeadline(time.Now().Add(5 * time.Second))
-		if _, err := client.Read(make([]byte, 1)); err == nil {
-			t.Fatal("read from a closed connection succeeded")
-		}
-		waitLog(t, logs, "conn done", "result=closed")
-	})
-	t.Run("shutdown", func(t *testing.T) {
-		srv, addr, logs := startParking(t, ListenerConfig{Upstream: b.addr()}, 20*time.Millisecond)
-		client, server := connect(t, addr, b)
-		defer client.Close()
-		defer server.Close()
-		exchange(t, client, server)
-		waitParked(t, srv, 2)
-		ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
-		defer cancel()
-		if err := srv.Shutdown(ctx); !errors.Is(err, context.DeadlineExceeded) {
-			t.Fatalf("Shutdown = %v, want the drain to time out", err)
-		}
-		waitLog(t, logs, "conn done", "result=shutdown")
-	})
+			b := newBackend(t)
+			t.Run("idle timeout", func(t *testing.T) {
+				srv, addr, logs := m.start(t, ListenerConfig{Upstream: b.addr(), IdleTimeout: 400 * time.Millisecond}, 20*time.Millisecond)
+				client, server := connect(t, addr, b)
+				defer client.Close()
+				defer server.Close()
+				exchange(t, client, server)
+				m.wait(t, srv, 2)
+				client.SetReadDeadline(time.Now().Add(5 * time.Second))
+				if n, err := client.Read(make([]byte, 1)); n != 0 || !errors.Is(err, io.EOF) {
+					t.Fatalf("idle client read = %d, %v; want 0, EOF", n, err)
+				}
+				waitLog(t, logs, "conn done", "result=idle_timeout")
+				if n := srv.ParkedDirections(); n != 0 {
+					t.Errorf("%d directions parked after the conn ended", n)
+				}
+			})
+			t.Run("admin close", func(t *testing.T) {
+				srv, addr, logs := m.start(t, ListenerConfig{Upstream: b.addr()}, 20*time.Millisecond)
+				client, server := connect(t, addr, b)
+				defer client.Close()
+				defer server.Close()
+				exchange(t, client, server)
+				m.wait(t, srv, 2)
+				conns := srv.Conns()
+				if len(conns) != 1 {
+					t.Fatalf("Conns() = %v, want one", conns)
+				}
+				if err := srv.CloseConn(conns[0].ID); err != nil {
+					t.Fatal(err)
+				}
+				client.SetReadDeadline(time.Now().Add(5 * time.Second))
+				if _, err := client.Read(make([]byte, 1)); err == nil {
+					t.Fatal("read from a closed connection succeeded")
+				}
+				waitLog(t, logs, "conn done", "result=closed")
+			})
+			t.Run("shutdown", func(t *testing.T) {
+				srv, addr, logs := m.start(t, ListenerConfig{Upstream: b.addr()}, 20*time.Millisecond)
+				client, server := connect(t, addr, b)
+				defer client.Close()
+				defer server.Close()
+				exchange(t, client, server)
+				m.wait(t, srv, 2)
+				ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+				defer cancel()
+				if err := srv.Shutdown(ctx); !errors.Is(err, context.DeadlineExceeded) {
+					t.Fatalf("Shutdown = %v, want the drain to time out", err)
+				}
+				waitLog(t, logs, "conn done", "result=shutdown")
+			})
+		})
+	}
 }
 
 // TestParkedHalfCloseAndReset: a half-close reaching a parked direction is
@@ -199,55 +247,59 @@ func TestParkedAborts(t *testing.T) {
 func TestParkedHalfCloseAndReset(t *testing.T) {
 	defer test.TimeOut(30 * time.Second).Stop()
 	checkRoutines(t)
+	for _, m := range parkModes {
+		t.Run(m.name, func(t *testing.T) {
 
-	b := newBackend(t)
-	srv, addr, logs := startParking(t, ListenerConfig{Upstream: b.addr()}, 20*time.Millisecond)
-	for _, end := range bothEnds {
-		t.Run(end.name+" half-closes", func(t *testing.T) {
-			client, server := connect(t, addr, b)
-			defer client.Close()
-			defer server.Close()
-			closer, other := end.pick(client, server)
-			exchange(t, client, server)
-			waitParked(t, srv, 2)
-			if _, err := closer.Write([]byte("last words")); err != nil {
-				t.Fatal(err)
+			b := newBackend(t)
+			srv, addr, logs := m.start(t, ListenerConfig{Upstream: b.addr()}, 20*time.Millisecond)
+			for _, end := range bothEnds {
+				t.Run(end.name+" half-closes", func(t *testing.T) {
+					client, server := connect(t, addr, b)
+					defer client.Close()
+					defer server.Close()
+					closer, other := end.pick(client, server)
+					exchange(t, client, server)
+					m.wait(t, srv, 2)
+					if _, err := closer.Write([]byte("last words")); err != nil {
+						t.Fatal(err)
+					}
+					closer.CloseWrite()
+					got, err := io.ReadAll(other)
+					if err != nil || string(got) != "last words" {
+						t.Fatalf("other end read %q, %v; want the bytes then EOF", got, err)
+					}
+					m.wait(t, srv, 1) // the direction left parks again
+					if _, err := other.Write([]byte("answer")); err != nil {
+						t.Fatal(err)
+					}
+					other.CloseWrite()
+					got, err = io.ReadAll(closer)
+					if err != nil || string(got) != "answer" {
+						t.Fatalf("closer read %q, %v; want the answer then EOF", got, err)
+					}
+				})
 			}
-			closer.CloseWrite()
-			got, err := io.ReadAll(other)
-			if err != nil || string(got) != "last words" {
-				t.Fatalf("other end read %q, %v; want the bytes then EOF", got, err)
+			for _, end := range bothEnds {
+				t.Run(end.name+" resets", func(t *testing.T) {
+					client, server := connect(t, addr, b)
+					defer client.Close()
+					defer server.Close()
+					resetter, other := end.pick(client, server)
+					exchange(t, client, server)
+					m.wait(t, srv, 2)
+					resetter.SetLinger(0)
+					resetter.Close()
+					other.SetReadDeadline(time.Now().Add(5 * time.Second))
+					if _, err := other.Read(make([]byte, 1)); !errors.Is(err, syscall.ECONNRESET) {
+						t.Fatalf("other end read err = %v, want ECONNRESET", err)
+					}
+				})
 			}
-			waitParked(t, srv, 1) // the direction left parks again
-			if _, err := other.Write([]byte("answer")); err != nil {
-				t.Fatal(err)
-			}
-			other.CloseWrite()
-			got, err = io.ReadAll(closer)
-			if err != nil || string(got) != "answer" {
-				t.Fatalf("closer read %q, %v; want the answer then EOF", got, err)
+			waitLog(t, logs, "result=reset")
+			if !poll(func() bool { return srv.ActiveConns() == 0 && srv.ParkedDirections() == 0 }) {
+				t.Errorf("%d conns, %d parked directions left", srv.ActiveConns(), srv.ParkedDirections())
 			}
 		})
-	}
-	for _, end := range bothEnds {
-		t.Run(end.name+" resets", func(t *testing.T) {
-			client, server := connect(t, addr, b)
-			defer client.Close()
-			defer server.Close()
-			resetter, other := end.pick(client, server)
-			exchange(t, client, server)
-			waitParked(t, srv, 2)
-			resetter.SetLinger(0)
-			resetter.Close()
-			other.SetReadDeadline(time.Now().Add(5 * time.Second))
-			if _, err := other.Read(make([]byte, 1)); !errors.Is(err, syscall.ECONNRESET) {
-				t.Fatalf("other end read err = %v, want ECONNRESET", err)
-			}
-		})
-	}
-	waitLog(t, logs, "result=reset")
-	if !poll(func() bool { return srv.ActiveConns() == 0 && srv.ParkedDirections() == 0 }) {
-		t.Errorf("%d conns, %d parked directions left", srv.ActiveConns(), srv.ParkedDirections())
 	}
 }
 

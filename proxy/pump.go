@@ -64,7 +64,10 @@ type pump struct {
 	// its wait for src is.
 	park   atomic.Int32
 	inLink atomic.Bool // waiting for a link's grant
-	dir    Dir
+	// fd is src's descriptor while the conn is detached (park.go);
+	// guarded by c.mu.
+	fd  int32
+	dir Dir
 	// inSet: src is in the watcher's epoll set; guarded by the
 	// watcher's mu.
 	inSet bool
@@ -159,7 +162,14 @@ func (p *pump) dropMoving() {
 }
 
 func (p *pump) init(c *conn, dir Dir, src, dst net.Conn) {
-	p.c, p.dir, p.src, p.dst = c, dir, src, dst
+	p.c, p.dir = c, dir
+	p.setSockets(src, dst)
+}
+
+// setSockets sets the direction's source and destination, and their raw
+// access on the splice path.
+func (p *pump) setSockets(src, dst net.Conn) {
+	p.src, p.dst = src, dst
 	st, ok1 := src.(*net.TCPConn)
 	dt, ok2 := dst.(*net.TCPConn)
 	if !ok1 || !ok2 || !spliceSupported {
@@ -180,6 +190,13 @@ func (p *pump) init(c *conn, dir Dir, src, dst net.Conn) {
 // a conn's two pumps to end closes the conn. A parked direction's
 // goroutine returns, and the watcher starts pump again (park.go).
 func (p *pump) pump() {
+	if err := p.c.attached(); err != nil { // its sockets could not be attached again
+		p.err = err
+		if p.c.running.Add(-1) == 0 {
+			p.c.finish()
+		}
+		return
+	}
 	p.takeMoving()
 	err := p.run()
 	if errors.Is(err, errParked) {

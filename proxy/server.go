@@ -120,8 +120,11 @@ type Server struct {
 	// conns are open; tests lower them before Start.
 	parkAfter    time.Duration
 	parkMinConns int
-	reconfMu     sync.Mutex     // serializes Reconfigure
-	draining     sync.WaitGroup // drain timers of removed listeners, pending or running
+	// detachAfter is how long a conn whose two directions are parked
+	// moves no byte before its sockets are detached from Go (park.go).
+	detachAfter time.Duration
+	reconfMu    sync.Mutex     // serializes Reconfigure
+	draining    sync.WaitGroup // drain timers of removed listeners, pending or running
 
 	mu          sync.Mutex
 	listeners   []*listener
@@ -164,7 +167,7 @@ func New(opts Options) (*Server, error) {
 	}
 	s := &Server{opts: opts, log: opts.Logger, dial: opts.DialContext, clock: opts.Clock,
 		conns: map[*conn]struct{}{}, stats: map[string]*listenerStats{},
-		sweepNow: make(chan struct{}, 1), parkAfter: defaultParkAfter, parkMinConns: defaultParkMinConns}
+		sweepNow: make(chan struct{}, 1), parkAfter: defaultParkAfter, detachAfter: defaultDetachAfter, parkMinConns: defaultParkMinConns}
 	if s.clock == nil {
 		s.clock = shaper.RealClock()
 	}

@@ -192,9 +192,10 @@ func (s *Server) Conns() []ConnInfo {
 }
 
 func (c *conn) info() ConnInfo {
-	ci := ConnInfo{ID: c.id, Listener: c.cfg.Name, Client: addrString(c.client.RemoteAddr()),
+	ci := ConnInfo{ID: c.id, Listener: c.cfg.Name,
 		Upstream: c.cfg.Upstream, Start: c.srv.epoch.Add(c.start), Chunk: c.cfg.Chunk}
 	c.mu.Lock()
+	ci.Client = addrString(c.clientAddrLocked())
 	ci.Limits = *c.limits
 	c.mu.Unlock()
 	for d := range c.pumps {

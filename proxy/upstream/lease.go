@@ -82,6 +82,11 @@ var errEarlyFailure = errors.New("connection failed before its first byte")
 // closes it.
 func (l *Lease) Conn() net.Conn { return l.conn }
 
+// DropConn forgets the connection: its holder owns it alone from then
+// on, and may close it and keep its socket by other means (the proxy
+// detaches the sockets of idle connections).
+func (l *Lease) DropConn() { l.conn = nil }
+
 // Addr returns the server's address.
 func (l *Lease) Addr() string { return l.addr }
 
