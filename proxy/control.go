@@ -26,6 +26,12 @@ type ProcessStats struct {
 	// serve now, those waiting for a link grant included; always 0 where
 	// there are no shaping loops (outside Linux).
 	LoopDirs int64
+	// Parked is the number of connection directions parked now: idle,
+	// with no goroutine of their own (docs/internals.md).
+	Parked int64
+	// Detached is the number of idle connections whose sockets are
+	// detached from Go now: both directions parked for a second.
+	Detached int64
 }
 
 // Process returns the process-wide gauges. They are the same for every
@@ -35,5 +41,7 @@ func (s *Server) Process() ProcessStats {
 		ReadAhead: AheadBudget - aheadBudget.Load(),
 		Pipes:     ShapedPipes - pipeBudget.Load(),
 		LoopDirs:  s.loopStats().Tasks,
+		Parked:    int64(s.ParkedDirections()),
+		Detached:  int64(s.DetachedConns()),
 	}
 }

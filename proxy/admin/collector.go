@@ -22,6 +22,7 @@ type Collector struct {
 	mp4Videos, mp4Plans, mp4Burst, mp4Fallbacks, mp4Cached, mp4Waited, mp4Paced, mp4Rate *prometheus.Desc
 
 	readAhead, shapedPipes, loopDirs *prometheus.Desc
+	parked, detached                 *prometheus.Desc
 
 	admissions, refusals, queueTimeouts, tarpitted, overflowed, acceptPaused *prometheus.Desc
 	limitKeys, limitQueued, banActive, banKeys, banStarted, banLifted        *prometheus.Desc
@@ -66,6 +67,8 @@ func NewCollector(p Proxy) *Collector {
 		readAhead:   d("read_ahead_bytes", "Memory shaped connections hold in bytes read ahead of their grants, process-wide (at most 32 MiB)."),
 		shapedPipes: d("shaped_pipes", "Pipes shaped connections hold now, process-wide (at most 256; two descriptors each)."),
 		loopDirs:    d("shaping_loop_directions", "Connection directions the shaping loops serve now (those waiting for a link grant included), process-wide."),
+		parked:      d("parked_directions", "Idle connection directions parked now: no goroutine of their own, a shared watcher waits for their bytes."),
+		detached:    d("detached_connections", "Idle connections whose sockets are detached from Go now (both directions parked for a second): two descriptors and the connection record are all they hold."),
 
 		admissions:    d("admissions_total", "Admission decisions of a listener with a policy, by the limit that decided (empty when none did alone) and verdict (admit, delay, queue, refuse).", "listener", "limit", "verdict"),
 		refusals:      d("admission_refusals_total", "Connections a listener refused at accept, by reason (deny, ban, conns, rate, window, queue_full).", "listener", "reason"),
@@ -88,7 +91,7 @@ func NewCollector(p Proxy) *Collector {
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.bytes, c.accepted, c.ended, c.active, c.waited, c.waiting, c.rate, c.burst,
 		c.linkBytes, c.linkBorrowed, c.linkGrants, c.linkRate, c.linkTokens, c.linkWaiting, c.linkKeys, c.linkConns,
-		c.mp4Videos, c.mp4Plans, c.mp4Burst, c.mp4Fallbacks, c.mp4Cached, c.mp4Waited, c.mp4Paced, c.mp4Rate, c.readAhead, c.shapedPipes, c.loopDirs,
+		c.mp4Videos, c.mp4Plans, c.mp4Burst, c.mp4Fallbacks, c.mp4Cached, c.mp4Waited, c.mp4Paced, c.mp4Rate, c.readAhead, c.shapedPipes, c.loopDirs, c.parked, c.detached,
 		c.admissions, c.refusals, c.queueTimeouts, c.tarpitted, c.overflowed, c.acceptPaused,
 		c.limitKeys, c.limitQueued, c.banActive, c.banKeys, c.banStarted, c.banLifted} {
 		ch <- d
@@ -106,6 +109,8 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(c.readAhead, prometheus.GaugeValue, float64(ps.ReadAhead))
 	ch <- prometheus.MustNewConstMetric(c.shapedPipes, prometheus.GaugeValue, float64(ps.Pipes))
 	ch <- prometheus.MustNewConstMetric(c.loopDirs, prometheus.GaugeValue, float64(ps.LoopDirs))
+	ch <- prometheus.MustNewConstMetric(c.parked, prometheus.GaugeValue, float64(ps.Parked))
+	ch <- prometheus.MustNewConstMetric(c.detached, prometheus.GaugeValue, float64(ps.Detached))
 	for _, l := range c.p.Links(false) {
 		for d, ds := range l.Dirs {
 			if ds == nil {

@@ -139,7 +139,7 @@ func newFake() *fakeProxy {
 				{Key: "video", Limit: shaper.KeyLimit{Rate: 1000, Ceil: 5000, Weight: 2}, Members: 2, Waiting: 1, Bytes: 4000, Borrowed: 100},
 			},
 		}}}},
-		process: proxy.ProcessStats{ReadAhead: 65536, Pipes: 3, LoopDirs: 2},
+		process: proxy.ProcessStats{ReadAhead: 65536, Pipes: 3, LoopDirs: 2, Parked: 6, Detached: 2},
 		limits:  []admit.LimitStats{{Name: "per-ip", Admitted: 5, Delayed: 1, Refused: 2, Keys: 7, Waiting: 1}},
 		banSets: []admit.BanStats{{Name: "scanners", Active: 1, Keys: 4, Started: 2, Lifted: 1}},
 		bans: []admit.BanInfo{
