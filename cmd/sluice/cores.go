@@ -2,9 +2,12 @@ package main
 
 import (
 	"context"
+	"io"
 	"log/slog"
 	"os"
 	"runtime"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -29,30 +32,57 @@ import (
 // runs on one core while it needs less than half of one, and on every core
 // from then on, until a longer quiet spell.
 //
-// Every coreTick it samples the process's CPU time (user and system, all
-// threads: getrusage):
-//   - On one core, coreBusy or more of a core over the last coreUpSpan
-//     moves it to every core: a burst that needs more than one core is
-//     held to one for about that long.
-//   - On more cores, coreIdle or less over the last coreDownSpan moves it
-//     back to one. The gap between the two marks keeps it from flapping:
-//     the same load costs more on two cores than on one.
+// It samples its CPU time (user and system, all threads: getrusage) and
+// its run delay: the time its threads were ready to run but waited for a
+// CPU (Linux: /proc/self/task/*/schedstat). CPU time alone says too
+// little where other programs share the cores: under 16 unshaped streams
+// on a 2-core machine shared with the load's own clients, sluice on one
+// core got 0.1 to 0.55 of a core while its threads waited for 1 to 3.6
+// more, so half a core over 200 ms was crossed by chance, 1 to 1.8 s
+// into the load, or not within 3 s. Its demand, CPU time plus run delay,
+// was 0.95 of a core or more in every 50 ms. Where the run delay
+// cannot be read, the demand is the CPU time.
+//
+// Every coreTick it takes a sample:
+//   - On one core, each tick of the last coreUpSpan busy moves it to every
+//     core. A tick is busy if sluice used coreBusy or more of a core in
+//     it, or its demand was coreFull or more: the one core it runs on was
+//     not enough. Each tick must be busy, so a burst of two cores shorter
+//     than 75 ms, the span less half a tick (connections opening at
+//     once), does not move it, and a sustained load moves it within coreUpSpan plus the
+//     tick in which it began. Half a core of demand is not enough, as
+//     shaped loads on a busy machine wait too: 200 connections at 1 MB/s
+//     used 0.25 to 0.5 of a core with a demand up to 0.63 (0.9 as they
+//     opened), and 50 at 1 MB/s 0.06 to 0.2 (0.77).
+//   - On more cores, a demand of coreIdle or less over the last
+//     coreDownSpan moves it back to one. The gap between the marks keeps
+//     it from flapping: the same load costs more on two cores than on one.
+//
+// The run delay is read every tick, even when the CPU time looks idle: a
+// process starved of CPU gets almost none, as it did for 70 ms in one of
+// those runs. A sample is one getrusage and one pread of each thread's
+// schedstat, which it keeps open: about 10 µs with 5 threads, a
+// fortieth of a millisecond of CPU a second.
 //
 // Each change stops the world while the runtime resizes (a median of
 // 24 µs on the benchmark VM), and is logged ("cores") and counted
 // (sluice_cores_changes_total).
 const (
-	coreTick     = 100 * time.Millisecond
-	coreUpSpan   = 200 * time.Millisecond
+	coreTick     = 50 * time.Millisecond
+	coreUpSpan   = 150 * time.Millisecond
 	coreDownSpan = 5 * time.Second
-	coreBusy     = 0.5  // cores
-	coreIdle     = 0.25 // cores
+	coreBusy     = 0.5  // cores of CPU time
+	coreFull     = 0.9  // cores of CPU time and run delay
+	coreIdle     = 0.25 // cores of CPU time and run delay
 )
 
-// coreSample is the process's CPU time at an instant.
+// coreSample is the process's CPU time so far at an instant, and its
+// demand: the CPU time plus the run delay of the ticks whose run delay was
+// read at both ends.
 type coreSample struct {
-	at  time.Time
-	cpu time.Duration
+	at     time.Time
+	cpu    time.Duration
+	demand time.Duration
 }
 
 // coreGovernor applies the cores setting: it sets GOMAXPROCS from the
@@ -64,6 +94,11 @@ type coreGovernor struct {
 	setProcs func(n int) int
 	// cpu is the process's CPU time so far (processCPU).
 	cpu func() (time.Duration, bool)
+	// wait is the time the process's threads have waited for a CPU so
+	// far (runDelay.read); false if unknown. Nil: never known.
+	wait func() (time.Duration, bool)
+	// delay is what wait reads, closed by restore.
+	delay runDelay
 	// modeSet wakes run when the mode changes: it samples in auto mode
 	// only.
 	modeSet chan struct{}
@@ -77,6 +112,10 @@ type coreGovernor struct {
 	mode    config.Cores
 	procs   int
 	samples []coreSample // since the last change, at most coreDownSpan back, oldest first
+	// The last tick's reading, and its run delay (if waitOK).
+	last     coreSample
+	lastWait time.Duration
+	waitOK   bool
 
 	gauge   prometheus.Gauge
 	changes *prometheus.CounterVec
@@ -94,6 +133,7 @@ func newCoreGovernor(log *slog.Logger, mode config.Cores) *coreGovernor {
 		procs:    runtime.GOMAXPROCS(0),
 	}
 	_, g.fixed = os.LookupEnv("GOMAXPROCS")
+	g.wait = g.delay.read
 	g.gauge, g.changes = newCoreMetrics()
 	g.gauge.Set(float64(g.procs))
 	if g.fixed {
@@ -148,12 +188,12 @@ func (g *coreGovernor) setMode(mode config.Cores, reason string) {
 	}
 	switch {
 	case mode == config.CoresAll:
-		g.setLocked(0, reason, -1)
+		g.setLocked(0, reason)
 	case mode > 0:
-		g.setLocked(int(mode), reason, -1)
+		g.setLocked(int(mode), reason)
 	case reason == "start" && g.max > 1:
 		// Nothing runs yet: begin on one core.
-		g.setLocked(1, reason, -1)
+		g.setLocked(1, reason)
 	case reason == "start" || changed:
 		// Into auto (or auto on one core): from what runs now, by the
 		// load from now on.
@@ -163,9 +203,9 @@ func (g *coreGovernor) setMode(mode config.Cores, reason string) {
 	}
 }
 
-// setLocked sets the cores to n (0: Go's default) and logs why; busy is
-// the load that moved it, or negative when the config did.
-func (g *coreGovernor) setLocked(n int, reason string, busy float64) {
+// setLocked sets the cores to n (0: Go's default) and logs why, with
+// load, the attributes of the load that moved it, if it did.
+func (g *coreGovernor) setLocked(n int, reason string, load ...any) {
 	prev := g.procs
 	g.procs = g.setProcs(n)
 	if n == 0 {
@@ -185,17 +225,8 @@ func (g *coreGovernor) setLocked(n int, reason string, busy float64) {
 	}
 	attrs := []any{slog.Int("gomaxprocs", g.procs), slog.Int("cpus", runtime.NumCPU()),
 		slog.String("mode", g.mode.String()), slog.String("reason", reason)}
-	if busy >= 0 {
-		attrs = append(attrs, slog.Float64("busy_cores", float64(int(busy*1000))/1000))
-	}
+	attrs = append(attrs, load...)
 	g.log.Info("cores", attrs...)
-}
-
-// sample takes the CPU time s, and moves the cores if the load says so.
-func (g *coreGovernor) sample(s coreSample) {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	g.sampleLocked(s)
 }
 
 // tick takes a sample at now if the mode is auto. Under mu, so no sample
@@ -206,9 +237,32 @@ func (g *coreGovernor) tick(now time.Time) {
 	if g.mode != config.CoresAuto {
 		return
 	}
-	if cpu, ok := g.cpu(); ok {
-		g.sampleLocked(coreSample{at: now, cpu: cpu})
+	if s, ok := g.readLocked(now); ok {
+		g.sampleLocked(s)
 	}
+}
+
+// readLocked reads the process's demand at now: the CPU time since the
+// last reading, plus the run delay since then if it was read both times.
+// It requires g.mu held.
+func (g *coreGovernor) readLocked(now time.Time) (coreSample, bool) {
+	cpu, ok := g.cpu()
+	if !ok {
+		return coreSample{}, false
+	}
+	s := coreSample{at: now, cpu: cpu, demand: g.last.demand}
+	if !g.last.at.IsZero() {
+		s.demand += cpu - g.last.cpu
+	}
+	var wait time.Duration
+	waitOK := false
+	if g.wait != nil {
+		if wait, waitOK = g.wait(); waitOK && g.waitOK && wait > g.lastWait {
+			s.demand += wait - g.lastWait
+		}
+	}
+	g.last, g.lastWait, g.waitOK = s, wait, waitOK
+	return s, true
 }
 
 // sampleLocked is sample with mu held.
@@ -222,27 +276,64 @@ func (g *coreGovernor) sampleLocked(s coreSample) {
 		return
 	}
 	if g.procs == 1 {
-		if busy, ok := g.busySince(s, coreUpSpan); ok && busy >= coreBusy {
-			g.setLocked(0, "busy", busy)
+		if from, ok := g.busyEachTick(coreUpSpan); ok {
+			g.setLocked(0, "busy", spanAttrs(from, s)...)
 			g.samples = append(g.samples, s) // the spans after it start here
 		}
 		return
 	}
-	if busy, ok := g.busySince(s, coreDownSpan); ok && busy <= coreIdle {
-		g.setLocked(1, "idle", busy)
+	if from, ok := g.sampleBefore(s, coreDownSpan); ok && from.demandTo(s) <= coreIdle {
+		g.setLocked(1, "idle", spanAttrs(from, s)...)
 		g.samples = append(g.samples, s)
 	}
 }
 
-// busySince is the cores used from the latest sample at least span before
-// s to s; false if there is none.
-func (g *coreGovernor) busySince(s coreSample, span time.Duration) (float64, bool) {
+// cpuTo is the cores of CPU time from a to b.
+func (a coreSample) cpuTo(b coreSample) float64 {
+	return float64(b.cpu-a.cpu) / float64(b.at.Sub(a.at))
+}
+
+// demandTo is the cores of CPU time and run delay from a to b.
+func (a coreSample) demandTo(b coreSample) float64 {
+	return float64(b.demand-a.demand) / float64(b.at.Sub(a.at))
+}
+
+// spanAttrs are the log attributes of the load from a to b.
+func spanAttrs(a, b coreSample) []any {
+	return []any{slog.Float64("busy_cores", float64(int(a.cpuTo(b)*1000))/1000),
+		slog.Float64("demand_cores", float64(int(a.demandTo(b)*1000))/1000)}
+}
+
+// sampleBefore is the latest sample at least span before s; false if
+// there is none.
+func (g *coreGovernor) sampleBefore(s coreSample, span time.Duration) (coreSample, bool) {
 	for i := len(g.samples) - 1; i >= 0; i-- {
 		if from := g.samples[i]; s.at.Sub(from.at) >= span {
-			return float64(s.cpu-from.cpu) / float64(s.at.Sub(from.at)), true
+			return from, true
 		}
 	}
-	return 0, false
+	return coreSample{}, false
+}
+
+// busyEachTick reports whether each tick of the last span (back to the
+// latest sample at least span before the last) was busy: coreBusy or more
+// of CPU time, or coreFull or more of demand. It returns the sample the
+// span starts at.
+func (g *coreGovernor) busyEachTick(span time.Duration) (coreSample, bool) {
+	if len(g.samples) == 0 {
+		return coreSample{}, false
+	}
+	end := g.samples[len(g.samples)-1]
+	for i := len(g.samples) - 1; i > 0; i-- {
+		to, from := g.samples[i], g.samples[i-1]
+		if !to.at.After(from.at) || from.cpuTo(to) < coreBusy && from.demandTo(to) < coreFull {
+			return coreSample{}, false
+		}
+		if end.at.Sub(from.at) >= span {
+			return from, true
+		}
+	}
+	return coreSample{}, false
 }
 
 // run samples the process's CPU time every coreTick while the mode is
@@ -267,9 +358,11 @@ func (g *coreGovernor) run(ctx context.Context) {
 			return
 		case <-g.modeSet:
 			t.Reset(coreTick)
-		case now := <-ticks:
+		case <-ticks:
+			// Not the tick's time: the read may come a tick or more
+			// after it when sluice is starved of CPU.
 			coreTicks.Add(1)
-			g.tick(now)
+			g.tick(time.Now())
 		}
 	}
 }
@@ -287,6 +380,100 @@ func processCPU() (time.Duration, bool) {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()), true
 }
 
+// runDelay reads the time the process's threads have spent ready to run
+// while waiting for a CPU: the run delay, the second field of Linux's
+// /proc/self/task/*/schedstat. It keeps each thread's file open from one
+// read to the next, so a read is a listing of the threads and a pread
+// each, and it adds up what each thread's delay grew by, so its sum does
+// not fall when a thread exits. Not safe for concurrent use; the zero
+// value is ready, and close releases it.
+type runDelay struct {
+	root    string // the threads' directory; "" is /proc/self/task
+	dir     *os.File
+	threads map[string]*threadDelay // by thread ID
+	total   time.Duration
+	gen     uint64 // the reads so far
+}
+
+// threadDelay is a thread's schedstat, open, and its run delay when last
+// read.
+type threadDelay struct {
+	fd    int
+	delay time.Duration
+	gen   uint64 // the read that last found the thread
+}
+
+// read is the run delay so far of the threads it has seen; false where
+// schedstat cannot be read.
+func (r *runDelay) read() (time.Duration, bool) {
+	if r.root == "" {
+		r.root = "/proc/self/task"
+	}
+	if r.dir == nil {
+		dir, err := os.Open(r.root)
+		if err != nil {
+			return 0, false
+		}
+		r.dir, r.threads = dir, map[string]*threadDelay{}
+	} else if _, err := r.dir.Seek(0, io.SeekStart); err != nil {
+		return 0, false
+	}
+	tids, err := r.dir.Readdirnames(-1)
+	if err != nil {
+		return 0, false
+	}
+	r.gen++
+	read := false
+	var buf [128]byte
+	for _, tid := range tids {
+		t := r.threads[tid]
+		if t == nil {
+			fd, err := syscall.Open(r.root+"/"+tid+"/schedstat", syscall.O_RDONLY|syscall.O_CLOEXEC, 0)
+			if err != nil {
+				continue // the thread has exited
+			}
+			t = &threadDelay{fd: fd}
+			r.threads[tid] = t
+		}
+		n, err := syscall.Pread(t.fd, buf[:], 0)
+		if err != nil || n <= 0 {
+			continue // exited since the listing, or its ID is a new thread's: closed below, opened anew next time
+		}
+		t.gen = r.gen
+		// "<on-CPU ns> <run delay ns> <time slices>\n"
+		f := strings.Fields(string(buf[:n]))
+		if len(f) < 2 {
+			continue
+		}
+		if d, err := strconv.ParseInt(f[1], 10, 64); err == nil {
+			if d := time.Duration(d); d > t.delay {
+				r.total += d - t.delay
+				t.delay = d
+			}
+			read = true
+		}
+	}
+	for tid, t := range r.threads {
+		if t.gen != r.gen {
+			syscall.Close(t.fd)
+			delete(r.threads, tid)
+		}
+	}
+	return r.total, read
+}
+
+// close releases the files read holds.
+func (r *runDelay) close() {
+	for tid, t := range r.threads {
+		syscall.Close(t.fd)
+		delete(r.threads, tid)
+	}
+	if r.dir != nil {
+		r.dir.Close()
+		r.dir = nil
+	}
+}
+
 // restore gives GOMAXPROCS back to Go's default when sluice stops serving
 // (it may run inside another program, as in tests).
 func (g *coreGovernor) restore() {
@@ -296,6 +483,7 @@ func (g *coreGovernor) restore() {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	g.procs = g.setProcs(0)
+	g.delay.close()
 }
 
 // collectors returns the governor's metrics.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -13,8 +14,10 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/pion/transport/v2/test"
@@ -23,18 +26,22 @@ import (
 	"github.com/sluiceproxy/sluice/config"
 )
 
-// fakeCores is a core governor on a fake clock and a fake GOMAXPROCS, with
-// max cores by default.
+// fakeCores is a core governor on a fake clock, a fake CPU time and run
+// delay, and a fake GOMAXPROCS, with max cores by default. Its ticks fall
+// every coreTick from its start.
 type fakeCores struct {
 	*coreGovernor
-	at  time.Time
-	cpu time.Duration
-	set []int // what setProcs was asked, in order
-	log bytes.Buffer
+	at   time.Time
+	next time.Time     // the next tick
+	cpu  time.Duration // CPU time so far
+	wait time.Duration // run delay so far
+	set  []int         // what setProcs was asked, in order
+	log  bytes.Buffer
 }
 
 func newFakeCores(max int, mode config.Cores) *fakeCores {
 	f := &fakeCores{at: time.Unix(1000, 0)}
+	f.next = f.at.Add(coreTick)
 	f.coreGovernor = &coreGovernor{
 		log: slog.New(slog.NewTextHandler(&f.log, nil)),
 		setProcs: func(n int) int {
@@ -44,25 +51,45 @@ func newFakeCores(max int, mode config.Cores) *fakeCores {
 			}
 			return n
 		},
+		cpu:   func() (time.Duration, bool) { return f.cpu, true },
+		wait:  func() (time.Duration, bool) { return f.wait, true },
 		max:   max,
 		procs: max,
 	}
 	f.gauge, f.changes = newCoreMetrics()
 	f.setMode(mode, "start")
+	f.tick(f.at) // the first reading, at the start
 	return f
 }
 
-// run spends busy cores for d, in coreTick samples, and returns the cores
-// after each.
-func (f *fakeCores) run(busy float64, d time.Duration) []int {
-	var out []int
-	for e := time.Duration(0); e < d; e += coreTick {
-		f.at = f.at.Add(coreTick)
-		f.cpu += time.Duration(busy * float64(coreTick))
-		f.sample(coreSample{at: f.at, cpu: f.cpu})
-		out = append(out, f.current())
+// spend runs for d on cpu cores of CPU time while wait more cores' worth
+// of threads wait for a CPU, ticking on the way. It returns the cores
+// after each tick, and when the first change happened (zero if none).
+func (f *fakeCores) spend(cpu, wait float64, d time.Duration) (procs []int, changed time.Time) {
+	end := f.at.Add(d)
+	for f.at.Before(end) {
+		step := min(f.next.Sub(f.at), end.Sub(f.at))
+		f.at = f.at.Add(step)
+		f.cpu += time.Duration(cpu * float64(step))
+		f.wait += time.Duration(wait * float64(step))
+		if f.at.Equal(f.next) {
+			before := f.current()
+			f.tick(f.at)
+			f.next = f.next.Add(coreTick)
+			procs = append(procs, f.current())
+			if f.current() != before && changed.IsZero() {
+				changed = f.at
+			}
+		}
 	}
-	return out
+	return procs, changed
+}
+
+// run spends busy cores of CPU time for d, in whole ticks, and returns
+// the cores after each.
+func (f *fakeCores) run(busy float64, d time.Duration) []int {
+	procs, _ := f.spend(busy, 0, d)
+	return procs
 }
 
 // firstAt is the index of the first element of procs that is n, or -1.
@@ -281,43 +308,285 @@ func grepLines(text, sub string) string {
 	return strings.Join(out, "\n")
 }
 
-// TestCoresSampleInAutoOnly: run samples the CPU time in auto mode only;
-// in another mode nothing wakes it but a change of mode.
+// TestCoresSampleInAutoOnly: run samples the CPU time every coreTick in
+// auto mode only; in another mode nothing wakes it but a change of mode.
+// On synctest's clock.
 func TestCoresSampleInAutoOnly(t *testing.T) {
-	f := newFakeCores(4, config.CoresAll)
-	sampled := make(chan struct{}, 100)
-	f.coreGovernor.cpu = func() (time.Duration, bool) {
-		sampled <- struct{}{}
-		return 0, true
-	}
-	f.modeSet = make(chan struct{}, 1)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { f.coreGovernor.run(ctx); close(done) }()
-	defer func() { cancel(); <-done }()
+	synctest.Test(t, func(t *testing.T) {
+		f := newFakeCores(4, config.CoresAll)
+		var sampled atomic.Int64
+		f.coreGovernor.cpu = func() (time.Duration, bool) {
+			sampled.Add(1)
+			return 0, true
+		}
+		f.modeSet = make(chan struct{}, 1)
+		ctx, cancel := context.WithCancel(t.Context())
+		done := make(chan struct{})
+		go func() { f.coreGovernor.run(ctx); close(done) }()
+		defer func() { cancel(); <-done }()
 
-	quiet := func(mode string) {
+		quiet := func(mode string) {
+			t.Helper()
+			synctest.Wait()
+			n, ticks := sampled.Load(), coreTicks.Load()
+			time.Sleep(10 * coreTick) // on the bubble's clock
+			synctest.Wait()
+			if s, w := sampled.Load()-n, coreTicks.Load()-ticks; s != 0 || w != 0 {
+				t.Fatalf("%s: run woke %d times and sampled %d in 10 ticks, want 0", mode, w, s)
+			}
+		}
+		quiet("all")
+		f.setMode(config.CoresAuto, "reload")
+		synctest.Wait()
+		n := sampled.Load()
+		time.Sleep(10 * coreTick)
+		synctest.Wait()
+		if got := sampled.Load() - n; got != 10 {
+			t.Fatalf("auto: %d samples in 10 ticks, want 10", got)
+		}
+		f.setMode(2, "reload")
+		quiet("2")
+	})
+}
+
+// TestCoresUpWithinSpan: a sustained load moves auto to every core within
+// coreUpSpan of the first whole tick under it, wherever in a tick it
+// starts, whether sluice gets the CPU (a stream on its own) or waits for
+// it (16 streams on cores the load's clients share), or starts starved of
+// CPU altogether.
+func TestCoresUpWithinSpan(t *testing.T) {
+	loads := []struct {
+		name      string
+		cpu, wait float64 // cores
+	}{
+		{"one stream alone", 0.9, 0.05},
+		{"16 streams on shared cores", 0.15, 1.5},
+		{"half a core", coreBusy, 0},
+		{"a core's worth, shared", 0.4, coreFull - 0.4},
+		{"starved", 0.01, 1.2},
+	}
+	for _, l := range loads {
+		for _, phase := range []time.Duration{0, time.Millisecond, coreTick / 2, coreTick - time.Millisecond} {
+			t.Run(fmt.Sprintf("%s/%v", l.name, phase), func(t *testing.T) {
+				f := newFakeCores(2, config.CoresAuto)
+				f.spend(0.005, 0, time.Second+phase)
+				start := f.at
+				_, moved := f.spend(l.cpu, l.wait, time.Second)
+				if moved.IsZero() {
+					t.Fatalf("no move in a second of %.2f + %.2f cores", l.cpu, l.wait)
+				}
+				// The tick the load starts in, then coreUpSpan of whole
+				// ticks.
+				if got, want := moved.Sub(start), coreTick-phase+coreUpSpan; got > want || got > 300*time.Millisecond {
+					t.Errorf("every core %v after the load began, want at most %v", got, want)
+				}
+				if !strings.Contains(f.log.String(), "reason=busy") {
+					t.Errorf("no busy line in the log:\n%s", f.log.String())
+				}
+			})
+		}
+	}
+}
+
+// TestCoresBurstStays: loads that do not need half a core in each tick of
+// a coreUpSpan leave auto on one core, wherever the ticks fall: a burst of
+// 2 cores shorter than the span less half a tick (a storm of new
+// connections),
+// a load that is busy every other tick, and shaped loads with their
+// connections' start, on a busy machine too.
+func TestCoresBurstStays(t *testing.T) {
+	cases := []struct {
+		name string
+		load func(f *fakeCores)
+	}{
+		{"burst of 2 cores for 70ms", func(f *fakeCores) {
+			f.spend(2, 0, 70*time.Millisecond)
+			f.spend(0.1, 0.02, time.Minute)
+		}},
+		{"burst of 2 cores waiting for 90ms", func(f *fakeCores) {
+			f.spend(0.3, 1.7, 90*time.Millisecond)
+			f.spend(0.1, 0.02, time.Minute)
+		}},
+		{"burst of one tick", func(f *fakeCores) {
+			f.spend(0.5, 1.5, coreTick)
+			f.spend(0.1, 0.02, time.Minute)
+		}},
+		{"busy every other tick", func(f *fakeCores) {
+			for range 600 {
+				f.spend(0.6, 0.1, coreTick)
+				f.spend(0.2, 0.05, coreTick)
+			}
+		}},
+		{"shaped, waiting on a busy machine", func(f *fakeCores) {
+			// 200 connections at 1 MB/s, with their clients on the
+			// same 2 cores (measured, CPU and run delay per tick).
+			for _, l := range [][2]float64{{0.28, 0.61}, {0.21, 0.62}, {0.48, 0.32}, {0.36, 0.17}, {0.42, 0.07}, {0.49, 0.08}} {
+				f.spend(l[0], l[1], coreTick)
+			}
+			r := rand.New(rand.NewPCG(5, 6))
+			for range 1200 {
+				f.spend(0.25+0.24*r.Float64(), 0.25*r.Float64(), coreTick)
+			}
+		}},
+		{"shaped, 0.05 to 0.35 cores", func(f *fakeCores) {
+			// 50 connections open at once, then shape: measured 1.55
+			// cores over the first 50 ms, 0.26 over the next, then
+			// 0.06–0.19.
+			f.spend(0.21, 1.34, coreTick)
+			f.spend(0.07, 0.19, coreTick)
+			r := rand.New(rand.NewPCG(1, 2))
+			for range 1200 {
+				f.spend(0.05+0.2*r.Float64(), 0.1*r.Float64(), coreTick)
+			}
+		}},
+	}
+	for _, c := range cases {
+		for phase := time.Duration(0); phase < coreTick; phase += coreTick / 10 {
+			t.Run(fmt.Sprintf("%s/%v", c.name, phase), func(t *testing.T) {
+				f := newFakeCores(2, config.CoresAuto)
+				f.spend(0.005, 0, time.Second+phase)
+				c.load(f)
+				if len(f.set) != 1 || f.current() != 1 {
+					t.Errorf("GOMAXPROCS set to %v, want [1] (the start) only\n%s", f.set, f.log.String())
+				}
+			})
+		}
+	}
+}
+
+// TestCoresNoFlap: a load at the mark, whose CPU time wanders 0.4–0.6 of a
+// core from tick to tick on one core and costs a fifth more on two, moves
+// auto once in two minutes (to every core, as two busy ticks in a row
+// come soon). Moving back to one core still follows
+// the quiet span after it, once the load's demand has fallen out of it.
+func TestCoresNoFlap(t *testing.T) {
+	f := newFakeCores(2, config.CoresAuto)
+	f.spend(0.005, 0, time.Second)
+	r := rand.New(rand.NewPCG(3, 4))
+	for range 2400 {
+		work := 0.4 + 0.2*r.Float64()
+		if f.current() > 1 {
+			work *= 1.2
+		}
+		f.spend(work, work*0.2, coreTick)
+	}
+	if fmt.Sprint(f.set) != "[1 0]" {
+		t.Fatalf("GOMAXPROCS set to %v in two minutes at the mark, want [1 0]: one move, to every core", f.set)
+	}
+	start := f.at
+	_, moved := f.spend(0.01, 0, 2*coreDownSpan)
+	// About 0.7 of a core before, 0.01 after: 0.25 over the span once
+	// more than half of it is quiet.
+	if q := moved.Sub(start); moved.IsZero() || q < coreDownSpan/2 || q > coreDownSpan+coreTick {
+		t.Errorf("back to one core %v after the load ended, want between %v and %v", q, coreDownSpan/2, coreDownSpan+coreTick)
+	}
+}
+
+// TestCoresWaitCounts: threads waiting for a CPU count both ways: a
+// starved load moves to every core and stays there, and a tick in which
+// sluice got almost no CPU counts what its threads waited. Without a run
+// delay, the CPU time alone decides.
+func TestCoresWaitCounts(t *testing.T) {
+	f := newFakeCores(2, config.CoresAuto)
+	f.spend(0.1, 1, time.Second)
+	if f.current() != 2 {
+		t.Fatalf("0.1 cores waiting for 1 more: %d cores, want 2", f.current())
+	}
+	if procs, _ := f.spend(0.1, 0.3, time.Minute); firstAt(procs, 1) >= 0 {
+		t.Fatalf("0.1 cores waiting for 0.3 more moved it back to one core after %d ticks", firstAt(procs, 1)+1)
+	}
+	f.spend(0.001, 0, 2*coreDownSpan)
+	if f.current() != 1 {
+		t.Fatalf("idle: %d cores, want 1", f.current())
+	}
+	// Busy, then a tick starved of CPU: the wait carries it.
+	f.spend(0.6, 0.1, coreUpSpan-coreTick)
+	if _, moved := f.spend(0.005, 1.2, coreTick); moved.IsZero() {
+		t.Errorf("busy ticks, then one with 0.005 cores waiting for 1.2 more: %d cores, want 2", f.current())
+	}
+
+	unknown := newFakeCores(2, config.CoresAuto)
+	unknown.coreGovernor.wait = func() (time.Duration, bool) { return 0, false }
+	unknown.spend(0.005, 0, time.Second)
+	if _, moved := unknown.spend(0.15, 1.5, time.Minute); !moved.IsZero() {
+		t.Errorf("run delay unknown: 0.15 cores moved it at %v", moved)
+	}
+	if _, moved := unknown.spend(0.6, 0, time.Second); moved.IsZero() {
+		t.Error("run delay unknown: 0.6 cores did not move it")
+	}
+}
+
+// TestRunDelay sums the threads' run delays from a directory laid out as
+// /proc/self/task, holds one file per live thread, closes a thread's file
+// once it has gone while its delay still counts, and reads this process's
+// own.
+func TestRunDelay(t *testing.T) {
+	root := t.TempDir()
+	thread := func(tid, stat string) {
 		t.Helper()
-		ticks := coreTicks.Load()
-		select {
-		case <-sampled:
-			t.Fatalf("%s: run sampled the CPU time", mode)
-		case <-time.After(3 * coreTick): // three ticks' worth without a sample
+		if err := os.MkdirAll(root+"/"+tid, 0o700); err != nil {
+			t.Fatal(err)
 		}
-		if n := coreTicks.Load() - ticks; n != 0 {
-			t.Fatalf("%s: run woke %d times", mode, n)
+		if err := os.WriteFile(root+"/"+tid+"/schedstat", []byte(stat), 0o600); err != nil {
+			t.Fatal(err)
 		}
 	}
-	quiet("all")
-	f.setMode(config.CoresAuto, "reload")
-	select {
-	case <-sampled:
-	case <-time.After(5 * time.Second):
-		t.Fatal("auto: no sample within 5 s")
+	r := runDelay{root: root}
+	defer r.close()
+	if w, ok := r.read(); ok || w != 0 {
+		t.Errorf("no threads: read() = %v, %v; want 0, false", w, ok)
 	}
-	f.setMode(2, "reload")
-	for len(sampled) > 0 { // taken before setMode: tick holds mu while it samples
-		<-sampled
+	thread("10", "5000 2000 7\n")
+	thread("11", "9 1000000 2\n")
+	if w, ok := r.read(); !ok || w != 1002*time.Microsecond {
+		t.Errorf("read() = %v, %v; want 1.002ms, true", w, ok)
 	}
-	quiet("2")
+	thread("11", "9 3000000 4\n") // read again from the start
+	thread("12", "garbage")
+	if w, ok := r.read(); !ok || w != 3002*time.Microsecond {
+		t.Errorf("read() = %v, %v; want 3.002ms, true", w, ok)
+	}
+	if err := os.RemoveAll(root + "/10"); err != nil {
+		t.Fatal(err)
+	}
+	thread("11", "9 4000000 5\n")
+	if w, ok := r.read(); !ok || w != 4002*time.Microsecond {
+		t.Errorf("thread 10 gone: read() = %v, %v; want 4.002ms, true (what it waited still counts)", w, ok)
+	}
+	if _, held := r.threads["10"]; held || len(r.threads) != 2 {
+		t.Errorf("thread 10 gone: files held for %v, want 11 and 12", r.threads)
+	}
+	r.close()
+	if len(r.threads) != 0 || r.dir != nil {
+		t.Errorf("close left %d files", len(r.threads))
+	}
+
+	var self runDelay
+	defer self.close()
+	if _, err := os.Stat("/proc/self/task"); err != nil {
+		t.Skip("no /proc/self/task")
+	}
+	w0, ok := self.read()
+	if !ok {
+		t.Skip("no schedstat (a kernel without CONFIG_SCHEDSTATS?)")
+	}
+	if w, _ := self.read(); w0 < 0 || w < 0 {
+		t.Errorf("this process: read() = %v, then %v", w0, w)
+	}
+}
+
+// BenchmarkCoresRead is what a tick's reading costs: getrusage and the
+// run delay of each thread (threads: this test process's).
+func BenchmarkCoresRead(b *testing.B) {
+	g := &coreGovernor{cpu: processCPU}
+	g.wait = g.delay.read
+	defer g.delay.close()
+	at := time.Unix(1, 0)
+	for b.Loop() {
+		at = at.Add(coreTick)
+		g.readLocked(at)
+	}
+	if tids, err := os.ReadDir("/proc/self/task"); err == nil {
+		b.ReportMetric(float64(len(tids)), "threads")
+	}
 }
