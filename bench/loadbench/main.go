@@ -188,7 +188,7 @@ func runCore(dir, srcAddr, echoAddr string) error {
 }
 
 // coreStarters returns a starter for each proxy the core measurement
-// compares: sluice, nginx (unless -nginx ”), HAProxy (if -haproxy).
+// compares: sluice, nginx (unless -nginx is empty), HAProxy (if -haproxy is set).
 func coreStarters(dir, srcAddr, echoAddr string) []func() (*proxyProc, error) {
 	starters := []func() (*proxyProc, error){
 		func() (*proxyProc, error) { return startSluice(dir, srcAddr, echoAddr, "") },

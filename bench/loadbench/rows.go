@@ -24,16 +24,20 @@ import (
 // rowIdleConns is the idle measurement's size in -rows unless -idle is set.
 const rowIdleConns = 9900
 
+var steadyDuration = flag.Duration("steady", 20*time.Second, "-rows: steady phase of the rows that state an error (1 conn @ 10 MB/s, the shared link), after 1 s: a shaped rate wanders by a part of a grant, so 0.01% needs tens of seconds")
+
 // rowsRaw holds every run's figures, by measurement, and the table.
 type rowsRaw struct {
 	Setup map[string]string        `json:"setup"`
 	Core  map[string][]result      `json:"core"`  // by target
 	Shape map[string][]shapeResult `json:"shape"` // by "proxy|case"
-	Link  []linkResult             `json:"link"`  // 50 conns share 50 MB/s
-	Veth  map[string][]shapeResult `json:"veth"`  // by proxy
-	Cores map[string][]coresResult `json:"cores"` // by "16 streams", "1 stream"
-	Rows  []rowLine                `json:"rows"`
-	Took  map[string]float64       `json:"took_s"` // each measurement's wall time over all runs, s
+	Link  []linkResult             `json:"link"`  // 50 conns share 50 MB/s, for -steady
+	// Steady is 1 conn @ 10 MB/s for -steady, by proxy.
+	Steady map[string][]shapeResult `json:"steady"`
+	Veth   map[string][]shapeResult `json:"veth"`  // by proxy
+	Cores  map[string][]coresResult `json:"cores"` // by "cores 16", "cores 1"
+	Rows   []rowLine                `json:"rows"`
+	Took   map[string]float64       `json:"took_s"` // each measurement's wall time over all runs, s
 }
 
 // rowLine is one printed row.
@@ -191,10 +195,10 @@ func issueRows(idleN int) []row {
 		{
 			name:  "steady rate error, " + shape10 + " (%, fit)",
 			goal:  "≤ 0.01 %",
-			needs: []string{"shape:" + shape10},
+			needs: []string{"steady"},
 			eval: func(d *rowsRaw) rowLine {
 				f := func(r shapeResult) float64 { return r.FitErr }
-				n, s := medianOf(d.Shape["nginx|"+shape10], f), medianOf(d.Shape["sluice pacing on|"+shape10], f)
+				n, s := medianOf(d.Steady["nginx"], f), medianOf(d.Steady["sluice pacing on"], f)
 				return rowLine{Nginx: fsigned(n), HAProxy: na, Sluice: fsigned(s), Ratio: fsigned(s), Met: met(math.Abs(s) <= 0.01, s)}
 			},
 		},
@@ -268,8 +272,8 @@ func runRows(dir, srcAddr, echoAddr string) error {
 	d := &rowsRaw{
 		Setup: map[string]string{"cpus": fmt.Sprint(runtime.NumCPU()), "kernel": kernelRelease(),
 			"nginx": versionOf(*nginxBin, "-v"), "haproxy": versionOf(*haproxyBin, "-v"),
-			"duration": duration.String(), "runs": fmt.Sprint(*runs)},
-		Core: map[string][]result{}, Shape: map[string][]shapeResult{},
+			"duration": duration.String(), "steady": steadyDuration.String(), "runs": fmt.Sprint(*runs)},
+		Core: map[string][]result{}, Shape: map[string][]shapeResult{}, Steady: map[string][]shapeResult{},
 		Veth: map[string][]shapeResult{}, Cores: map[string][]coresResult{},
 		Took: map[string]float64{},
 	}
@@ -320,7 +324,9 @@ func runRows(dir, srcAddr, echoAddr string) error {
 			}
 			if err := timed(key, func() error {
 				res, err := coresOnce(dir, srcAddr, echoAddr, streams, r)
-				d.Cores[key] = append(d.Cores[key], res)
+				if err == nil {
+					d.Cores[key] = append(d.Cores[key], res)
+				}
 				return err
 			}); err != nil {
 				return err
@@ -341,8 +347,25 @@ func runRows(dir, srcAddr, echoAddr string) error {
 			for _, t := range shapers {
 				if err := timed("shape:"+c.name, func() error {
 					res, err := shapeOnce(dir, srcAddr, echoAddr, t, c, r)
-					d.Shape[t.name+"|"+c.name] = append(d.Shape[t.name+"|"+c.name], res)
+					if err == nil {
+						d.Shape[t.name+"|"+c.name] = append(d.Shape[t.name+"|"+c.name], res)
+					}
 					return err
+				}); err != nil {
+					return err
+				}
+			}
+		}
+		if needs["steady"] {
+			for _, t := range shapers {
+				if err := timed("steady", func() error {
+					return withDuration(*steadyDuration, func() error {
+						res, err := shapeOnce(dir, srcAddr, echoAddr, t, shapeCase{shape10 + " steady", 1, 10_000_000}, r)
+						if err == nil {
+							d.Steady[t.name] = append(d.Steady[t.name], res)
+						}
+						return err
+					})
 				}); err != nil {
 					return err
 				}
@@ -350,9 +373,13 @@ func runRows(dir, srcAddr, echoAddr string) error {
 		}
 		if needs["link"] {
 			if err := timed("link", func() error {
-				res, err := linkOnce(dir, srcAddr, echoAddr, linkCaseNamed("50 conns share 50 MB/s"), r)
-				d.Link = append(d.Link, res)
-				return err
+				return withDuration(*steadyDuration, func() error {
+					res, err := linkOnce(dir, srcAddr, echoAddr, linkCaseNamed("50 conns share 50 MB/s"), r)
+					if err == nil {
+						d.Link = append(d.Link, res)
+					}
+					return err
+				})
 			}); err != nil {
 				return err
 			}
@@ -364,7 +391,9 @@ func runRows(dir, srcAddr, echoAddr string) error {
 				}
 				if err := timed(vethRow, func() error {
 					res, err := vethOnce(dir, veth, vethSrc.Addr().String(), vethEcho.Addr().String(), proxy, r)
-					d.Veth[proxy] = append(d.Veth[proxy], res)
+					if err == nil {
+						d.Veth[proxy] = append(d.Veth[proxy], res)
+					}
 					return err
 				}); err != nil {
 					return err
@@ -394,14 +423,22 @@ func runRows(dir, srcAddr, echoAddr string) error {
 	}
 	fmt.Printf("\nissue 21 rows: median of %d runs, on %d cores (kernel %s); nginx %s, HAProxy %s\n",
 		*runs, runtime.NumCPU(), d.Setup["kernel"], d.Setup["nginx"], d.Setup["haproxy"])
-	fmt.Printf("unshaped: %v per figure after 0.25 s, %d pings, %d idle conns; shaped: 1 s + %v per case, windows after the first second\n",
-		*duration, *pings, idleN, *duration)
+	fmt.Printf("unshaped: %v per figure after 0.25 s, %d pings, %d idle conns; shaped: 1 s + %v per case (the error rows 1 s + %v), windows after the first second\n",
+		*duration, *pings, idleN, *duration, *steadyDuration)
 	if v := d.Setup["veth"]; v != "" {
 		fmt.Printf("veth: %s\n", v)
 	}
 	printRows(d.Rows)
 	fmt.Printf("took %v\n", time.Since(began).Round(time.Second))
 	return nil
+}
+
+// withDuration runs f with -duration set to d: the measurements read it
+// for their steady phase.
+func withDuration(d time.Duration, f func() error) error {
+	defer func(old time.Duration) { *duration = old }(*duration)
+	*duration = d
+	return f()
 }
 
 // vethOnce is run r of one connection at 1 MB/s through proxy ("sluice",
@@ -426,8 +463,7 @@ func vethOnce(dir string, v *vethPath, srcAddr, echoAddr, proxy string, r int) (
 	if err != nil {
 		return res, fmt.Errorf("run %d, veth, %s: %w", r, proxy, err)
 	}
-	fmt.Fprintf(os.Stderr, "run %d %-18s %-18s err %+7.3f%% (fit %+.4f%%)  first %.3f  win %.3f..%.3f  cpu %.3f s/GB (sys %.3f)\n",
-		r, c.name, proxy, res.ErrPct, res.FitErr, res.First, res.MinWin, res.MaxWin, res.CPUPerGB, res.SysPerGB)
+	printShapeRun(r, c.name, proxy, res, "")
 	return res, nil
 }
 

@@ -136,9 +136,14 @@ func shapeOnce(dir, srcAddr, echoAddr string, t shaperTarget, c shapeCase, r int
 	if err != nil {
 		return res, fmt.Errorf("run %d, %s, %s: %w", r, c.name, t.name, err)
 	}
-	fmt.Fprintf(os.Stderr, "run %d %-18s %-18s err %+7.3f%% (fit %+.4f%%)  first %.3f  win %.3f..%.3f  cpu %.3f s/GB (sys %.3f)%s\n",
-		r, c.name, t.name, res.ErrPct, res.FitErr, res.First, res.MinWin, res.MaxWin, res.CPUPerGB, res.SysPerGB, moves)
+	printShapeRun(r, c.name, t.name, res, moves)
 	return res, nil
+}
+
+// printShapeRun prints one run's figures of a shaping case to stderr.
+func printShapeRun(r int, caseName, proxy string, res shapeResult, moves string) {
+	fmt.Fprintf(os.Stderr, "run %d %-18s %-18s err %+7.3f%% (fit %+.4f%%)  first %.3f  win %.3f..%.3f  cpu %.3f s/GB (sys %.3f)%s\n",
+		r, caseName, proxy, res.ErrPct, res.FitErr, res.First, res.MinWin, res.MaxWin, res.CPUPerGB, res.SysPerGB, moves)
 }
 
 // shaperNamed returns the shaperTarget called name.
