@@ -54,7 +54,7 @@ var (
 	shapeConns  = flag.Int("shape-conns", 1, "-shape: connections of the -shape-rate case")
 	sluiceCores = flag.String("cores", "", "sluice's cores setting (auto, all or a count); empty leaves sluice's default (auto). -proxy-procs, when set, wins over it")
 	only        = flag.String("only", "", "-shape, -links: run only the cases (and proxies) whose names contain this; -rows: only the rows whose names contain this, in any case")
-	windows     = flag.Bool("windows", false, "-shape, -links: also print every 100 ms window after the first second ÷ rate×0.1 s (stderr)")
+	windows     = flag.Bool("windows", false, "-shape, -links, -rows: also print every 100 ms window after the first second ÷ rate×0.1 s (stderr)")
 	clientMSS   = flag.Int("client-mss", 1448, "-shape: MSS the clients advertise (TCP_MAXSEG), as on an Ethernet path; 0 keeps loopback's 64 KB")
 	proxyProcs  = flag.Int("proxy-procs", 0, "GOMAXPROCS for sluice and the ideal loop; 0 leaves the Go default (every core)")
 	rowsMode    = flag.Bool("rows", false, "print the table of issue 21 (latency, idle memory, CPU, windows, errors, kernel pacing on a veth pair, cores) against nginx and HAProxy")
