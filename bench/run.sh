@@ -17,12 +17,12 @@ if ! command -v nginx >/dev/null || [ ! -e /usr/lib/nginx/modules/ngx_stream_mod
 fi
 
 for a in "$@"; do
-  if [ "$a" = -failover ] && ! command -v haproxy >/dev/null; then
+  if { [ "$a" = -failover ] || [ "$a" = -rows ]; } && ! command -v haproxy >/dev/null; then
     if [ "$(id -u)" = 0 ]; then
       apt-get update -qq
       DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy >/dev/null
     else
-      echo "bench: -failover needs haproxy: sudo apt-get install haproxy" >&2
+      echo "bench: $a needs haproxy: sudo apt-get install haproxy" >&2
       exit 1
     fi
   fi
@@ -53,7 +53,7 @@ go build -o "$out/loadbench" ./bench/loadbench
 mkdir -p bench/results
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
 mode=core
-for a in "$@"; do case "$a" in -shape) mode=shape ;; -links) mode=links ;; -mp4) mode=mp4 ;; -admission) mode=admission ;; -failover) mode=failover ;; -cluster) mode=cluster ;; esac; done
+for a in "$@"; do case "$a" in -shape) mode=shape ;; -links) mode=links ;; -mp4) mode=mp4 ;; -admission) mode=admission ;; -failover) mode=failover ;; -cluster) mode=cluster ;; -rows) mode=rows ;; esac; done
 haproxy=()
 if command -v haproxy >/dev/null; then
   haproxy=(-haproxy "$(command -v haproxy)") # apt-get install haproxy to compare with it too

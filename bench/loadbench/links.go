@@ -32,6 +32,7 @@ type linkGroup struct {
 // linkResult holds one case's figures.
 type linkResult struct {
 	ErrPct   float64   // aggregate steady rate vs the link, %
+	FitErr   float64   // the same from a least-squares fit of bytes over time (fitRate), %
 	Jain     float64   // Jain's fairness index over connections (steady phase)
 	First    float64   // bytes in the first second ÷ rate
 	MinWin   float64   // lowest 100 ms window after the first second ÷ rate×0.1 s
@@ -82,27 +83,10 @@ func runLinks(dir, srcAddr, echoAddr string) error {
 	}
 	for _, j := range append(jobs, scale...) {
 		r, c := j.r, j.c
-		// The last case's garbage (9,000 connections' buffers) is not
-		// collected during this one, and its connections wind down.
-		runtime.GC()
-		time.Sleep(3 * time.Second)
-		top := fmt.Sprintf(`links: {line: {down: {rate: "%dB/s"}, keys: {by: %s}}}`, c.rate, c.keyBy)
-		opts := "links: [line]"
-		if c.chunk > 0 {
-			opts += fmt.Sprintf(", chunk: %d", c.chunk)
-		}
-		p, err := startSluiceTop(dir, srcAddr, echoAddr, opts, top)
+		res, err := linkOnce(dir, srcAddr, echoAddr, c, r)
 		if err != nil {
 			return err
 		}
-		res, err := measureLink(p.target, c)
-		moves := coreMoves(p.target)
-		p.stop()
-		if err != nil {
-			return fmt.Errorf("run %d, %s: %w", r, c.name, err)
-		}
-		fmt.Fprintf(os.Stderr, "run %d %-26s err %+7.3f%%  jain %.5f  first %.3f  win %.3f..%.3f  cpu %.3f s/GB (sys %.3f)  groups %.3f  rss %.2f KiB/conn  granted %+.3f%%  cores: sluice %.2f, generator %.2f%s\n",
-			r, c.name, res.ErrPct, res.Jain, res.First, res.MinWin, res.MaxWin, res.CPUPerGB, res.SysPerGB, res.Groups, res.RSSKiB, res.GrantErr, res.Cores, res.GenCores, moves)
 		all[c.name] = append(all[c.name], res)
 	}
 	if *jsonOut != "" {
@@ -132,6 +116,42 @@ func runLinks(dir, srcAddr, echoAddr string) error {
 	return nil
 }
 
+// linkOnce is run r of case c on a fresh sluice.
+func linkOnce(dir, srcAddr, echoAddr string, c linkCase, r int) (linkResult, error) {
+	// The last case's garbage (9,000 connections' buffers) is not
+	// collected during this one, and its connections wind down.
+	runtime.GC()
+	time.Sleep(3 * time.Second)
+	top := fmt.Sprintf(`links: {line: {down: {rate: "%dB/s"}, keys: {by: %s}}}`, c.rate, c.keyBy)
+	opts := "links: [line]"
+	if c.chunk > 0 {
+		opts += fmt.Sprintf(", chunk: %d", c.chunk)
+	}
+	p, err := startSluiceTop(dir, srcAddr, echoAddr, opts, top)
+	if err != nil {
+		return linkResult{}, err
+	}
+	res, err := measureLink(p.target, c)
+	moves := coreMoves(p.target)
+	p.stop()
+	if err != nil {
+		return res, fmt.Errorf("run %d, %s: %w", r, c.name, err)
+	}
+	fmt.Fprintf(os.Stderr, "run %d %-26s err %+7.3f%% (fit %+.4f%%)  jain %.5f  first %.3f  win %.3f..%.3f  cpu %.3f s/GB (sys %.3f)  groups %.3f  rss %.2f KiB/conn  granted %+.3f%%  cores: sluice %.2f, generator %.2f%s\n",
+		r, c.name, res.ErrPct, res.FitErr, res.Jain, res.First, res.MinWin, res.MaxWin, res.CPUPerGB, res.SysPerGB, res.Groups, res.RSSKiB, res.GrantErr, res.Cores, res.GenCores, moves)
+	return res, nil
+}
+
+// linkCaseNamed returns the link case whose name starts with prefix.
+func linkCaseNamed(prefix string) linkCase {
+	for _, c := range linkCases() {
+		if strings.HasPrefix(c.name, prefix) {
+			return c
+		}
+	}
+	panic("no link case " + prefix)
+}
+
 // measureLink opens the case's connections, each read from the moment it
 // is open, and measures for 1 s plus -duration from the moment all are
 // open; bytes read before that are not counted.
@@ -144,6 +164,7 @@ func measureLink(t *target, c linkCase) (linkResult, error) {
 	var conns []net.Conn
 	var group []int
 	var perConn []*atomic.Int64 // steady-phase bytes
+	var reads []*[]arrival      // each conn's reads in the measurement
 	var wg sync.WaitGroup
 	defer func() {
 		for _, cn := range conns {
@@ -162,6 +183,8 @@ func measureLink(t *target, c linkCase) (linkResult, error) {
 			group = append(group, g)
 			mine := new(atomic.Int64)
 			perConn = append(perConn, mine)
+			rs := new([]arrival)
+			reads = append(reads, rs)
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
@@ -169,9 +192,13 @@ func measureLink(t *target, c linkCase) (linkResult, error) {
 				for {
 					n, err := cn.Read(buf)
 					if s := startNs.Load(); s != 0 {
-						el := time.Duration(time.Now().UnixNano() - s)
+						now := time.Now()
+						el := time.Duration(now.UnixNano() - s)
 						if el >= total {
 							return
+						}
+						if n > 0 {
+							*rs = append(*rs, arrival{now, n})
 						}
 						if k := int(el / binWidth); k < nbins {
 							bins[k].Add(int64(n))
@@ -213,6 +240,11 @@ func measureLink(t *target, c linkCase) (linkResult, error) {
 	}
 	var res linkResult
 	res.First, res.ErrPct, res.MinWin, res.MaxWin = arrivalFigures(agg, float64(c.rate))
+	var all []arrival
+	for _, rs := range reads {
+		all = append(all, *rs...)
+	}
+	res.FitErr = (fitRate(all, start.Add(time.Second), start.Add(total))/float64(c.rate) - 1) * 100
 	var s, s2, steady float64
 	groups := make([]float64, len(c.groups))
 	for i, pc := range perConn {

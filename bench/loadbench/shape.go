@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -30,6 +31,7 @@ var shapeCases = []shapeCase{
 // shapeResult holds one case's figures, over the aggregate of its conns.
 type shapeResult struct {
 	ErrPct   float64 // steady rate after the first second vs the limit, %
+	FitErr   float64 // the same, from the slope of a least-squares fit of bytes received over time, %
 	First    float64 // bytes in the first second ÷ rate
 	MinWin   float64 // lowest 100 ms window after the first second ÷ rate×0.1 s
 	MaxWin   float64 // highest
@@ -48,15 +50,24 @@ const chunk = 8192
 
 var shapeChunk = flag.Int("shape-chunk", chunk, "-shape: sluice's chunk and burst, bytes (a grant is at least one chunk)")
 
+// sluiceShapeOpts is the source listener's YAML that limits each
+// connection to rate bytes/s down, with -shape-chunk as chunk and burst.
+func sluiceShapeOpts(rate int64, pacing bool) string {
+	return fmt.Sprintf(`chunk: %d, conn: {down: {rate: "%dB/s", burst: %d, kernel_pacing: %t}}`, *shapeChunk, rate, *shapeChunk, pacing)
+}
+
+// nginxShapeDirectives limits each connection to rate bytes/s down.
+func nginxShapeDirectives(rate int64) string { return fmt.Sprintf("proxy_download_rate %d;", rate) }
+
 var shaperTargets = []shaperTarget{
 	{"sluice pacing on", func(dir, src, echo string, rate int64) (*proxyProc, error) {
-		return startSluice(dir, src, echo, fmt.Sprintf(`chunk: %d, conn: {down: {rate: "%dB/s", burst: %d, kernel_pacing: true}}`, *shapeChunk, rate, *shapeChunk))
+		return startSluice(dir, src, echo, sluiceShapeOpts(rate, true))
 	}},
 	{"sluice pacing off", func(dir, src, echo string, rate int64) (*proxyProc, error) {
-		return startSluice(dir, src, echo, fmt.Sprintf(`chunk: %d, conn: {down: {rate: "%dB/s", burst: %d, kernel_pacing: false}}`, *shapeChunk, rate, *shapeChunk))
+		return startSluice(dir, src, echo, sluiceShapeOpts(rate, false))
 	}},
 	{"nginx", func(dir, src, echo string, rate int64) (*proxyProc, error) {
-		return startNginx(dir, src, echo, fmt.Sprintf("proxy_download_rate %d;", rate))
+		return startNginx(dir, src, echo, nginxShapeDirectives(rate))
 	}},
 	{"ideal loop", func(_, src, echo string, rate int64) (*proxyProc, error) {
 		return startIdeal(src, echo, rate)
@@ -81,18 +92,10 @@ func runShape(dir, srcAddr, echoAddr string) error {
 				if *only != "" && !strings.Contains(c.name+" "+t.name, *only) {
 					continue
 				}
-				p, err := t.start(dir, srcAddr, echoAddr, c.rate)
+				res, err := shapeOnce(dir, srcAddr, echoAddr, t, c, r)
 				if err != nil {
-					return fmt.Errorf("%s: %w", t.name, err)
+					return err
 				}
-				res, err := measureShape(p.target, c)
-				moves := coreMoves(p.target)
-				p.stop()
-				if err != nil {
-					return fmt.Errorf("run %d, %s, %s: %w", r, c.name, t.name, err)
-				}
-				fmt.Fprintf(os.Stderr, "run %d %-18s %-18s err %+7.3f%%  first %.3f  win %.3f..%.3f  cpu %.3f s/GB (sys %.3f)%s\n",
-					r, c.name, t.name, res.ErrPct, res.First, res.MinWin, res.MaxWin, res.CPUPerGB, res.SysPerGB, moves)
 				all[key(t.name, c.name)] = append(all[key(t.name, c.name)], res)
 			}
 		}
@@ -121,6 +124,38 @@ func runShape(dir, srcAddr, echoAddr string) error {
 	return nil
 }
 
+// shapeOnce is run r of case c with t on a fresh proxy process.
+func shapeOnce(dir, srcAddr, echoAddr string, t shaperTarget, c shapeCase, r int) (shapeResult, error) {
+	p, err := t.start(dir, srcAddr, echoAddr, c.rate)
+	if err != nil {
+		return shapeResult{}, fmt.Errorf("%s: %w", t.name, err)
+	}
+	res, err := measureShape(p.target, c)
+	moves := coreMoves(p.target)
+	p.stop()
+	if err != nil {
+		return res, fmt.Errorf("run %d, %s, %s: %w", r, c.name, t.name, err)
+	}
+	printShapeRun(r, c.name, t.name, res, moves)
+	return res, nil
+}
+
+// printShapeRun prints one run's figures of a shaping case to stderr.
+func printShapeRun(r int, caseName, proxy string, res shapeResult, moves string) {
+	fmt.Fprintf(os.Stderr, "run %d %-18s %-18s err %+7.3f%% (fit %+.4f%%)  first %.3f  win %.3f..%.3f  cpu %.3f s/GB (sys %.3f)%s\n",
+		r, caseName, proxy, res.ErrPct, res.FitErr, res.First, res.MinWin, res.MaxWin, res.CPUPerGB, res.SysPerGB, moves)
+}
+
+// shaperNamed returns the shaperTarget called name.
+func shaperNamed(name string) shaperTarget {
+	for _, t := range shaperTargets {
+		if t.name == name {
+			return t
+		}
+	}
+	panic("no shaper target " + name)
+}
+
 // binWidth is the resolution of the arrival record.
 const binWidth = 10 * time.Millisecond
 
@@ -132,11 +167,16 @@ func measureShape(t *target, c shapeCase) (shapeResult, error) {
 	total := time.Second + *duration
 	nbins := int(total/binWidth) + 1
 	bins := make([][]int64, c.conns)
+	reads := make([][]arrival, c.conns)
 	conns := make([]net.Conn, c.conns)
 	starts := make([]time.Time, c.conns) // each conn's clock starts at its own dial
+	dial := t.dial
+	if dial == nil {
+		dial = dialClient
+	}
 	for i := range conns {
 		var err error
-		if conns[i], err = dialClient(t.sourceAddr); err != nil {
+		if conns[i], err = dial(t.sourceAddr); err != nil {
 			return shapeResult{}, err
 		}
 		starts[i] = time.Now()
@@ -146,21 +186,25 @@ func measureShape(t *target, c shapeCase) (shapeResult, error) {
 	var wg sync.WaitGroup
 	for i, conn := range conns {
 		wg.Add(1)
-		go func(b []int64, conn net.Conn, start time.Time) {
+		go func(b []int64, rs *[]arrival, conn net.Conn, start time.Time) {
 			defer wg.Done()
 			defer conn.Close()
 			buf := make([]byte, 256<<10)
 			conn.SetReadDeadline(start.Add(total))
 			for {
 				n, err := conn.Read(buf)
-				if k := int(time.Since(start) / binWidth); k < len(b) {
+				now := time.Now()
+				if k := int(now.Sub(start) / binWidth); k < len(b) {
 					b[k] += int64(n)
+				}
+				if n > 0 {
+					*rs = append(*rs, arrival{now, n})
 				}
 				if err != nil {
 					return // the read deadline ends the case
 				}
 			}
-		}(bins[i], conn, starts[i])
+		}(bins[i], &reads[i], conn, starts[i])
 	}
 	wg.Wait()
 	user1, sys1 := cpuTimes(t.pids())
@@ -174,12 +218,49 @@ func measureShape(t *target, c shapeCase) (shapeResult, error) {
 		}
 	}
 	var res shapeResult
-	res.First, res.ErrPct, res.MinWin, res.MaxWin = arrivalFigures(agg, float64(c.rate)*float64(c.conns))
+	rate := float64(c.rate) * float64(c.conns)
+	res.First, res.ErrPct, res.MinWin, res.MaxWin = arrivalFigures(agg, rate)
+	// Steady from the last conn's first second to the first conn's end.
+	res.FitErr = (fitRate(slices.Concat(reads...), starts[len(starts)-1].Add(time.Second), starts[0].Add(total))/rate - 1) * 100
 	if moved > 0 {
 		res.CPUPerGB = (user1 - user0 + sys1 - sys0) / (float64(moved) / 1e9)
 		res.SysPerGB = (sys1 - sys0) / (float64(moved) / 1e9)
 	}
 	return res, nil
+}
+
+// An arrival is one read's bytes and when the read returned.
+type arrival struct {
+	at time.Time
+	n  int
+}
+
+// fitRate is the slope, in bytes/s, of a least-squares line through the
+// bytes received so far at each read in [from, to), rs in any order; 0
+// with fewer than two reads. Shaped bytes arrive in grants, steps of 10 ms
+// of the rate, so whole-window counts resolve a rate to one grant in the
+// window (0.33% in 3 s at 10 MB/s); the slope through the steps does not
+// depend on where a window cuts one, and resolves it to the jitter of
+// their arrival times.
+func fitRate(rs []arrival, from, to time.Time) float64 {
+	slices.SortFunc(rs, func(a, b arrival) int { return a.at.Compare(b.at) })
+	var n, sx, sy, sxx, sxy, y float64
+	for _, r := range rs {
+		if r.at.Before(from) || !r.at.Before(to) {
+			continue
+		}
+		y += float64(r.n)
+		x := r.at.Sub(from).Seconds()
+		n++
+		sx += x
+		sy += y
+		sxx += x * x
+		sxy += x * y
+	}
+	if n < 2 {
+		return 0
+	}
+	return (n*sxy - sx*sy) / (n*sxx - sx*sx)
 }
 
 // dialClient connects like a client on an Ethernet path: it advertises
