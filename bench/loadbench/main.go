@@ -57,7 +57,7 @@ var (
 	windows     = flag.Bool("windows", false, "-shape, -links, -rows: also print every 100 ms window after the first second ÷ rate×0.1 s (stderr)")
 	clientMSS   = flag.Int("client-mss", 1448, "-shape: MSS the clients advertise (TCP_MAXSEG), as on an Ethernet path; 0 keeps loopback's 64 KB")
 	proxyProcs  = flag.Int("proxy-procs", 0, "GOMAXPROCS for sluice and the ideal loop; 0 leaves the Go default (every core)")
-	rowsMode    = flag.Bool("rows", false, "print the table of issue 21 (latency, idle memory, CPU, windows, errors, kernel pacing on a veth pair, cores) against nginx and HAProxy")
+	rowsMode    = flag.Bool("rows", false, "print the goals table (latency, idle memory, CPU, windows, errors, kernel pacing on a veth pair, cores) against nginx and HAProxy")
 )
 
 // procsEnv returns the environment for a Go proxy process: this one's,

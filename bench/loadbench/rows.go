@@ -15,7 +15,7 @@ import (
 	"unicode/utf8"
 )
 
-// The rows mode prints the table of issue 21: sluice against nginx's
+// The rows mode prints the goals table: sluice against nginx's
 // stream proxy and HAProxy 2.6, one row a goal, from the measurements of
 // the other modes (core, -shape, -links) and two of its own: kernel
 // pacing on a veth pair between network namespaces, and how fast
@@ -74,7 +74,7 @@ const (
 	vethRow = "veth"
 )
 
-func issueRows(idleN int) []row {
+func goalRows(idleN int) []row {
 	lat := func(q string, f func(result) float64) row {
 		return row{
 			name:  "added round trip " + q + ", 64 B ping-pong (µs over direct)",
@@ -257,7 +257,7 @@ func runRows(dir, srcAddr, echoAddr string) error {
 	})
 	var rows []row
 	needs := map[string]bool{}
-	for _, r := range issueRows(idleN) {
+	for _, r := range goalRows(idleN) {
 		if *only != "" && !strings.Contains(strings.ToLower(r.name), strings.ToLower(*only)) {
 			continue
 		}
@@ -421,7 +421,7 @@ func runRows(dir, srcAddr, echoAddr string) error {
 			return err
 		}
 	}
-	fmt.Printf("\nissue 21 rows: median of %d runs, on %d cores (kernel %s); nginx %s, HAProxy %s\n",
+	fmt.Printf("\ngoal rows: median of %d runs, on %d cores (kernel %s); nginx %s, HAProxy %s\n",
 		*runs, runtime.NumCPU(), d.Setup["kernel"], d.Setup["nginx"], d.Setup["haproxy"])
 	fmt.Printf("unshaped: %v per figure after 0.25 s, %d pings, %d idle conns; shaped: 1 s + %v per case (the error rows 1 s + %v), windows after the first second\n",
 		*duration, *pings, idleN, *duration, *steadyDuration)
