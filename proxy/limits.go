@@ -45,6 +45,38 @@ const DefaultChunk = 8192
 // sends a few segments at a time at the rate (docs/shaping.md).
 const pacedGrant = 10 * time.Millisecond
 
+// pacedLongGrant is how much rate a paced grant covers when the kernel
+// spreads it on the client's path (kernelSpreads): 50 KB at 1 MB/s, five
+// times fewer grants, wake-ups and system calls than pacedGrant, while
+// the client still receives a few segments at a time at the pacing rate,
+// so 100 ms windows stay within a segment or two of the rate (measured on
+// a veth pair between namespaces: docs/shaping.md).
+const pacedLongGrant = 50 * time.Millisecond
+
+// kernelBurst is the most bytes Linux sends at once on a TCP socket paced
+// at rate bytes/s (tcp_tso_autosize): about 1 ms of the rate and, from
+// Linux 5.18, 64 KB halved for every 2^log µs of the path's minimum RTT
+// (log is net.ipv4.tcp_tso_rtt_log, default 9; -1 where the kernel has
+// none). On loopback or a LAN (a minimum RTT under 512 µs) that is 64 KB
+// more: a grant leaves as one burst. From about 4 ms of RTT on, or with
+// log 0, it is the rate's 1 ms.
+func kernelBurst(rate uint64, minRTT time.Duration, log int) uint64 {
+	b := rate >> 10
+	if log >= 0 {
+		if r := uint64(minRTT.Microseconds()) >> uint(log); r < 32 {
+			b += 65536 >> r
+		}
+	}
+	return b
+}
+
+// kernelSpreads reports whether the kernel, pacing a client socket at
+// paceRate, sends a grant of size bytes in at least four bursts, given the
+// path's minimum RTT (0: not known, so not assumed).
+func kernelSpreads(paceRate uint64, size int, minRTT time.Duration, log int) bool {
+	return minRTT > 0 && 4*kernelBurst(paceRate, minRTT, log) <= uint64(size)
+}
+
 // unpacedGrant is how much rate a grant covers without kernel pacing: at
 // least one chunk, so from 1.6 MB/s a grant is 5 ms of the rate (500 KB at
 // 100 MB/s). A client receives each grant as one block, so a 100 ms window
@@ -63,6 +95,9 @@ const maxPacedRate = 50_000_000
 
 // pacingHeadroomPct is how far above the down rate SO_MAX_PACING_RATE is set.
 const pacingHeadroomPct = 2
+
+// pacingRateFor is the SO_MAX_PACING_RATE sluice sets for a down rate.
+func pacingRateFor(rate int64) uint64 { return uint64(rate) * (100 + pacingHeadroomPct) / 100 }
 
 // maxPacedGrant caps a grant, in bytes: reached from 52 MB/s paced and
 // from 105 MB/s unpaced. Paced grants of 768 KiB and 1 MiB at 100 MB/s cut
@@ -88,7 +123,12 @@ func (c *conn) applyLimits(lim *ConnLimits) {
 		chunk := c.cfg.Chunk
 		switch {
 		case pace && Dir(d) == Down:
-			chunk = max(chunk, min(int(l.Rate*int64(pacedGrant)/int64(time.Second)), maxPacedGrant))
+			grant := pacedGrant
+			long := min(int(l.Rate*int64(pacedLongGrant)/int64(time.Second)), maxPacedGrant)
+			if kernelSpreads(pacingRateFor(l.Rate), long, c.clientMinRTT(), tsoRTTLog()) {
+				grant = pacedLongGrant
+			}
+			chunk = max(chunk, min(int(l.Rate*int64(grant)/int64(time.Second)), maxPacedGrant))
 			l.Burst = max(l.Burst, int64(chunk))
 		case !l.Unlimited():
 			chunk = max(chunk, min(int(l.Rate*int64(unpacedGrant)/int64(time.Second)), maxPacedGrant))
@@ -108,7 +148,7 @@ func (c *conn) applyLimits(lim *ConnLimits) {
 			// limit on average, the kernel only spaces packets. At
 			// exactly the rate, pacing's own rounding made 100 MB/s
 			// come out 0.1–0.3% short (measured).
-			rate = uint64(lim.Down.Rate) * (100 + pacingHeadroomPct) / 100
+			rate = pacingRateFor(lim.Down.Rate)
 		}
 		var err error
 		switch {

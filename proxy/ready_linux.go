@@ -4,6 +4,10 @@ import (
 	"io"
 	"net"
 	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -55,4 +59,47 @@ func setPacingRate(c *net.TCPConn, rate uint64) error {
 		return err
 	}
 	return os.NewSyscallError("setsockopt SO_MAX_PACING_RATE", serr)
+}
+
+// tsoRTTLog is net.ipv4.tcp_tso_rtt_log of sluice's network namespace,
+// read once; -1 where the kernel has none (before Linux 5.18, bursts are
+// sized by the pacing rate alone).
+var tsoRTTLog = sync.OnceValue(func() int {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/tcp_tso_rtt_log")
+	if err != nil {
+		return -1
+	}
+	n, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || n < 0 {
+		return -1
+	}
+	return n
+})
+
+// minRTT returns the minimum RTT TCP has measured on fd (the handshake's
+// at least), 0 if unknown.
+func minRTT(fd int) time.Duration {
+	ti, err := unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO)
+	if err != nil {
+		return 0
+	}
+	return time.Duration(ti.Min_rtt) * time.Microsecond
+}
+
+// clientMinRTT is minRTT of the client socket, also while c is detached.
+// Requires c.mu held.
+func (c *conn) clientMinRTT() time.Duration {
+	if c.client == nil {
+		if c.detached {
+			return minRTT(int(c.pumps[Up].fd))
+		}
+		return 0
+	}
+	raw, err := c.client.SyscallConn()
+	if err != nil {
+		return 0
+	}
+	var rtt time.Duration
+	_ = raw.Control(func(fd uintptr) { rtt = minRTT(int(fd)) })
+	return rtt
 }

@@ -4,6 +4,7 @@ package proxy
 
 import (
 	"net"
+	"time"
 
 	"github.com/sluiceproxy/sluice/shaper"
 )
@@ -12,6 +13,9 @@ import (
 const spliceSupported = false
 
 func (m *moving) readable(fd uintptr) bool { panic("unreachable") }
+
+func tsoRTTLog() int                        { return -1 }
+func (c *conn) clientMinRTT() time.Duration { return 0 }
 
 // setPacingRate: kernel pacing is Linux-only.
 func setPacingRate(c *net.TCPConn, rate uint64) error { return nil }

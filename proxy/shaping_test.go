@@ -327,6 +327,89 @@ func TestKernelPacing(t *testing.T) {
 	}
 }
 
+// TestKernelBurst: the most bytes Linux sends at once on a paced socket
+// (tcp_tso_autosize), and whether a grant is spread over several bursts:
+// not on loopback or a LAN (64 KB more below 512 µs of RTT), yes on a path
+// of a few milliseconds, or with tcp_tso_rtt_log 0, or before Linux 5.18.
+func TestKernelBurst(t *testing.T) {
+	const rate = 1_020_000 // 1 MB/s paced 2% above
+	for _, tc := range []struct {
+		name    string
+		rtt     time.Duration
+		log     int
+		burst   uint64
+		spreads bool // a 50 KB grant
+	}{
+		{"loopback", 30 * time.Microsecond, 9, 996 + 65536, false},
+		{"LAN", 400 * time.Microsecond, 9, 996 + 65536, false},
+		{"1 ms", time.Millisecond, 9, 996 + 65536>>1, false},
+		{"5 ms", 5 * time.Millisecond, 9, 996 + 65536>>9, true},
+		{"WAN", 40 * time.Millisecond, 9, 996, true},
+		{"loopback, log 0", 30 * time.Microsecond, 0, 996, true},
+		{"before 5.18", 30 * time.Microsecond, -1, 996, true},
+		{"RTT unknown", 0, 0, 996 + 65536, false},
+	} {
+		if got := kernelBurst(rate, tc.rtt, tc.log); got != tc.burst {
+			t.Errorf("%s: kernelBurst = %d, want %d", tc.name, got, tc.burst)
+		}
+		if got := kernelSpreads(rate, 50_000, tc.rtt, tc.log); got != tc.spreads {
+			t.Errorf("%s: kernelSpreads(50 KB) = %v, want %v", tc.name, got, tc.spreads)
+		}
+	}
+}
+
+// TestPacedGrantFollowsPath: on loopback, where the kernel sends a grant
+// as one burst, a paced 1 MB/s connection takes 10 ms grants (10 KB);
+// where the kernel spreads them (made so here by taking the namespace's
+// tcp_tso_rtt_log as 0), 50 ms grants (50 KB); and the bytes still come
+// at the rate.
+func TestPacedGrantFollowsPath(t *testing.T) {
+	defer test.TimeOut(30 * time.Second).Stop()
+	b := newBackend(t)
+	grant := func(t *testing.T) (*Server, *conn, *net.TCPConn, *net.TCPConn) {
+		srv, addr, _ := startProxy(t, ListenerConfig{Upstream: b.addr(), Limits: ConnLimits{
+			Down: shaper.Limit{Rate: 1_000_000}, KernelPacing: true,
+		}})
+		client, server := connect(t, addr, b)
+		t.Cleanup(func() { client.Close(); server.Close() })
+		client.Write([]byte("x"))
+		io.ReadFull(server, make([]byte, 1))
+		var c *conn
+		srv.mu.Lock()
+		for cn := range srv.conns {
+			c = cn
+		}
+		srv.mu.Unlock()
+		return srv, c, client, server
+	}
+	t.Run("loopback", func(t *testing.T) {
+		_, c, _, _ := grant(t)
+		if got := c.pumps[Down].chunk.Load(); got != 10_000 {
+			t.Errorf("paced grant %d bytes, want 10000 (10 ms)", got)
+		}
+	})
+	t.Run("spread", func(t *testing.T) {
+		log := tsoRTTLog
+		tsoRTTLog = func() int { return 0 }
+		defer func() { tsoRTTLog = log }()
+		srv, c, client, server := grant(t)
+		if got := c.pumps[Down].chunk.Load(); got != 50_000 {
+			t.Errorf("paced grant %d bytes, want 50000 (50 ms)", got)
+		}
+		srv.SetLimits("t", ConnLimits{Down: shaper.Limit{Rate: 2_000_000}, KernelPacing: true})
+		if got := c.pumps[Down].chunk.Load(); got != 100_000 {
+			t.Errorf("after SetLimits: paced grant %d bytes, want 100000", got)
+		}
+		go server.Write(make([]byte, 4<<20))
+		start := time.Now()
+		n, _ := io.ReadFull(client, make([]byte, 1_000_000))
+		// 100 KB at once (the bucket's burst), then 2 MB/s: 0.45 s.
+		if el := time.Since(start); n != 1_000_000 || el < 400*time.Millisecond || el > 2*time.Second {
+			t.Errorf("1 MB at 2 MB/s in %v (%d bytes), want about 0.45 s", el, n)
+		}
+	})
+}
+
 // opaqueConn hides *net.TCPConn from the pumps, as a TLS or PROXY-protocol
 // wrapper would, so both directions copy through a buffer instead of
 // splicing. It forwards CloseWrite explicitly (embedding would hide it).
