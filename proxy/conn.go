@@ -307,6 +307,12 @@ func (c *conn) endEarly(err error) {
 // runs once, on the goroutine of the pump that ended last.
 func (c *conn) finish() {
 	result, err := c.result(c.pumps[Up].err, c.pumps[Down].err)
+	c.mu.Lock()
+	if c.paced {
+		c.paced = false
+		c.srv.pacedConns.Add(-1)
+	}
+	c.mu.Unlock()
 	if c.client == nil { // its sockets were lost attaching them again (park.go)
 		c.endLease()
 		c.logDone(result, err)

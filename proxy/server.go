@@ -106,6 +106,10 @@ type Server struct {
 	cancel context.CancelCauseFunc
 
 	nextID atomic.Uint64
+	// pacedConns counts live conns whose client socket the kernel paces
+	// (conn.paced): the first few take long grants where the path spreads
+	// them (applyLimits).
+	pacedConns atomic.Int64
 
 	reaperDone chan struct{} // closed to stop the idle reaper; nil if none runs; guarded by mu
 	reapEvery  atomic.Int64  // the reaper's period in ns; Reconfigure updates it

@@ -407,6 +407,36 @@ func TestPacedGrantFollowsPath(t *testing.T) {
 		if el := time.Since(start); n != 1_000_000 || el < 400*time.Millisecond || el > 2*time.Second {
 			t.Errorf("1 MB at 2 MB/s in %v (%d bytes), want about 0.45 s", el, n)
 		}
+		// The first longGrantConns paced conns take long grants, the
+		// next ones the loops' short grants; an ended conn is no longer
+		// counted.
+		addr := srv.Addr("t").String()
+		var ends []*net.TCPConn
+		for i := 1; i <= longGrantConns; i++ {
+			cl, se := connect(t, addr, b)
+			ends = append(ends, cl, se)
+			cl.Write([]byte("x"))
+			io.ReadFull(se, make([]byte, 1))
+			want := int64(20_000) // 10 ms of 2 MB/s
+			if i < longGrantConns {
+				want = 100_000
+			}
+			srv.mu.Lock()
+			for cn := range srv.conns {
+				if cn.client.RemoteAddr().String() == cl.LocalAddr().String() {
+					if got := cn.pumps[Down].chunk.Load(); got != want {
+						t.Errorf("paced conn %d: grant %d bytes, want %d", i+1, got, want)
+					}
+				}
+			}
+			srv.mu.Unlock()
+		}
+		for _, e := range append(ends, client, server) {
+			e.Close()
+		}
+		if !poll(func() bool { return srv.ActiveConns() == 0 }) || srv.pacedConns.Load() != 0 {
+			t.Errorf("%d conns, %d paced after all ended", srv.ActiveConns(), srv.pacedConns.Load())
+		}
 	})
 }
 
