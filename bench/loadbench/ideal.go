@@ -21,9 +21,10 @@ import (
 // connection. It has no config, no limits that change, no links, no
 // metrics, and nothing that wakes per connection. Its CPU per GB is what the
 // bytes and system calls of shaping cost on this machine when scheduling
-// costs (almost) nothing, with the same GOMAXPROCS as sluice (-proxy-procs):
-// a reference for sluice's pumps, not a floor, as the Go scheduler's own
-// thread wake-ups are part of it.
+// costs (almost) nothing, with the same GOMAXPROCS as sluice (-proxy-procs)
+// in -shape, and GOMAXPROCS=1 in -rows (the "Go floor" column): a reference
+// for sluice's pumps, not a floor of shaping itself, as the Go scheduler's
+// own thread wake-ups are part of it.
 
 var (
 	idealProxy   = flag.String("ideal-proxy", "", "internal: run the ideal loop on source,echo,upstream,rate")
@@ -31,8 +32,9 @@ var (
 	idealUnpaced = flag.Duration("ideal-unpaced-grant", 5*time.Millisecond, "-shape: the ideal loop's grant when the kernel does not pace (above 50 MB/s), as time at the rate (sluice's is 5ms)")
 )
 
-// startIdeal runs this binary as the ideal loop in front of srcAddr.
-func startIdeal(srcAddr, echoAddr string, rate int64) (*proxyProc, error) {
+// startIdeal runs this binary as the ideal loop in front of srcAddr, with
+// the environment env (procsEnv's, or envProcs(1) for -rows).
+func startIdeal(srcAddr, echoAddr string, rate int64, env []string) (*proxyProc, error) {
 	a, b, err := freePorts()
 	if err != nil {
 		return nil, err
@@ -42,7 +44,7 @@ func startIdeal(srcAddr, echoAddr string, rate int64) (*proxyProc, error) {
 		return nil, err
 	}
 	cmd := exec.Command(self, "-ideal-proxy", strings.Join([]string{a, b, srcAddr, strconv.FormatInt(rate, 10)}, ","), "-ideal-paced-grant", idealGrant.String(), "-ideal-unpaced-grant", idealUnpaced.String())
-	cmd.Env = procsEnv()
+	cmd.Env = env
 	cmd.Stderr = os.Stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {

@@ -63,11 +63,16 @@ var (
 // procsEnv returns the environment for a Go proxy process: this one's,
 // with GOMAXPROCS set to -proxy-procs when that is set.
 func procsEnv() []string {
-	env := os.Environ()
 	if *proxyProcs > 0 {
-		env = append(env, "GOMAXPROCS="+strconv.Itoa(*proxyProcs))
+		return envProcs(*proxyProcs)
 	}
-	return env
+	return os.Environ()
+}
+
+// envProcs is this process's environment with GOMAXPROCS set to n.
+func envProcs(n int) []string {
+	env := slices.DeleteFunc(os.Environ(), func(v string) bool { return strings.HasPrefix(v, "GOMAXPROCS=") })
+	return append(env, "GOMAXPROCS="+strconv.Itoa(n))
 }
 
 // target is a way to reach the backends: directly or through a proxy.

@@ -19,7 +19,9 @@ import (
 // stream proxy and HAProxy 2.6, one row a goal, from the measurements of
 // the other modes (core, -shape, -links) and two of its own: kernel
 // pacing on a veth pair between network namespaces, and how fast
-// cores: auto reaches every core.
+// cores: auto reaches every core. The shaped loopback rows also show the
+// ideal loop on one core ("Go floor"): what a minimal Go shaper pays for
+// the same grants here, beside the goal, which stays sluice against nginx.
 
 // rowIdleConns is the idle measurement's size in -rows unless -idle is set.
 const rowIdleConns = 9900
@@ -46,6 +48,7 @@ type rowLine struct {
 	Nginx   string `json:"nginx"`
 	HAProxy string `json:"haproxy"`
 	Sluice  string `json:"sluice"`
+	Floor   string `json:"go_floor"` // the ideal loop's, GOMAXPROCS=1; n/a where not measured
 	Ratio   string `json:"ratio"`
 	Goal    string `json:"goal"`
 	Met     string `json:"met"`
@@ -97,7 +100,8 @@ func goalRows(idleN int) []row {
 			eval: func(d *rowsRaw) rowLine {
 				f := func(r shapeResult) float64 { return r.CPUPerGB }
 				n, s := medianOf(d.Shape["nginx|"+c], f), medianOf(d.Shape["sluice pacing on|"+c], f)
-				return rowLine{Nginx: fnum(n, 3), HAProxy: na, Sluice: fnum(s, 3), Ratio: fratio(s / n), Met: met(s <= k*n, n, s)}
+				fl := medianOf(d.Shape[idealLoop+"|"+c], f)
+				return rowLine{Nginx: fnum(n, 3), HAProxy: na, Sluice: fnum(s, 3), Floor: fnum(fl, 3), Ratio: fratio(s / n), Met: met(s <= k*n, n, s)}
 			},
 		}
 	}
@@ -109,7 +113,8 @@ func goalRows(idleN int) []row {
 			eval: func(d *rowsRaw) rowLine {
 				nlo, nhi := windowsOf(d.Shape["nginx|"+c])
 				slo, shi := windowsOf(d.Shape["sluice pacing on|"+c])
-				return rowLine{Nginx: fwin(nlo, nhi), HAProxy: na, Sluice: fwin(slo, shi), Ratio: fwin(slo, shi), Met: met(slo >= lo && shi <= hi, slo, shi)}
+				return rowLine{Nginx: fwin(nlo, nhi), HAProxy: na, Sluice: fwin(slo, shi), Floor: fwin(windowsOf(d.Shape[idealLoop+"|"+c])),
+					Ratio: fwin(slo, shi), Met: met(slo >= lo && shi <= hi, slo, shi)}
 			},
 		}
 	}
@@ -272,7 +277,8 @@ func runRows(dir, srcAddr, echoAddr string) error {
 	d := &rowsRaw{
 		Setup: map[string]string{"cpus": fmt.Sprint(runtime.NumCPU()), "kernel": kernelRelease(),
 			"nginx": versionOf(*nginxBin, "-v"), "haproxy": versionOf(*haproxyBin, "-v"),
-			"duration": duration.String(), "steady": steadyDuration.String(), "runs": fmt.Sprint(*runs)},
+			"duration": duration.String(), "steady": steadyDuration.String(), "runs": fmt.Sprint(*runs),
+			"go_floor": idealLoop + ", GOMAXPROCS=1"},
 		Core: map[string][]result{}, Shape: map[string][]shapeResult{}, Steady: map[string][]shapeResult{},
 		Veth: map[string][]shapeResult{}, Cores: map[string][]coresResult{},
 		Took: map[string]float64{},
@@ -316,6 +322,11 @@ func runRows(dir, srcAddr, echoAddr string) error {
 		shapers = append(shapers, shaperNamed("nginx"))
 	}
 	shapers = append(shapers, shaperNamed("sluice pacing on"))
+	// The shaped cases also run the ideal loop, on one core as sluice's
+	// cores: auto keeps them; -proxy-procs still sets sluice's GOMAXPROCS.
+	shaped := append(slices.Clone(shapers), shaperTarget{idealLoop, func(_, src, echo string, rate int64) (*proxyProc, error) {
+		return startIdeal(src, echo, rate, envProcs(1))
+	}})
 	for r := 1; r <= *runs; r++ {
 		for _, streams := range []int{16, 1} {
 			key := fmt.Sprintf("cores %d", streams)
@@ -344,7 +355,7 @@ func runRows(dir, srcAddr, echoAddr string) error {
 			if !needs["shape:"+c.name] {
 				continue
 			}
-			for _, t := range shapers {
+			for _, t := range shaped {
 				if err := timed("shape:"+c.name, func() error {
 					res, err := shapeOnce(dir, srcAddr, echoAddr, t, c, r)
 					if err == nil {
@@ -410,6 +421,9 @@ func runRows(dir, srcAddr, echoAddr string) error {
 			l = r.eval(d)
 		}
 		l.Row, l.Goal = r.name, r.goal
+		if l.Floor == "" {
+			l.Floor = na
+		}
 		d.Rows = append(d.Rows, l)
 	}
 	if *jsonOut != "" {
@@ -425,6 +439,12 @@ func runRows(dir, srcAddr, echoAddr string) error {
 		*runs, runtime.NumCPU(), d.Setup["kernel"], d.Setup["nginx"], d.Setup["haproxy"])
 	fmt.Printf("unshaped: %v per figure after 0.25 s, %d pings, %d idle conns; shaped: 1 s + %v per case (the error rows 1 s + %v), windows after the first second\n",
 		*duration, *pings, idleN, *duration, *steadyDuration)
+	for k := range d.Shape {
+		if strings.HasPrefix(k, idealLoop+"|") {
+			fmt.Println("Go floor: the ideal loop (one goroutine, one ticker, sluice's grants) with GOMAXPROCS=1, on the shaped loopback cases")
+			break
+		}
+	}
 	if v := d.Setup["veth"]; v != "" {
 		fmt.Printf("veth: %s\n", v)
 	}
@@ -469,9 +489,11 @@ func vethOnce(dir string, v *vethPath, srcAddr, echoAddr, proxy string, r int) (
 
 // printRows prints the table with columns as wide as their widest cell.
 func printRows(rows []rowLine) {
-	head := rowLine{"row", "nginx", "HAProxy 2.6", "sluice", "ratio", "goal", "met"}
-	cells := func(l rowLine) []string { return []string{l.Row, l.Nginx, l.HAProxy, l.Sluice, l.Ratio, l.Goal, l.Met} }
-	width := make([]int, 7)
+	head := rowLine{"row", "nginx", "HAProxy 2.6", "sluice", "Go floor", "ratio", "goal", "met"}
+	cells := func(l rowLine) []string {
+		return []string{l.Row, l.Nginx, l.HAProxy, l.Sluice, l.Floor, l.Ratio, l.Goal, l.Met}
+	}
+	width := make([]int, len(cells(head)))
 	for _, l := range append([]rowLine{head}, rows...) {
 		for i, c := range cells(l) {
 			width[i] = max(width[i], utf8.RuneCountInString(c))

@@ -45,6 +45,9 @@ type shaperTarget struct {
 	start func(dir, src, echo string, rate int64) (*proxyProc, error)
 }
 
+// idealLoop names the ideal loop as a proxy.
+const idealLoop = "ideal loop"
+
 // chunk is the default chunk and burst, as sluice's.
 const chunk = 8192
 
@@ -69,8 +72,8 @@ var shaperTargets = []shaperTarget{
 	{"nginx", func(dir, src, echo string, rate int64) (*proxyProc, error) {
 		return startNginx(dir, src, echo, nginxShapeDirectives(rate))
 	}},
-	{"ideal loop", func(_, src, echo string, rate int64) (*proxyProc, error) {
-		return startIdeal(src, echo, rate)
+	{idealLoop, func(_, src, echo string, rate int64) (*proxyProc, error) {
+		return startIdeal(src, echo, rate, procsEnv())
 	}},
 }
 
