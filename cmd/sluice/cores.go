@@ -67,13 +67,23 @@ import (
 // Each change stops the world while the runtime resizes (a median of
 // 24 µs on the benchmark VM), and is logged ("cores") and counted
 // (sluice_cores_changes_total).
+//
+// While sluice is quiet on one core (under coreQuiet of demand in the last
+// tick), it samples every coreQuietTick instead: each wake-up costs
+// (with the sysmon thread's, about 0.1–0.25 ms of CPU on the benchmark
+// VM), which at one connection shaped to 1 MB/s was a fifth of sluice's
+// CPU. A tick that long never counts towards coreUpSpan, so a burst
+// shorter than 75 ms still cannot move it; a sustained load starting in a
+// quiet spell moves it within coreQuietTick + coreUpSpan (250 ms).
 const (
-	coreTick     = 50 * time.Millisecond
-	coreUpSpan   = 150 * time.Millisecond
-	coreDownSpan = 5 * time.Second
-	coreBusy     = 0.5  // cores of CPU time
-	coreFull     = 0.9  // cores of CPU time and run delay
-	coreIdle     = 0.25 // cores of CPU time and run delay
+	coreTick      = 50 * time.Millisecond
+	coreQuietTick = 100 * time.Millisecond
+	coreQuiet     = 0.05 // cores of CPU time and run delay
+	coreUpSpan    = 150 * time.Millisecond
+	coreDownSpan  = 5 * time.Second
+	coreBusy      = 0.5  // cores of CPU time
+	coreFull      = 0.9  // cores of CPU time and run delay
+	coreIdle      = 0.25 // cores of CPU time and run delay
 )
 
 // coreSample is the process's CPU time so far at an instant, and its
@@ -326,8 +336,9 @@ func (g *coreGovernor) busyEachTick(span time.Duration) (coreSample, bool) {
 	end := g.samples[len(g.samples)-1]
 	for i := len(g.samples) - 1; i > 0; i-- {
 		to, from := g.samples[i], g.samples[i-1]
-		if !to.at.After(from.at) || from.cpuTo(to) < coreBusy && from.demandTo(to) < coreFull {
-			return coreSample{}, false
+		if !to.at.After(from.at) || to.at.Sub(from.at) > coreTick*3/2 ||
+			from.cpuTo(to) < coreBusy && from.demandTo(to) < coreFull {
+			return coreSample{}, false // a long tick (quiet, or starved) does not count
 		}
 		if end.at.Sub(from.at) >= span {
 			return from, true
@@ -363,8 +374,21 @@ func (g *coreGovernor) run(ctx context.Context) {
 			// after it when sluice is starved of CPU.
 			coreTicks.Add(1)
 			g.tick(time.Now())
+			t.Reset(g.nextTick())
 		}
 	}
+}
+
+// nextTick is how long until the next sample: coreQuietTick while sluice
+// runs on one core and its last tick's demand was under coreQuiet,
+// coreTick otherwise.
+func (g *coreGovernor) nextTick() time.Duration {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if n := len(g.samples); g.procs == 1 && n >= 2 && g.samples[n-2].demandTo(g.samples[n-1]) < coreQuiet {
+		return coreQuietTick
+	}
+	return coreTick
 }
 
 // coreTicks counts run's wake-ups by its ticker, for tests.

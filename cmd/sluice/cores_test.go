@@ -75,7 +75,7 @@ func (f *fakeCores) spend(cpu, wait float64, d time.Duration) (procs []int, chan
 		if f.at.Equal(f.next) {
 			before := f.current()
 			f.tick(f.at)
-			f.next = f.next.Add(coreTick)
+			f.next = f.next.Add(f.nextTick()) // as run does
 			procs = append(procs, f.current())
 			if f.current() != before && changed.IsZero() {
 				changed = f.at
@@ -111,11 +111,13 @@ func TestCoresAuto(t *testing.T) {
 	if got := f.run(coreBusy*0.9, time.Minute); firstAt(got, 4) >= 0 {
 		t.Fatalf("%.2f cores moved it to every core after %d ticks", coreBusy*0.9, firstAt(got, 4)+1)
 	}
-	// A load of half a core or more moves it within coreUpSpan.
+	// A load of half a core or more moves it within coreUpSpan of whole
+	// ticks: after a quiet spell, the first tick is coreQuietTick long and
+	// does not count.
 	f.run(0, time.Second)
 	got := f.run(0.6, time.Second)
-	if i := firstAt(got, 4); i != int(coreUpSpan/coreTick)-1 {
-		t.Fatalf("0.6 cores: every core after %d ticks (%v), want %d", i+1, got, coreUpSpan/coreTick)
+	if i := firstAt(got, 4); i != int(coreUpSpan/coreTick) {
+		t.Fatalf("0.6 cores: every core after %d ticks (%v), want %d", i+1, got, coreUpSpan/coreTick+1)
 	}
 	if !strings.Contains(f.log.String(), "reason=busy") || !strings.Contains(f.log.String(), "gomaxprocs=4") {
 		t.Errorf("no busy line in the log:\n%s", f.log.String())
@@ -366,7 +368,7 @@ func TestCoresUpWithinSpan(t *testing.T) {
 		{"starved", 0.01, 1.2},
 	}
 	for _, l := range loads {
-		for _, phase := range []time.Duration{0, time.Millisecond, coreTick / 2, coreTick - time.Millisecond} {
+		for _, phase := range []time.Duration{0, time.Millisecond, coreTick / 2, coreTick - time.Millisecond, coreTick, coreQuietTick - time.Millisecond} {
 			t.Run(fmt.Sprintf("%s/%v", l.name, phase), func(t *testing.T) {
 				f := newFakeCores(2, config.CoresAuto)
 				f.spend(0.005, 0, time.Second+phase)
@@ -375,9 +377,11 @@ func TestCoresUpWithinSpan(t *testing.T) {
 				if moved.IsZero() {
 					t.Fatalf("no move in a second of %.2f + %.2f cores", l.cpu, l.wait)
 				}
-				// The tick the load starts in, then coreUpSpan of whole
-				// ticks.
-				if got, want := moved.Sub(start), coreTick-phase+coreUpSpan; got > want || got > 300*time.Millisecond {
+				// The quiet tick the load starts in (or, if the load
+				// began too late in it to make it busy, the next), then
+				// coreUpSpan of whole ticks.
+				late := time.Duration(coreQuiet / (l.cpu + l.wait) * float64(coreQuietTick))
+				if got, want := moved.Sub(start), coreQuietTick+late+coreUpSpan+time.Millisecond; got > want || got > 300*time.Millisecond {
 					t.Errorf("every core %v after the load began, want at most %v", got, want)
 				}
 				if !strings.Contains(f.log.String(), "reason=busy") {
@@ -499,8 +503,14 @@ func TestCoresWaitCounts(t *testing.T) {
 	if f.current() != 1 {
 		t.Fatalf("idle: %d cores, want 1", f.current())
 	}
-	// Busy, then a tick starved of CPU: the wait carries it.
+	// Busy (after the quiet spell's long tick), then a tick starved of
+	// CPU: the wait carries it.
+	f.spend(0.001, 0, f.next.Sub(f.at)) // to a quiet tick: the next is long
+	f.spend(0.6, 0.1, coreQuietTick)    // busy, but long: it does not count
 	f.spend(0.6, 0.1, coreUpSpan-coreTick)
+	if f.current() != 1 {
+		t.Fatalf("%v of busy ticks: %d cores, want still 1", coreUpSpan-coreTick, f.current())
+	}
 	if _, moved := f.spend(0.005, 1.2, coreTick); moved.IsZero() {
 		t.Errorf("busy ticks, then one with 0.005 cores waiting for 1.2 more: %d cores, want 2", f.current())
 	}
@@ -588,5 +598,39 @@ func BenchmarkCoresRead(b *testing.B) {
 	}
 	if tids, err := os.ReadDir("/proc/self/task"); err == nil {
 		b.ReportMetric(float64(len(tids)), "threads")
+	}
+}
+
+// TestCoresQuietTick: while sluice is quiet on one core the governor
+// samples every coreQuietTick (half the wake-ups), every coreTick once
+// there is load or on every core; and a long tick never counts towards
+// coreUpSpan, so a 2-core burst shorter than 75 ms that straddles one
+// does not move it, wherever it falls.
+func TestCoresQuietTick(t *testing.T) {
+	f := newFakeCores(2, config.CoresAuto)
+	f.spend(0.001, 0, time.Second)
+	if got := f.nextTick(); got != coreQuietTick {
+		t.Errorf("quiet: next tick in %v, want %v", got, coreQuietTick)
+	}
+	f.spend(0.2, 0, time.Second)
+	if got := f.nextTick(); got != coreTick {
+		t.Errorf("0.2 cores: next tick in %v, want %v", got, coreTick)
+	}
+	f.spend(1.5, 0, time.Second)
+	if f.current() != 2 {
+		t.Fatalf("1.5 cores: %d cores, want 2", f.current())
+	}
+	f.spend(0.001, 0, coreDownSpan/2)
+	if got := f.nextTick(); got != coreTick {
+		t.Errorf("quiet on every core: next tick in %v, want %v", got, coreTick)
+	}
+	for phase := time.Duration(0); phase < coreQuietTick+coreTick; phase += time.Millisecond {
+		f := newFakeCores(2, config.CoresAuto)
+		f.spend(0.001, 0, time.Second)
+		f.spend(0.001, 0, f.next.Sub(f.at)+phase)
+		f.spend(2, 0, 74*time.Millisecond)
+		if _, moved := f.spend(0.001, 0, time.Second); !moved.IsZero() || f.current() != 1 {
+			t.Fatalf("a 74 ms burst %v after a quiet tick moved it to %d cores", phase, f.current())
+		}
 	}
 }
