@@ -108,6 +108,7 @@ type conn struct {
 	paced      bool         // SO_MAX_PACING_RATE is set on client; guarded by mu
 	overflowed bool         // sent to the overflow upstream in its first exchange (once at most)
 	detached   bool         // client and up are closed, their sockets kept in the pumps' fd (park.go); guarded by mu
+	ended      bool         // finish has begun: limits no longer apply; guarded by mu
 
 	obs *mp4probe.Observer // set at accept when the listener paces MP4
 
@@ -308,6 +309,7 @@ func (c *conn) endEarly(err error) {
 func (c *conn) finish() {
 	result, err := c.result(c.pumps[Up].err, c.pumps[Down].err)
 	c.mu.Lock()
+	c.ended = true // a SetLimits that listed c before forget applies nothing
 	if c.paced {
 		c.paced = false
 		c.srv.pacedConns.Add(-1)

@@ -125,6 +125,9 @@ func (c *conn) applyLimits(lim *ConnLimits) {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.ended {
+		return
+	}
 	c.limits = lim
 	pace := lim.KernelPacing && !lim.Down.Unlimited() && lim.Down.Rate <= maxPacedRate && spliceSupported
 	for d, l := range [2]shaper.Limit{Up: lim.Up, Down: lim.Down} {
