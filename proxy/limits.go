@@ -86,6 +86,26 @@ func kernelSpreads(paceRate uint64, size int, minRTT time.Duration, log int) boo
 	return minRTT > 0 && 4*kernelBurst(paceRate, minRTT, log) <= uint64(size)
 }
 
+// pacedGrantSize is the grant of a down direction paced at rate bytes/s,
+// before the chunk's floor and maxPacedGrant's cap (see docs/shaping.md):
+//   - where the kernel spreads a grant on the client's path (minRTT, and
+//     long: few enough paced connections), pacedLongGrant of the rate;
+//   - else, up to what the shaping loops serve (aheadSize/4, 16 KiB: up to
+//     1.6 MB/s), pacedGrant of the rate, 10 KB at 1 MB/s;
+//   - else, as a grant arrives as one block, unpacedGrant of the rate, but
+//     not under 16 KiB: 50 KB at 10 MB/s, so a 100 ms window holds twenty
+//     grants and stays within ±5%.
+func pacedGrantSize(rate int64, long bool, minRTT time.Duration) int {
+	of := func(d time.Duration) int { return int(rate * int64(d) / int64(time.Second)) }
+	switch {
+	case long && kernelSpreads(pacingRateFor(rate), min(of(pacedLongGrant), maxPacedGrant), minRTT, tsoRTTLog()):
+		return of(pacedLongGrant)
+	case of(pacedGrant) <= aheadSize/4:
+		return of(pacedGrant)
+	}
+	return max(of(unpacedGrant), aheadSize/4)
+}
+
 // unpacedGrant is how much rate a grant covers without kernel pacing: at
 // least one chunk, so from 1.6 MB/s a grant is 5 ms of the rate (500 KB at
 // 100 MB/s). A client receives each grant as one block, so a 100 ms window
@@ -135,16 +155,12 @@ func (c *conn) applyLimits(lim *ConnLimits) {
 		chunk := c.cfg.Chunk
 		switch {
 		case pace && Dir(d) == Down:
-			grant := pacedGrant
-			long := min(int(l.Rate*int64(pacedLongGrant)/int64(time.Second)), maxPacedGrant)
 			others := c.srv.pacedConns.Load()
 			if c.paced {
 				others--
 			}
-			if others < longGrantConns && kernelSpreads(pacingRateFor(l.Rate), long, c.clientMinRTT(), tsoRTTLog()) {
-				grant = pacedLongGrant
-			}
-			chunk = max(chunk, min(int(l.Rate*int64(grant)/int64(time.Second)), maxPacedGrant))
+			size := pacedGrantSize(l.Rate, others < longGrantConns, c.clientMinRTT())
+			chunk = max(chunk, min(size, maxPacedGrant))
 			l.Burst = max(l.Burst, int64(chunk))
 		case !l.Unlimited():
 			chunk = max(chunk, min(int(l.Rate*int64(unpacedGrant)/int64(time.Second)), maxPacedGrant))
