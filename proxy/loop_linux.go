@@ -174,17 +174,6 @@ func (lp *loopState) Serve(served int) shaper.Next {
 	}
 	for range turn {
 		if lp.grant == 0 {
-			if lp.queued == 0 {
-				// Nothing counted is left, so the holder is empty:
-				// count anew, without waiting.
-				p.avail, p.rerr = 0, nil
-				if err := p.srcRaw.Read(lp.peekNow); err != nil || p.avail == 0 {
-					lp.err = err // the pump's own peek sees an end or error again
-					p.dropAhead()
-					return shaper.ServeBack
-				}
-				lp.queued = p.avail
-			}
 			chunk := p.chunk.Load()
 			if p.gate.Load() != lp.gate || chunk > loopMaxGrant {
 				return shaper.ServeBack // a limit the hand-in did not see
@@ -192,6 +181,22 @@ func (lp *loopState) Serve(served int) shaper.Next {
 			size := int(chunk)
 			if lp.g == nil {
 				size = p.linkGrant(size)
+			}
+			if lp.queued < size {
+				// Fewer bytes counted than a grant: count anew, without
+				// waiting. A grant cut to the rest of the last count
+				// (the end of a read-ahead) left one 100 ms window a
+				// part of a grant short and the next as much long.
+				p.avail, p.rerr = 0, nil
+				err := p.srcRaw.Read(lp.peekNow)
+				if held := p.heldN + p.aheadLen - p.aheadOff; err == nil && held+p.avail > lp.queued {
+					lp.queued = held + p.avail
+				}
+				if lp.queued == 0 {
+					lp.err = err // the pump's own peek sees an end or error again
+					p.dropAhead()
+					return shaper.ServeBack
+				}
 			}
 			n := min(lp.queued, size)
 			if lp.g != nil {

@@ -242,6 +242,15 @@ func (p *pump) copySplice() error {
 	queued := 0 // bytes known to be queued on src, counted by the last peek
 	for {
 		avail := queued
+		if chunk := int(p.chunk.Load()); avail > 0 && avail < chunk && (p.taken != nil || len(p.members()) > 0) {
+			// Fewer bytes counted than a shaped grant: count anew,
+			// without waiting, so the grant is not cut to the rest of
+			// the last count (a window short, the next as much long).
+			p.avail, p.rerr = 0, nil
+			if err := p.srcRaw.Read(p.peekNow); err == nil {
+				avail = max(avail, p.heldN+p.aheadLen-p.aheadOff+p.avail)
+			}
+		}
 		if avail == 0 {
 			var err error
 			if avail, err = p.waitReadable(); err != nil {

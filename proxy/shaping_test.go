@@ -440,6 +440,37 @@ func TestPacedGrantFollowsPath(t *testing.T) {
 	})
 }
 
+// TestGrantsWhole: a paced 1 MB/s download is moved in whole 10 KB grants,
+// also where its bytes read ahead run out: a grant cut to the rest of the
+// last count (5,232 bytes once every 64 KiB read ahead) left one 100 ms
+// window short and the next long. On loopback a grant arrives as one
+// block, so every read the client makes is whole grants.
+func TestGrantsWhole(t *testing.T) {
+	defer test.TimeOut(30 * time.Second).Stop()
+	upstream := endless(t)
+	_, addr, _ := startProxy(t, ListenerConfig{Upstream: upstream, Limits: ConnLimits{
+		Down: shaper.Limit{Rate: 1_000_000}, KernelPacing: true,
+	}})
+	c := dial(t, addr)
+	defer c.Close()
+	buf := make([]byte, 1<<20)
+	var reads, total int
+	for end := time.Now().Add(time.Second); time.Now().Before(end); {
+		c.SetReadDeadline(end)
+		n, err := c.Read(buf)
+		if n%10_000 != 0 {
+			t.Errorf("read %d: %d bytes, not whole 10 KB grants", reads, n)
+		}
+		reads, total = reads+1, total+n
+		if err != nil {
+			break
+		}
+	}
+	if total < 500_000 {
+		t.Errorf("%d bytes in a second at 1 MB/s", total)
+	}
+}
+
 // opaqueConn hides *net.TCPConn from the pumps, as a TLS or PROXY-protocol
 // wrapper would, so both directions copy through a buffer instead of
 // splicing. It forwards CloseWrite explicitly (embedding would hide it).
