@@ -13,6 +13,8 @@ import (
 	"unsafe"
 
 	"github.com/pion/transport/v2/test"
+
+	"github.com/sluiceproxy/sluice/shaper"
 )
 
 // startParking serves one listener named "t" in front of upstream, with
@@ -300,6 +302,52 @@ func TestParkedHalfCloseAndReset(t *testing.T) {
 				t.Errorf("%d conns, %d parked directions left", srv.ActiveConns(), srv.ParkedDirections())
 			}
 		})
+	}
+}
+
+// TestDetachedListingAndLimits: while a connection's sockets are detached,
+// the listing still shows its client, and a live rate change with kernel
+// pacing reaches its socket (set on the descriptor, kept when attached
+// again); the bytes then flow at the new rate's pacing.
+func TestDetachedListingAndLimits(t *testing.T) {
+	defer test.TimeOut(30 * time.Second).Stop()
+	checkRoutines(t)
+
+	b := newBackend(t)
+	m := parkModes[1]
+	srv, addr, _ := m.start(t, ListenerConfig{Upstream: b.addr()}, 20*time.Millisecond)
+	client, server := connect(t, addr, b)
+	defer client.Close()
+	defer server.Close()
+	exchange(t, client, server)
+	m.wait(t, srv, 2)
+	conns := srv.Conns()
+	if len(conns) != 1 || conns[0].Client != client.LocalAddr().String() {
+		t.Fatalf("Conns() while detached = %+v, want one from %s", conns, client.LocalAddr())
+	}
+	if err := srv.SetLimits("t", ConnLimits{Down: shaper.Limit{Rate: 5_000_000}, KernelPacing: true}); err != nil {
+		t.Fatal(err)
+	}
+	if n := srv.DetachedConns(); n != 1 {
+		t.Fatalf("%d conns detached after SetLimits, want it still detached", n)
+	}
+	exchange(t, client, server) // attaches them again
+	var sc *net.TCPConn
+	srv.mu.Lock()
+	for c := range srv.conns {
+		c.mu.Lock()
+		sc = c.client
+		c.mu.Unlock()
+	}
+	srv.mu.Unlock()
+	if sc == nil {
+		t.Fatal("no client socket after the conn woke")
+	}
+	if got := pacingRate(t, sc); got != 5_100_000 {
+		t.Errorf("SO_MAX_PACING_RATE set while detached = %d, want 5100000", got)
+	}
+	if n := srv.DetachedConns(); n != 0 {
+		t.Errorf("%d conns detached after bytes moved, want 0", n)
 	}
 }
 
