@@ -96,27 +96,15 @@ func (w *watcher) handle(fd uintptr) bool {
 // p as parked. It reports false if the socket could not be added (p then
 // keeps its goroutine). Requires p.c.mu held (see evicted).
 func (w *watcher) park(p *pump) bool {
-	key := p.parkKey()
 	ok := false
 	err := p.srcRaw.Control(func(fd uintptr) { // fd stays open meanwhile
-		ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT,
-			Fd: int32(uint32(key)), Pad: int32(uint32(key >> 32))}
 		w.mu.Lock()
 		defer w.mu.Unlock()
-		op := unix.EPOLL_CTL_MOD
-		if !p.inSet {
-			op = unix.EPOLL_CTL_ADD
-		}
-		err := unix.EpollCtl(w.epfd, op, int(fd), &ev)
-		if errors.Is(err, unix.ENOENT) && op == unix.EPOLL_CTL_MOD {
-			err = unix.EpollCtl(w.epfd, unix.EPOLL_CTL_ADD, int(fd), &ev)
-		}
-		if err != nil {
+		if w.armLocked(int(fd), p) != nil {
 			return
 		}
-		p.inSet = true
 		p.park.Store(parkParked)
-		w.parked[key] = p
+		w.parked[p.parkKey()] = p
 		ok = true
 	})
 	return err == nil && ok
@@ -169,7 +157,7 @@ func (c *conn) detach() {
 	for d, sc := range socks {
 		fd, err := dupSocket(sc)
 		if err == nil {
-			err = w.watch(fd, &c.pumps[d])
+			err = w.armLocked(fd, &c.pumps[d])
 			if err != nil {
 				unix.Close(fd)
 			}
@@ -249,11 +237,7 @@ func (c *conn) attach() error {
 		// A direction still parked keeps an armed watch, on Go's new
 		// descriptor; the other was started and parks anew when it must.
 		if p.park.CompareAndSwap(parkDetached, parkParked) {
-			_ = p.srcRaw.Control(func(fd uintptr) {
-				if w.armLocked(int(fd), p) == nil {
-					p.inSet = true
-				}
-			})
+			_ = p.srcRaw.Control(func(fd uintptr) { _ = w.armLocked(int(fd), p) })
 			if !p.inSet { // not watched: start it, its wait in Go's poller sees bytes
 				p.park.Store(parkNone)
 				delete(w.parked, p.parkKey())
@@ -269,12 +253,6 @@ func (c *conn) attach() error {
 	return nil
 }
 
-// watch adds fd to the set, armed for one event, under p's key. Requires
-// w.mu held.
-func (w *watcher) watch(fd int, p *pump) error {
-	return w.armLocked(fd, p)
-}
-
 // unwatch takes fd out of the set and closes it. (Closing alone would
 // not take it out while another descriptor of the socket is open.)
 func (w *watcher) unwatch(fd int) {
@@ -282,15 +260,23 @@ func (w *watcher) unwatch(fd int) {
 	unix.Close(fd)
 }
 
-// armLocked adds fd to the set, armed for one event, under p's key (or
-// re-arms it if it is there). Requires w.mu held.
+// armLocked arms fd in the set for one event under p's key: it modifies
+// the entry if p.inSet says fd is there, adds one otherwise (and the other
+// way round if the set says so), and sets p.inSet. Requires w.mu held.
 func (w *watcher) armLocked(fd int, p *pump) error {
 	key := p.parkKey()
 	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT,
 		Fd: int32(uint32(key)), Pad: int32(uint32(key >> 32))}
-	err := unix.EpollCtl(w.epfd, unix.EPOLL_CTL_ADD, fd, &ev)
-	if errors.Is(err, unix.EEXIST) {
-		err = unix.EpollCtl(w.epfd, unix.EPOLL_CTL_MOD, fd, &ev)
+	op, other, miss := unix.EPOLL_CTL_ADD, unix.EPOLL_CTL_MOD, unix.EEXIST
+	if p.inSet {
+		op, other, miss = unix.EPOLL_CTL_MOD, unix.EPOLL_CTL_ADD, unix.ENOENT
+	}
+	err := unix.EpollCtl(w.epfd, op, fd, &ev)
+	if errors.Is(err, miss) {
+		err = unix.EpollCtl(w.epfd, other, fd, &ev)
+	}
+	if err == nil {
+		p.inSet = true
 	}
 	return err
 }

@@ -242,7 +242,7 @@ func (p *pump) copySplice() error {
 	queued := 0 // bytes known to be queued on src, counted by the last peek
 	for {
 		avail := queued
-		if chunk := int(p.chunk.Load()); avail > 0 && avail < chunk && (p.taken != nil || len(p.members()) > 0) {
+		if avail > 0 && (p.taken != nil || len(p.members()) > 0) && avail < int(p.chunk.Load()) {
 			// Fewer bytes counted than a shaped grant: count anew,
 			// without waiting, so the grant is not cut to the rest of
 			// the last count (a window short, the next as much long).
