@@ -174,8 +174,8 @@ func (d *decoder) servers(path string, v any) []Server {
 		}
 		if sm["quota"] != nil {
 			qm := d.object(p+".quota", sm["quota"], "conns", "bytes", "per")
-			s.Quota.Conns = int64(d.integer(p+".quota.conns", qm["conns"], 0, 0, 1<<40))
-			s.Quota.Bytes = d.size(p+".quota.bytes", qm["bytes"], 0, 0, 1<<60)
+			s.Quota.Conns = int64(d.integer(p+".quota.conns", qm["conns"], 0, 1, 1<<40))
+			s.Quota.Bytes = d.size(p+".quota.bytes", qm["bytes"], 0, 1, 1<<60)
 			s.Quota.Per = d.duration(p+".quota.per", qm["per"], 0, true)
 			switch {
 			case qm["conns"] == nil && qm["bytes"] == nil:

@@ -56,6 +56,8 @@ func TestUpstreamErrors(t *testing.T) {
 		{"all backups", "upstreams: {api: {servers: [{address: 'a:1', backup: true}]}}\n" + lst("api"), "upstreams.api.servers: want at least one server that is not a backup"},
 		{"quota without per", "upstreams: {api: {servers: [{address: 'a:1', quota: {conns: 100}}]}}\n" + lst("api"), "upstreams.api.servers[0].quota.per: required"},
 		{"quota empty", "upstreams: {api: {servers: [{address: 'a:1', quota: {per: 1m}}]}}\n" + lst("api"), "upstreams.api.servers[0].quota: want conns or bytes"},
+		{"quota of no conns", "upstreams: {api: {servers: [{address: 'a:1', quota: {conns: 0, per: 1m}}]}}\n" + lst("api"), "upstreams.api.servers[0].quota.conns"},
+		{"quota of no bytes", "upstreams: {api: {servers: [{address: 'a:1', quota: {bytes: 0, per: 1d}}]}}\n" + lst("api"), "upstreams.api.servers[0].quota.bytes"},
 		{"quota bytes unit", "upstreams: {api: {servers: [{address: 'a:1', quota: {bytes: lots, per: 1m}}]}}\n" + lst("api"), "upstreams.api.servers[0].quota.bytes"},
 		{"check type", "upstreams: {api: {servers: ['a:1'], check: {type: icmp}}}\n" + lst("api"), "upstreams.api.check.type: want one of tcp, http"},
 		{"check no type", "upstreams: {api: {servers: ['a:1'], check: {interval: 1s}}}\n" + lst("api"), "upstreams.api.check.type: required"},
