@@ -108,10 +108,16 @@ type moving struct {
 
 // splicePath is the state of the splice path's moves.
 type splicePath struct {
-	lr    io.LimitedReader // reused: R is src, N is set per move
-	ready func(fd uintptr) bool
-	avail int   // set by ready: bytes queued on src
-	rerr  error // set by ready: io.EOF or the socket's error
+	lr     io.LimitedReader // reused: R is src, N is set per move
+	ready  func(fd uintptr) bool
+	readFn func(fd uintptr) bool // m.readSmall, bound once
+	avail  int                   // set by ready: bytes queued on src; by readSmall: bytes in small
+	rerr   error                 // set by ready and readSmall: io.EOF or the socket's error
+	// small is the buffer readSmall read avail bytes into, until they are
+	// written; nil while the pump waits. smallNext: the next wait reads
+	// (readSmall) rather than counts (ready).
+	small     *[]byte
+	smallNext bool
 }
 
 // rawMove is a raw move of a shaped grant in progress (rawio_linux.go).
@@ -139,7 +145,7 @@ type readAhead struct {
 // movings pools the moving state of pumps whose goroutine runs.
 var movings = sync.Pool{New: func() any {
 	m := &moving{}
-	m.ready, m.rawInFn, m.rawOutFn = m.readable, m.rawIn, m.rawOut
+	m.ready, m.readFn, m.rawInFn, m.rawOutFn = m.readable, m.readSmall, m.rawIn, m.rawOut
 	return m
 }}
 
@@ -157,7 +163,7 @@ func (p *pump) takeMoving() {
 func (p *pump) dropMoving() {
 	m := p.moving
 	p.moving = nil
-	*m = moving{splicePath: splicePath{ready: m.ready}, rawMove: rawMove{rawInFn: m.rawInFn, rawOutFn: m.rawOutFn}}
+	*m = moving{splicePath: splicePath{ready: m.ready, readFn: m.readFn}, rawMove: rawMove{rawInFn: m.rawInFn, rawOutFn: m.rawOutFn}}
 	movings.Put(m)
 }
 
@@ -259,6 +265,12 @@ func (p *pump) copySplice() error {
 				}
 				return err
 			}
+			if p.small != nil { // read, not counted: write them
+				if err := p.writeSmall(avail); err != nil {
+					return err
+				}
+				continue
+			}
 		}
 		want, err := p.grant(min(avail, maxMove))
 		if err != nil {
@@ -276,6 +288,7 @@ func (p *pump) copySplice() error {
 		default:
 			p.lr.N = int64(want)
 			n, err = p.dstTCP.ReadFrom(&p.lr) // splice(2) for TCP → TCP
+			p.smallNext = avail < smallRead
 		}
 		if n > 0 {
 			p.moved(n)
@@ -315,7 +328,11 @@ func (p *pump) waitReadable() (int, error) {
 		if parkable {
 			p.park.Store(parkWaiting)
 		}
-		err := p.srcRaw.Read(p.ready)
+		f := p.ready
+		if p.smallNext && p.aheadEmpty() && p.unshaped() {
+			f = p.readFn
+		}
+		err := p.srcRaw.Read(f)
 		if parkable && p.park.Swap(parkNone) == parkEvict {
 			parked, again := p.evicted(err)
 			if parked {
@@ -331,6 +348,56 @@ func (p *pump) waitReadable() (int, error) {
 		return p.avail, p.rerr
 	}
 }
+
+// smallRead is the most an unshaped direction reads into a buffer at once
+// (readSmall) rather than count and splice: a direction whose last move was
+// smaller reads its next bytes at once. A request or an answer of a few KiB
+// then costs a read and a write, where counting it and splicing it through
+// a pipe cost three system calls; a read that fills the buffer sends the
+// next wait back to counting, so a bulk stream is spliced as before.
+const smallRead = 16 << 10
+
+// smallClass is the copy pool of smallRead buffers.
+var smallClass = copyClass(smallRead)
+
+// unshaped reports whether the direction is held back by nothing: no limit
+// and no link.
+func (p *pump) unshaped() bool {
+	g := p.gate.Load()
+	return (g == nil || g.Unlimited()) && len(p.members()) == 0
+}
+
+// writeSmall writes the n bytes readSmall read into p.small, grant by grant
+// if a limit or a link came meanwhile, and gives the buffer back. A read
+// that filled it sends the next wait back to counting (splice).
+func (p *pump) writeSmall(n int) error {
+	b := (*p.small)[:n]
+	p.smallNext = n < smallRead
+	var err error
+	for len(b) > 0 && err == nil {
+		var want, w int
+		if want, err = p.grant(len(b)); err != nil {
+			break
+		}
+		w, err = p.writeAll(b[:want])
+		if w > 0 {
+			p.moved(int64(w))
+		}
+		if w < want {
+			p.refund(want - w)
+		}
+		b = b[w:]
+	}
+	copyPools[smallClass].Put(p.small)
+	p.small = nil
+	if f := smallMoveHook.Load(); f != nil {
+		(*f)(n)
+	}
+	return err
+}
+
+// smallMoveHook, if set, is told of each writeSmall's bytes (tests).
+var smallMoveHook atomic.Pointer[func(n int)]
 
 // grant asks the conn's own gate, if the direction is limited, and then
 // every link the conn crosses, for up to one chunk of the want bytes that

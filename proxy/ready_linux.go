@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -41,6 +42,36 @@ func (m *moving) readable(fd uintptr) bool {
 			m.avail = int(n)
 		}
 		return true
+	}
+}
+
+// readSmall is the RawConn.Read callback of an unshaped direction whose
+// last move was small (smallRead): it reads what src has, up to smallRead,
+// into a pooled buffer (m.small, m.avail bytes), rather than count it. Like
+// readable it reports true with m.rerr set at the end or on failure, and
+// false to wait; a wait holds no buffer.
+func (m *moving) readSmall(fd uintptr) bool {
+	if m.small == nil {
+		m.small = copyPools[smallClass].Get().(*[]byte)
+	}
+	b := (*m.small)[:smallRead]
+	for {
+		n, _, e := unix.RawSyscall(unix.SYS_READ, fd, uintptr(unsafe.Pointer(unsafe.SliceData(b))), uintptr(len(b)))
+		switch {
+		case e == unix.EINTR:
+			continue
+		case e == unix.EAGAIN:
+		case e != 0:
+			m.rerr = os.NewSyscallError("read", e)
+		case n == 0:
+			m.rerr = io.EOF
+		default:
+			m.avail = int(n)
+			return true
+		}
+		copyPools[smallClass].Put(m.small)
+		m.small = nil
+		return e != unix.EAGAIN
 	}
 }
 

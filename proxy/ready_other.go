@@ -12,7 +12,8 @@ import (
 // spliceSupported: elsewhere the pumps copy through a buffer.
 const spliceSupported = false
 
-func (m *moving) readable(fd uintptr) bool { panic("unreachable") }
+func (m *moving) readable(fd uintptr) bool  { panic("unreachable") }
+func (m *moving) readSmall(fd uintptr) bool { panic("unreachable") }
 
 func tsoRTTLog() int                        { return -1 }
 func (c *conn) clientMinRTT() time.Duration { return 0 }

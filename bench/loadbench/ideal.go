@@ -5,11 +5,9 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -35,28 +33,10 @@ var (
 // startIdeal runs this binary as the ideal loop in front of srcAddr, with
 // the environment env (procsEnv's, or envProcs(1) for -rows).
 func startIdeal(srcAddr, echoAddr string, rate int64, env []string) (*proxyProc, error) {
-	a, b, err := freePorts()
-	if err != nil {
-		return nil, err
-	}
-	self, err := os.Executable()
-	if err != nil {
-		return nil, err
-	}
-	cmd := exec.Command(self, "-ideal-proxy", strings.Join([]string{a, b, srcAddr, strconv.FormatInt(rate, 10)}, ","), "-ideal-paced-grant", idealGrant.String(), "-ideal-unpaced-grant", idealUnpaced.String())
-	cmd.Env = env
-	cmd.Stderr = os.Stderr
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		return nil, err
-	}
-	p := &proxyProc{cmd: cmd, target: &target{name: "ideal loop", sourceAddr: a, echoAddr: b,
-		pids: func() []int { return []int{cmd.Process.Pid} }}}
-	if err := waitListening(a, b); err != nil {
-		p.stop()
-		return nil, err
-	}
-	return p, nil
+	return startSelf(idealLoop, env, func(a, b string) []string {
+		return []string{"-ideal-proxy", strings.Join([]string{a, b, srcAddr, strconv.FormatInt(rate, 10)}, ","),
+			"-ideal-paced-grant", idealGrant.String(), "-ideal-unpaced-grant", idealUnpaced.String()}
+	})
 }
 
 // Grant sizes as sluice takes them (proxy/conn.go): 10 ms of the rate when

@@ -104,6 +104,17 @@ type result struct {
 
 func main() {
 	flag.Parse()
+	if *floorRelay != "" || *goRelay != "" {
+		err := runFloorRelay(*floorRelay)
+		if *goRelay != "" {
+			err = runGoRelay(*goRelay)
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "loadbench:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if *idealProxy != "" {
 		if err := runIdealProxy(*idealProxy); err != nil {
 			fmt.Fprintln(os.Stderr, "loadbench:", err)

@@ -22,6 +22,8 @@ import (
 // cores: auto reaches every core. The shaped loopback rows also show the
 // ideal loop on one core ("Go floor"): what a minimal Go shaper pays for
 // the same grants here, beside the goal, which stays sluice against nginx.
+// The latency rows show the floor relay there (floorrelay.go): what one
+// thread that only reads and writes adds to a round trip here.
 
 // rowIdleConns is the idle measurement's size in -rows unless -idle is set.
 const rowIdleConns = 9900
@@ -38,8 +40,10 @@ type rowsRaw struct {
 	Steady map[string][]shapeResult `json:"steady"`
 	Veth   map[string][]shapeResult `json:"veth"`  // by proxy
 	Cores  map[string][]coresResult `json:"cores"` // by "cores 16", "cores 1"
-	Rows   []rowLine                `json:"rows"`
-	Took   map[string]float64       `json:"took_s"` // each measurement's wall time over all runs, s
+	// Latency is the latency rows' runs, by target (latency.go).
+	Latency map[string][]latResult `json:"latency"`
+	Rows    []rowLine              `json:"rows"`
+	Took    map[string]float64     `json:"took_s"` // each measurement's wall time over all runs, s
 }
 
 // rowLine is one printed row.
@@ -78,17 +82,17 @@ const (
 )
 
 func goalRows(idleN int) []row {
-	lat := func(q string, f func(result) float64) row {
+	lat := func(q string, f func(latResult) float64) row {
 		return row{
 			name:  "added round trip " + q + ", 64 B ping-pong (µs over direct)",
 			goal:  "≤ 0.8 × nginx",
-			needs: []string{"core"},
+			needs: []string{"latency"},
 			eval: func(d *rowsRaw) rowLine {
 				added := func(name string) float64 {
-					return medianPaired(d.Core[name], d.Core["direct"], func(t, dr result) float64 { return f(t) - f(dr) })
+					return medianPaired(d.Latency[name], d.Latency["direct"], func(t, dr latResult) float64 { return f(t) - f(dr) })
 				}
-				n, h, s := added("nginx"), added("haproxy"), added("sluice")
-				return rowLine{Nginx: fnum(n, 1), HAProxy: fnum(h, 1), Sluice: fnum(s, 1), Ratio: fratio(s / n), Met: met(s <= 0.8*n, n, s)}
+				n, h, s, fl := added("nginx"), added("haproxy"), added("sluice"), added(floorRelayName)
+				return rowLine{Nginx: fnum(n, 1), HAProxy: fnum(h, 1), Sluice: fnum(s, 1), Floor: fnum(fl, 1), Ratio: fratio(s / n), Met: met(s <= 0.8*n, n, s)}
 			},
 		}
 	}
@@ -163,8 +167,8 @@ func goalRows(idleN int) []row {
 		}
 	}
 	return []row{
-		lat("p50", func(r result) float64 { return r.P50us }),
-		lat("p99", func(r result) float64 { return r.P99us }),
+		lat("p50", func(r latResult) float64 { return r.P50us }),
+		lat("p99", func(r latResult) float64 { return r.P99us }),
 		{
 			name:  fmt.Sprintf("memory per idle connection (KiB RSS, %d idle)", idleN),
 			goal:  "≤ 0.9 × HAProxy, 0 failures",
@@ -278,10 +282,10 @@ func runRows(dir, srcAddr, echoAddr string) error {
 		Setup: map[string]string{"cpus": fmt.Sprint(runtime.NumCPU()), "kernel": kernelRelease(),
 			"nginx": versionOf(*nginxBin, "-v"), "haproxy": versionOf(*haproxyBin, "-v"),
 			"duration": duration.String(), "steady": steadyDuration.String(), "runs": fmt.Sprint(*runs),
-			"go_floor": idealLoop + ", GOMAXPROCS=1"},
+			"go_floor": idealLoop + ", GOMAXPROCS=1; latency rows: " + floorRelayName + ", one thread, its own epoll"},
 		Core: map[string][]result{}, Shape: map[string][]shapeResult{}, Steady: map[string][]shapeResult{},
 		Veth: map[string][]shapeResult{}, Cores: map[string][]coresResult{},
-		Took: map[string]float64{},
+		Latency: map[string][]latResult{}, Took: map[string]float64{},
 	}
 	began := time.Now()
 
@@ -346,6 +350,17 @@ func runRows(dir, srcAddr, echoAddr string) error {
 		if needs["core"] {
 			if err := timed("core", func() error {
 				_, err := coreRun(r, direct, coreStarters(dir, srcAddr, echoAddr), idleN, d.Core)
+				return err
+			}); err != nil {
+				return err
+			}
+		}
+		if needs["latency"] {
+			if err := timed("latency", func() error {
+				res, err := latencyOnce(dir, srcAddr, echoAddr, r)
+				for name, l := range res {
+					d.Latency[name] = append(d.Latency[name], l)
+				}
 				return err
 			}); err != nil {
 				return err
@@ -443,6 +458,16 @@ func runRows(dir, srcAddr, echoAddr string) error {
 		if strings.HasPrefix(k, idealLoop+"|") {
 			fmt.Println("Go floor: the ideal loop (one goroutine, one ticker, sluice's grants) with GOMAXPROCS=1, on the shaped loopback cases")
 			break
+		}
+	}
+	if len(d.Latency) > 0 {
+		fmt.Printf("latency: every target at once, %d pings each in %d interleaved rounds; Go floor: the floor relay (one thread, its own epoll, a read and a write a message)\n", *pings, *latRounds)
+		if g := d.Latency[goRelayName]; len(g) > 0 {
+			added := func(f func(latResult) float64) float64 {
+				return medianPaired(g, d.Latency["direct"], func(t, dr latResult) float64 { return f(t) - f(dr) })
+			}
+			fmt.Printf("latency: a Go relay (two goroutines a connection, Go's poller) added p50 %.1f µs, p99 %.1f µs\n",
+				added(func(r latResult) float64 { return r.P50us }), added(func(r latResult) float64 { return r.P99us }))
 		}
 	}
 	if v := d.Setup["veth"]; v != "" {
