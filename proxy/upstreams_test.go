@@ -87,7 +87,15 @@ func (s *lineServer) serve(c *net.TCPConn) {
 	}
 	switch mode := s.mode.Load().(string); mode {
 	case "ok":
-		fmt.Fprintf(c, "%s %s", s.name, line)
+		// Answered under mu, and no longer kill's to reset: a killed
+		// process's kernel closes a socket whose bytes it has read with
+		// a FIN, so a client that has its answer does not fail.
+		s.mu.Lock()
+		if s.conns[c] {
+			fmt.Fprintf(c, "%s %s", s.name, line)
+			delete(s.conns, c)
+		}
+		s.mu.Unlock()
 	case "reset":
 		_ = c.SetLinger(0)
 	case "429", "503":
@@ -97,14 +105,15 @@ func (s *lineServer) serve(c *net.TCPConn) {
 	}
 }
 
-// kill closes the listener and resets every open connection, as a
-// killed process would.
+// kill closes the listener and resets every open connection that has not
+// been answered, as a killed process would.
 func (s *lineServer) kill() {
 	s.ln.Close()
 	s.mu.Lock()
 	for c := range s.conns {
 		_ = c.(*net.TCPConn).SetLinger(0)
 		c.Close()
+		delete(s.conns, c)
 	}
 	s.mu.Unlock()
 	s.wg.Wait()

@@ -26,18 +26,28 @@ import (
 
 var (
 	floorRelay = flag.String("floor-relay", "", "internal: run the floor relay on listenA,upstreamA,listenB,upstreamB")
+	floorWait  = flag.String("floor-wait", "epoll", "internal: where the floor relay waits: epoll (epoll_wait, its own thread) or poller (Go's network poller)")
 	goRelay    = flag.String("go-relay", "", "internal: run the Go relay on listenA,upstreamA,listenB,upstreamB")
 )
 
 const (
-	floorRelayName = "floor relay"
-	goRelayName    = "go relay"
+	floorRelayName  = "floor relay"
+	pollerRelayName = "floor relay, Go's poller"
+	goRelayName     = "go relay"
 )
 
 // startFloorRelay runs this binary as the floor relay in front of srcAddr
 // and echoAddr, on one core.
 func startFloorRelay(srcAddr, echoAddr string) (*proxyProc, error) {
 	return startRelay(floorRelayName, "-floor-relay", srcAddr, echoAddr)
+}
+
+// startPollerRelay runs this binary as the floor relay waiting in Go's
+// poller, in front of srcAddr and echoAddr, on one core.
+func startPollerRelay(srcAddr, echoAddr string) (*proxyProc, error) {
+	return startSelf(pollerRelayName, envProcs(1), func(a, b string) []string {
+		return []string{"-floor-relay", strings.Join([]string{a, srcAddr, b, echoAddr}, ","), "-floor-wait", "poller"}
+	})
 }
 
 // startGoRelay runs this binary as the Go relay in front of srcAddr and
@@ -86,8 +96,9 @@ type floorPeer struct {
 	ended    bool
 }
 
-// runFloorRelay serves the floor relay until killed.
-func runFloorRelay(spec string) error {
+// runFloorRelay serves the floor relay until killed; viaPoller, waiting in
+// Go's poller rather than in epoll_wait.
+func runFloorRelay(spec string, viaPoller bool) error {
 	f := strings.Split(spec, ",")
 	if len(f) != 4 {
 		return fmt.Errorf("-floor-relay: want listenA,upstreamA,listenB,upstreamB, got %q", spec)
@@ -124,8 +135,33 @@ func runFloorRelay(spec string) error {
 	}
 	buf := make([]byte, 64<<10)
 	events := make([]unix.EpollEvent, 128)
+	wait := func() (int, error) { return unix.EpollWait(ep, events, -1) }
+	if viaPoller {
+		// The set's descriptor in Go's poller (epoll sets nest), as
+		// sluice's park watcher does: the goroutine waits there.
+		runtime.UnlockOSThread()
+		if err := unix.SetNonblock(ep, true); err != nil {
+			return err
+		}
+		raw, err := os.NewFile(uintptr(ep), "epoll").SyscallConn()
+		if err != nil {
+			return err
+		}
+		wait = func() (int, error) {
+			var n int
+			var werr error
+			err := raw.Read(func(fd uintptr) bool {
+				n, werr = unix.EpollWait(int(fd), events, 0)
+				return n != 0 || werr != nil
+			})
+			if err != nil {
+				return 0, err
+			}
+			return n, werr
+		}
+	}
 	for {
-		n, err := unix.EpollWait(ep, events, -1)
+		n, err := wait()
 		if errors.Is(err, unix.EINTR) {
 			continue
 		}

@@ -36,6 +36,7 @@ type latResult struct {
 func latencyOnce(dir, srcAddr, echoAddr string, r int) (map[string]latResult, error) {
 	starters := append(coreStarters(dir, srcAddr, echoAddr),
 		func() (*proxyProc, error) { return startFloorRelay(srcAddr, echoAddr) },
+		func() (*proxyProc, error) { return startPollerRelay(srcAddr, echoAddr) },
 		func() (*proxyProc, error) { return startGoRelay(srcAddr, echoAddr) })
 	targets := []*target{{name: "direct", echoAddr: echoAddr, pids: func() []int { return nil }}}
 	for _, start := range starters {
@@ -102,7 +103,7 @@ func latencyOnce(dir, srcAddr, echoAddr string, r int) (map[string]latResult, er
 		us := func(q float64) float64 { return float64(v[int(q*float64(len(v)-1))]) / 1e3 }
 		l := latResult{P50us: us(0.50), P99us: us(0.99), CPUus: cpu[i] / float64(len(v)) * 1e6}
 		out[t.name] = l
-		fmt.Fprintf(os.Stderr, "run %d latency %-11s p50 %6.1f us  p99 %6.1f us  cpu %5.1f us per round trip\n", r, t.name, l.P50us, l.P99us, l.CPUus)
+		fmt.Fprintf(os.Stderr, "run %d latency %-24s p50 %6.1f us  p99 %6.1f us  cpu %5.1f us per round trip\n", r, t.name, l.P50us, l.P99us, l.CPUus)
 	}
 	return out, nil
 }

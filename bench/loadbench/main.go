@@ -105,9 +105,14 @@ type result struct {
 func main() {
 	flag.Parse()
 	if *floorRelay != "" || *goRelay != "" {
-		err := runFloorRelay(*floorRelay)
-		if *goRelay != "" {
+		var err error
+		switch {
+		case *goRelay != "":
 			err = runGoRelay(*goRelay)
+		case *floorWait == "epoll" || *floorWait == "poller":
+			err = runFloorRelay(*floorRelay, *floorWait == "poller")
+		default:
+			err = fmt.Errorf("-floor-wait: want epoll or poller, got %q", *floorWait)
 		}
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "loadbench:", err)

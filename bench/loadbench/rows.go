@@ -462,12 +462,20 @@ func runRows(dir, srcAddr, echoAddr string) error {
 	}
 	if len(d.Latency) > 0 {
 		fmt.Printf("latency: every target at once, %d pings each in %d interleaved rounds; Go floor: the floor relay (one thread, its own epoll, a read and a write a message)\n", *pings, *latRounds)
-		if g := d.Latency[goRelayName]; len(g) > 0 {
+		for _, ref := range []struct{ name, what string }{
+			{pollerRelayName, "the floor relay waiting in Go's poller instead"},
+			{goRelayName, "a Go relay (two goroutines a connection, Go's poller)"},
+		} {
+			g := d.Latency[ref.name]
+			if len(g) == 0 {
+				continue
+			}
 			added := func(f func(latResult) float64) float64 {
 				return medianPaired(g, d.Latency["direct"], func(t, dr latResult) float64 { return f(t) - f(dr) })
 			}
-			fmt.Printf("latency: a Go relay (two goroutines a connection, Go's poller) added p50 %.1f µs, p99 %.1f µs\n",
-				added(func(r latResult) float64 { return r.P50us }), added(func(r latResult) float64 { return r.P99us }))
+			fmt.Printf("latency: %s added p50 %.1f µs, p99 %.1f µs; CPU %.1f µs a round trip\n", ref.what,
+				added(func(r latResult) float64 { return r.P50us }), added(func(r latResult) float64 { return r.P99us }),
+				medianOf(g, func(r latResult) float64 { return r.CPUus }))
 		}
 	}
 	if v := d.Setup["veth"]; v != "" {
