@@ -4,12 +4,15 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
 	"runtime"
+	"slices"
 	"strings"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -28,6 +31,8 @@ var (
 	floorRelay = flag.String("floor-relay", "", "internal: run the floor relay on listenA,upstreamA,listenB,upstreamB")
 	floorWait  = flag.String("floor-wait", "epoll", "internal: where the floor relay waits: epoll (epoll_wait, its own thread) or poller (Go's network poller)")
 	goRelay    = flag.String("go-relay", "", "internal: run the Go relay on listenA,upstreamA,listenB,upstreamB")
+	floorProbe = flag.Duration("floor-tick-probe", 0, "internal: the floor relay also runs a goroutine that wants to run every millisecond for this long, and prints how late it ran")
+	waitProbe  = flag.Bool("wait-probe", false, "run the floor relay on one core, waiting in epoll_wait and then in Go's poller, under a 64 B ping-pong for -duration × 4, and print how late a goroutine that wants to run every millisecond ran beside it")
 )
 
 const (
@@ -102,6 +107,9 @@ func runFloorRelay(spec string, viaPoller bool) error {
 	f := strings.Split(spec, ",")
 	if len(f) != 4 {
 		return fmt.Errorf("-floor-relay: want listenA,upstreamA,listenB,upstreamB, got %q", spec)
+	}
+	if *floorProbe > 0 {
+		go tickProbe(*floorProbe, map[bool]string{false: "epoll_wait", true: "Go's poller"}[viaPoller])
 	}
 	runtime.LockOSThread()
 	ep, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
@@ -325,4 +333,63 @@ func goRelayConn(c net.Conn, up string) {
 	<-done
 	c.Close()
 	u.Close()
+}
+
+// tickProbe wants to run every millisecond for d and prints, to stderr, how
+// often it ran and how late: what a process's other goroutines get while
+// the floor relay waits as it does.
+func tickProbe(d time.Duration, wait string) {
+	t := time.NewTicker(time.Millisecond)
+	defer t.Stop()
+	var late []time.Duration
+	start := time.Now()
+	last := start
+	for now := range t.C {
+		late = append(late, now.Sub(last)-time.Millisecond)
+		last = now
+		if now.Sub(start) >= d {
+			break
+		}
+	}
+	slices.Sort(late)
+	fmt.Fprintf(os.Stderr, "floor relay waiting in %s: a 1 ms ticker ran %d times in %v, late p50 %v, p99 %v, max %v\n",
+		wait, len(late), d, late[len(late)/2], late[len(late)*99/100], late[len(late)-1])
+}
+
+// runWaitProbe runs the floor relay on one core with the tick probe, first
+// waiting in epoll_wait and then in Go's poller, each under a 64 B
+// ping-pong for -duration × 4 (docs/internals.md, A round trip).
+func runWaitProbe(echoAddr string) error {
+	d := 4 * *duration
+	for _, wait := range []string{"epoll", "poller"} {
+		p, err := startSelf(floorRelayName, envProcs(1), func(a, b string) []string {
+			return []string{"-floor-relay", strings.Join([]string{a, echoAddr, b, echoAddr}, ","), "-floor-wait", wait,
+				"-floor-tick-probe", d.String()}
+		})
+		if err != nil {
+			return err
+		}
+		c, err := net.Dial("tcp", p.echoAddr)
+		if err != nil {
+			p.stop()
+			return err
+		}
+		msg, back := make([]byte, 64), make([]byte, 64)
+		n := 0
+		for end := time.Now().Add(d + 500*time.Millisecond); time.Now().Before(end); n++ {
+			if _, err = c.Write(msg); err == nil {
+				_, err = io.ReadFull(c, back)
+			}
+			if err != nil {
+				break
+			}
+		}
+		c.Close()
+		p.stop()
+		if err != nil {
+			return fmt.Errorf("wait probe, %s: %w", wait, err)
+		}
+		fmt.Fprintf(os.Stderr, "  (%d round trips through it meanwhile)\n", n)
+	}
+	return nil
 }

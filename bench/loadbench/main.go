@@ -174,6 +174,9 @@ func run() error {
 	if *rowsMode {
 		return runRows(dir, src.Addr().String(), echo.Addr().String())
 	}
+	if *waitProbe {
+		return runWaitProbe(echo.Addr().String())
+	}
 	return runCore(dir, src.Addr().String(), echo.Addr().String())
 }
 
