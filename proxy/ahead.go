@@ -155,7 +155,7 @@ func (p *pump) fromAhead(want, avail int) (int, error) {
 	// would send the conn to the back of a link's queue with less than its
 	// share.
 	var err error
-	if held := p.heldN + p.aheadLen - p.aheadOff; held < want && avail > held {
+	if held := p.aheadHeld(); held < want && avail > held {
 		top := min(avail, aheadSize) - held
 		if p.held != nil {
 			// A pipe that holds bytes may be full (its slots, one per
@@ -192,8 +192,22 @@ func (p *pump) fromAhead(want, avail int) (int, error) {
 	return w, err
 }
 
+// aheadHeld is how many bytes are held read ahead.
+func (p *pump) aheadHeld() int { return p.heldN + p.aheadLen - p.aheadOff }
+
 // aheadEmpty reports whether no bytes are held read ahead.
-func (p *pump) aheadEmpty() bool { return p.heldN == 0 && p.aheadOff == p.aheadLen }
+func (p *pump) aheadEmpty() bool { return p.aheadHeld() == 0 }
+
+// recount counts the bytes queued on src anew, without waiting, and
+// returns them with those held read ahead: what the next grant may take.
+// A shaped move recounts when it has counted fewer bytes than a grant, so
+// that the grant is not cut to the rest of the last count (which left one
+// 100 ms window a part of a grant short and the next as much long).
+func (p *pump) recount() (int, error) {
+	p.avail, p.rerr = 0, nil
+	err := p.srcRaw.Read(p.peekFn)
+	return p.aheadHeld() + p.avail, err
+}
 
 // dropAhead gives back the read-ahead buffer or pipe and its budget. Bytes
 // still in it are lost with the conn that is failing.

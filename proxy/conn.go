@@ -544,8 +544,6 @@ func isFDExhausted(err error) bool {
 	return errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE)
 }
 
-// clientAddr is c's peer address, an IPv4-mapped one as IPv4, for
-// admission; the zero value if unknown.
 // clientAddr is clientAddrLocked, taking c.mu.
 func (c *conn) clientAddr() net.Addr {
 	c.mu.Lock()
@@ -553,6 +551,8 @@ func (c *conn) clientAddr() net.Addr {
 	return c.clientAddrLocked()
 }
 
+// clientAddr is c's peer address, an IPv4-mapped one as IPv4, for
+// admission; the zero value if unknown.
 func clientAddr(c *net.TCPConn) netip.AddrPort {
 	a, ok := c.RemoteAddr().(*net.TCPAddr)
 	if !ok {

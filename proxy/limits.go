@@ -182,14 +182,7 @@ func (c *conn) applyLimits(lim *ConnLimits) {
 			// come out 0.1–0.3% short (measured).
 			rate = pacingRateFor(lim.Down.Rate)
 		}
-		var err error
-		switch {
-		case c.client != nil:
-			err = setPacingRate(c.client, rate)
-		case c.detached: // the socket keeps it when attached again
-			err = setPacingFD(c.pumps[Up].fd, rate)
-		}
-		if err != nil {
+		if err := c.setClientPacing(rate); err != nil {
 			c.srv.log.Debug("set pacing rate", slog.Uint64(keyConnID, c.id), slog.Any(keyErr, err))
 		}
 		switch {

@@ -47,13 +47,12 @@ const loopTurn = 16
 type loopState struct {
 	shaper.LoopSlot
 	p       *pump
-	back    chan struct{}         // the loop hands the direction back
-	peekNow func(fd uintptr) bool // p.peekNow, bound once
-	granted func(int)             // the notify of m.Ask, bound once
-	loop    *shaper.Loop          // the loop the conn's id picks, or its link's
-	gap     time.Duration         // between grants of its own gate's
-	queued  int                   // bytes known to be queued on src, read-ahead included
-	err     error                 // what ended the loop's moves
+	back    chan struct{} // the loop hands the direction back
+	granted func(int)     // the notify of m.Ask, bound once
+	loop    *shaper.Loop  // the loop the conn's id picks, or its link's
+	gap     time.Duration // between grants of its own gate's
+	queued  int           // bytes known to be queued on src, read-ahead included
+	err     error         // what ended the loop's moves
 
 	gate  *shaper.Gate   // p.gate at the hand-in: another one hands the direction back
 	g     *shaper.Gate   // the own gate grants come from, or nil
@@ -82,7 +81,7 @@ func (p *pump) runInLoop(queued int) (int, error) {
 	lp := p.lp
 	if lp == nil { // not on every idle conn
 		loops := p.c.srv.loops
-		lp = &loopState{p: p, back: make(chan struct{}, 1), peekNow: p.peekNow, loop: loops[p.c.id%uint64(len(loops))]}
+		lp = &loopState{p: p, back: make(chan struct{}, 1), loop: loops[p.c.id%uint64(len(loops))]}
 		if p.seats != nil {
 			lp.loop = p.seats.loop // grants come from there
 		}
@@ -153,13 +152,6 @@ func (lp *loopState) Granted(n int) {
 	lp.grant, lp.held = n, 0
 }
 
-// peekNow is the RawConn.Read callback of the loop's peek: readable,
-// without waiting.
-func (p *pump) peekNow(fd uintptr) bool {
-	p.readable(fd)
-	return true
-}
-
 // Serve gives the pump up to loopTurn grants (one under a link), in a
 // loop that serves served directions, and says what the loop does next.
 func (lp *loopState) Serve(served int) shaper.Next {
@@ -182,15 +174,10 @@ func (lp *loopState) Serve(served int) shaper.Next {
 			if lp.g == nil {
 				size = p.linkGrant(size)
 			}
-			if lp.queued < size {
-				// Fewer bytes counted than a grant: count anew, without
-				// waiting. A grant cut to the rest of the last count
-				// (the end of a read-ahead) left one 100 ms window a
-				// part of a grant short and the next as much long.
-				p.avail, p.rerr = 0, nil
-				err := p.srcRaw.Read(lp.peekNow)
-				if held := p.heldN + p.aheadLen - p.aheadOff; err == nil && held+p.avail > lp.queued {
-					lp.queued = held + p.avail
+			if lp.queued < size { // fewer counted than a grant
+				n, err := p.recount()
+				if err == nil {
+					lp.queued = max(lp.queued, n)
 				}
 				if lp.queued == 0 {
 					lp.err = err // the pump's own peek sees an end or error again

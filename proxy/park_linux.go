@@ -336,9 +336,3 @@ func peerOf(fd int32) net.Addr {
 	}
 	return nil
 }
-
-// setPacingFD sets SO_MAX_PACING_RATE on a detached socket.
-func setPacingFD(fd int32, rate uint64) error {
-	return os.NewSyscallError("setsockopt SO_MAX_PACING_RATE",
-		unix.SetsockoptUint64(int(fd), unix.SOL_SOCKET, unix.SO_MAX_PACING_RATE, rate))
-}

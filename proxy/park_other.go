@@ -17,7 +17,6 @@ func (w *watcher) close()          {}
 
 func (w *watcher) detachedCount() int { return 0 }
 
-func (c *conn) detach()               { panic("unreachable") }
-func (c *conn) attach() error         { panic("unreachable") }
-func peerOf(int32) net.Addr           { return nil }
-func setPacingFD(int32, uint64) error { return nil }
+func (c *conn) detach()       { panic("unreachable") }
+func (c *conn) attach() error { panic("unreachable") }
+func peerOf(int32) net.Addr   { return nil }

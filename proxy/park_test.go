@@ -49,6 +49,21 @@ type parkMode struct {
 
 var parkModes = []parkMode{{"parked", false}, {"detached", true}}
 
+// idlePair connects a client through addr to b, moves a byte each way,
+// and waits until both directions are idle in m's way. The two ends close
+// with t.
+func (m parkMode) idlePair(t *testing.T, srv *Server, addr string, b *backend) (client, server *net.TCPConn) {
+	t.Helper()
+	client, server = connect(t, addr, b)
+	t.Cleanup(func() {
+		client.Close()
+		server.Close()
+	})
+	exchange(t, client, server)
+	m.wait(t, srv, 2)
+	return client, server
+}
+
 // start is startParking, with sockets detached once both directions of a
 // conn have been parked for twice parkAfter in detach mode, never
 // otherwise.
@@ -92,7 +107,6 @@ func TestParkedThenActive(t *testing.T) {
 	checkRoutines(t)
 	for _, m := range parkModes {
 		t.Run(m.name, func(t *testing.T) {
-
 			b := newBackend(t)
 			srv, addr, logs := m.start(t, ListenerConfig{Upstream: b.addr()}, 20*time.Millisecond)
 			client, server := connect(t, addr, b)
@@ -133,7 +147,6 @@ func TestManyParkedThenBurst(t *testing.T) {
 	checkRoutines(t)
 	for _, m := range parkModes {
 		t.Run(m.name, func(t *testing.T) {
-
 			const conns = 200
 			b := newBackend(t)
 			srv, addr, _ := m.start(t, ListenerConfig{Upstream: b.addr()}, 20*time.Millisecond)
@@ -186,15 +199,10 @@ func TestParkedAborts(t *testing.T) {
 	checkRoutines(t)
 	for _, m := range parkModes {
 		t.Run(m.name, func(t *testing.T) {
-
 			b := newBackend(t)
 			t.Run("idle timeout", func(t *testing.T) {
 				srv, addr, logs := m.start(t, ListenerConfig{Upstream: b.addr(), IdleTimeout: 400 * time.Millisecond}, 20*time.Millisecond)
-				client, server := connect(t, addr, b)
-				defer client.Close()
-				defer server.Close()
-				exchange(t, client, server)
-				m.wait(t, srv, 2)
+				client, _ := m.idlePair(t, srv, addr, b)
 				client.SetReadDeadline(time.Now().Add(5 * time.Second))
 				if n, err := client.Read(make([]byte, 1)); n != 0 || !errors.Is(err, io.EOF) {
 					t.Fatalf("idle client read = %d, %v; want 0, EOF", n, err)
@@ -206,11 +214,7 @@ func TestParkedAborts(t *testing.T) {
 			})
 			t.Run("admin close", func(t *testing.T) {
 				srv, addr, logs := m.start(t, ListenerConfig{Upstream: b.addr()}, 20*time.Millisecond)
-				client, server := connect(t, addr, b)
-				defer client.Close()
-				defer server.Close()
-				exchange(t, client, server)
-				m.wait(t, srv, 2)
+				client, _ := m.idlePair(t, srv, addr, b)
 				conns := srv.Conns()
 				if len(conns) != 1 {
 					t.Fatalf("Conns() = %v, want one", conns)
@@ -226,11 +230,7 @@ func TestParkedAborts(t *testing.T) {
 			})
 			t.Run("shutdown", func(t *testing.T) {
 				srv, addr, logs := m.start(t, ListenerConfig{Upstream: b.addr()}, 20*time.Millisecond)
-				client, server := connect(t, addr, b)
-				defer client.Close()
-				defer server.Close()
-				exchange(t, client, server)
-				m.wait(t, srv, 2)
+				m.idlePair(t, srv, addr, b)
 				ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 				defer cancel()
 				if err := srv.Shutdown(ctx); !errors.Is(err, context.DeadlineExceeded) {
@@ -251,17 +251,12 @@ func TestParkedHalfCloseAndReset(t *testing.T) {
 	checkRoutines(t)
 	for _, m := range parkModes {
 		t.Run(m.name, func(t *testing.T) {
-
 			b := newBackend(t)
 			srv, addr, logs := m.start(t, ListenerConfig{Upstream: b.addr()}, 20*time.Millisecond)
 			for _, end := range bothEnds {
 				t.Run(end.name+" half-closes", func(t *testing.T) {
-					client, server := connect(t, addr, b)
-					defer client.Close()
-					defer server.Close()
+					client, server := m.idlePair(t, srv, addr, b)
 					closer, other := end.pick(client, server)
-					exchange(t, client, server)
-					m.wait(t, srv, 2)
 					if _, err := closer.Write([]byte("last words")); err != nil {
 						t.Fatal(err)
 					}
@@ -283,12 +278,8 @@ func TestParkedHalfCloseAndReset(t *testing.T) {
 			}
 			for _, end := range bothEnds {
 				t.Run(end.name+" resets", func(t *testing.T) {
-					client, server := connect(t, addr, b)
-					defer client.Close()
-					defer server.Close()
+					client, server := m.idlePair(t, srv, addr, b)
 					resetter, other := end.pick(client, server)
-					exchange(t, client, server)
-					m.wait(t, srv, 2)
 					resetter.SetLinger(0)
 					resetter.Close()
 					other.SetReadDeadline(time.Now().Add(5 * time.Second))
@@ -316,11 +307,7 @@ func TestDetachedListingAndLimits(t *testing.T) {
 	b := newBackend(t)
 	m := parkModes[1]
 	srv, addr, _ := m.start(t, ListenerConfig{Upstream: b.addr()}, 20*time.Millisecond)
-	client, server := connect(t, addr, b)
-	defer client.Close()
-	defer server.Close()
-	exchange(t, client, server)
-	m.wait(t, srv, 2)
+	client, server := m.idlePair(t, srv, addr, b)
 	conns := srv.Conns()
 	if len(conns) != 1 || conns[0].Client != client.LocalAddr().String() {
 		t.Fatalf("Conns() while detached = %+v, want one from %s", conns, client.LocalAddr())

@@ -108,8 +108,9 @@ type moving struct {
 
 // splicePath is the state of the splice path's moves.
 type splicePath struct {
-	lr     io.LimitedReader // reused: R is src, N is set per move
-	ready  func(fd uintptr) bool
+	lr     io.LimitedReader      // reused: R is src, N is set per move
+	ready  func(fd uintptr) bool // m.readable, bound once
+	peekFn func(fd uintptr) bool // m.peekNow, bound once
 	readFn func(fd uintptr) bool // m.readSmall, bound once
 	avail  int                   // set by ready: bytes queued on src; by readSmall: bytes in small
 	rerr   error                 // set by ready and readSmall: io.EOF or the socket's error
@@ -145,7 +146,7 @@ type readAhead struct {
 // movings pools the moving state of pumps whose goroutine runs.
 var movings = sync.Pool{New: func() any {
 	m := &moving{}
-	m.ready, m.readFn, m.rawInFn, m.rawOutFn = m.readable, m.readSmall, m.rawIn, m.rawOut
+	m.ready, m.peekFn, m.readFn, m.rawInFn, m.rawOutFn = m.readable, m.peekNow, m.readSmall, m.rawIn, m.rawOut
 	return m
 }}
 
@@ -163,7 +164,7 @@ func (p *pump) takeMoving() {
 func (p *pump) dropMoving() {
 	m := p.moving
 	p.moving = nil
-	*m = moving{splicePath: splicePath{ready: m.ready, readFn: m.readFn}, rawMove: rawMove{rawInFn: m.rawInFn, rawOutFn: m.rawOutFn}}
+	*m = moving{splicePath: splicePath{ready: m.ready, peekFn: m.peekFn, readFn: m.readFn}, rawMove: rawMove{rawInFn: m.rawInFn, rawOutFn: m.rawOutFn}}
 	movings.Put(m)
 }
 
@@ -249,12 +250,8 @@ func (p *pump) copySplice() error {
 	for {
 		avail := queued
 		if avail > 0 && (p.taken != nil || len(p.members()) > 0) && avail < int(p.chunk.Load()) {
-			// Fewer bytes counted than a shaped grant: count anew,
-			// without waiting, so the grant is not cut to the rest of
-			// the last count (a window short, the next as much long).
-			p.avail, p.rerr = 0, nil
-			if err := p.srcRaw.Read(p.peekNow); err == nil {
-				avail = max(avail, p.heldN+p.aheadLen-p.aheadOff+p.avail)
+			if n, err := p.recount(); err == nil { // fewer counted than a grant
+				avail = max(avail, n)
 			}
 		}
 		if avail == 0 {

@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"io"
-	"net"
 	"os"
 	"strconv"
 	"strings"
@@ -45,6 +44,13 @@ func (m *moving) readable(fd uintptr) bool {
 	}
 }
 
+// peekNow is the RawConn.Read callback of a recount (ahead.go): readable,
+// without waiting.
+func (m *moving) peekNow(fd uintptr) bool {
+	m.readable(fd)
+	return true
+}
+
 // readSmall is the RawConn.Read callback of an unshaped direction whose
 // last move was small (smallRead): it reads what src has, up to smallRead,
 // into a pooled buffer (m.small, m.avail bytes), rather than count it. Like
@@ -75,21 +81,35 @@ func (m *moving) readSmall(fd uintptr) bool {
 	}
 }
 
-// setPacingRate sets SO_MAX_PACING_RATE (bytes per second; MaxUint64 means
-// none) on c, so the kernel spaces its packets at that rate.
-func setPacingRate(c *net.TCPConn, rate uint64) error {
-	raw, err := c.SyscallConn()
-	if err != nil {
-		return err
+// setClientPacing sets SO_MAX_PACING_RATE (bytes per second; MaxUint64
+// means none) on the client socket, also while c is detached (the socket
+// keeps it when attached again), so the kernel spaces its packets at that
+// rate. Requires c.mu held.
+func (c *conn) setClientPacing(rate uint64) error {
+	var err error
+	if cerr := c.clientFD(func(fd int) {
+		err = unix.SetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_MAX_PACING_RATE, rate)
+	}); cerr != nil {
+		return cerr
 	}
-	var serr error
-	err = raw.Control(func(fd uintptr) {
-		serr = unix.SetsockoptUint64(int(fd), unix.SOL_SOCKET, unix.SO_MAX_PACING_RATE, rate)
-	})
-	if err != nil {
-		return err
+	return os.NewSyscallError("setsockopt SO_MAX_PACING_RATE", err)
+}
+
+// clientFD runs f on the client socket's descriptor: Go's, or while c is
+// detached its duplicate (park.go). With neither (its sockets were lost)
+// it runs nothing. Requires c.mu held.
+func (c *conn) clientFD(f func(fd int)) error {
+	switch {
+	case c.client != nil:
+		raw, err := c.client.SyscallConn()
+		if err != nil {
+			return err
+		}
+		return raw.Control(func(fd uintptr) { f(int(fd)) })
+	case c.detached:
+		f(int(c.pumps[Up].fd))
 	}
-	return os.NewSyscallError("setsockopt SO_MAX_PACING_RATE", serr)
+	return nil
 }
 
 // tsoRTTLog is net.ipv4.tcp_tso_rtt_log of sluice's network namespace,
@@ -120,17 +140,7 @@ func minRTT(fd int) time.Duration {
 // clientMinRTT is minRTT of the client socket, also while c is detached.
 // Requires c.mu held.
 func (c *conn) clientMinRTT() time.Duration {
-	if c.client == nil {
-		if c.detached {
-			return minRTT(int(c.pumps[Up].fd))
-		}
-		return 0
-	}
-	raw, err := c.client.SyscallConn()
-	if err != nil {
-		return 0
-	}
 	var rtt time.Duration
-	_ = raw.Control(func(fd uintptr) { rtt = minRTT(int(fd)) })
+	_ = c.clientFD(func(fd int) { rtt = minRTT(fd) })
 	return rtt
 }

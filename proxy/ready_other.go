@@ -3,7 +3,6 @@
 package proxy
 
 import (
-	"net"
 	"time"
 
 	"github.com/sluiceproxy/sluice/shaper"
@@ -14,12 +13,13 @@ const spliceSupported = false
 
 func (m *moving) readable(fd uintptr) bool  { panic("unreachable") }
 func (m *moving) readSmall(fd uintptr) bool { panic("unreachable") }
+func (m *moving) peekNow(fd uintptr) bool   { panic("unreachable") }
 
 func tsoRTTLog() int                        { return -1 }
 func (c *conn) clientMinRTT() time.Duration { return 0 }
 
-// setPacingRate: kernel pacing is Linux-only.
-func setPacingRate(c *net.TCPConn, rate uint64) error { return nil }
+// setClientPacing: kernel pacing is Linux-only.
+func (c *conn) setClientPacing(rate uint64) error { return nil }
 
 // The raw moves of rawio_linux.go: the splice path that calls them is
 // Linux-only.
@@ -37,7 +37,6 @@ type pipe struct{}
 func newLoops(int, shaper.Clock) []*shaper.Loop   { return nil }
 func (p *pump) loopable() bool                    { return false }
 func (p *pump) runInLoop(queued int) (int, error) { panic("unreachable") }
-func (p *pump) peekNow(fd uintptr) bool           { panic("unreachable") }
 
 type loopState struct{}
 
