@@ -294,7 +294,7 @@ func pacingRate(t *testing.T, c *net.TCPConn) uint64 {
 }
 
 // TestKernelPacing: with kernel pacing on, the client socket's
-// SO_MAX_PACING_RATE follows the down limit (plus 2% headroom), live; off,
+// SO_MAX_PACING_RATE follows the down limit (plus 0.5% headroom), live; off,
 // it is reset to unlimited.
 func TestKernelPacing(t *testing.T) {
 	b := newBackend(t)
@@ -313,13 +313,13 @@ func TestKernelPacing(t *testing.T) {
 		sc = c.client
 	}
 	srv.mu.Unlock()
-	// The kernel paces 2% above the limit; the gate holds the average.
-	if got := pacingRate(t, sc); got != 5_100_000 {
-		t.Errorf("SO_MAX_PACING_RATE = %d, want 5100000", got)
+	// The kernel paces 0.5% above the limit; the gate holds the average.
+	if got := pacingRate(t, sc); got != 5_025_000 {
+		t.Errorf("SO_MAX_PACING_RATE = %d, want 5025000", got)
 	}
 	srv.SetLimits("t", ConnLimits{Down: shaper.Limit{Rate: 7_000_000}, KernelPacing: true})
-	if got := pacingRate(t, sc); got != 7_140_000 {
-		t.Errorf("after SetLimits: SO_MAX_PACING_RATE = %d, want 7140000", got)
+	if got := pacingRate(t, sc); got != 7_035_000 {
+		t.Errorf("after SetLimits: SO_MAX_PACING_RATE = %d, want 7035000", got)
 	}
 	srv.SetLimits("t", ConnLimits{Down: shaper.Limit{Rate: 7_000_000}})
 	if got := pacingRate(t, sc); got != math.MaxUint64 && got != math.MaxUint32 {
@@ -332,7 +332,7 @@ func TestKernelPacing(t *testing.T) {
 // not on loopback or a LAN (64 KB more below 512 µs of RTT), yes on a path
 // of a few milliseconds, or with tcp_tso_rtt_log 0, or before Linux 5.18.
 func TestKernelBurst(t *testing.T) {
-	const rate = 1_020_000 // 1 MB/s paced 2% above
+	const rate = 1_005_000 // 1 MB/s paced 0.5% above
 	for _, tc := range []struct {
 		name    string
 		rtt     time.Duration
@@ -340,14 +340,14 @@ func TestKernelBurst(t *testing.T) {
 		burst   uint64
 		spreads bool // a 50 KB grant
 	}{
-		{"loopback", 30 * time.Microsecond, 9, 996 + 65536, false},
-		{"LAN", 400 * time.Microsecond, 9, 996 + 65536, false},
-		{"1 ms", time.Millisecond, 9, 996 + 65536>>1, false},
-		{"5 ms", 5 * time.Millisecond, 9, 996 + 65536>>9, true},
-		{"WAN", 40 * time.Millisecond, 9, 996, true},
-		{"loopback, log 0", 30 * time.Microsecond, 0, 996, true},
-		{"before 5.18", 30 * time.Microsecond, -1, 996, true},
-		{"RTT unknown", 0, 0, 996 + 65536, false},
+		{"loopback", 30 * time.Microsecond, 9, 981 + 65536, false},
+		{"LAN", 400 * time.Microsecond, 9, 981 + 65536, false},
+		{"1 ms", time.Millisecond, 9, 981 + 65536>>1, false},
+		{"5 ms", 5 * time.Millisecond, 9, 981 + 65536>>9, true},
+		{"WAN", 40 * time.Millisecond, 9, 981, true},
+		{"loopback, log 0", 30 * time.Microsecond, 0, 981, true},
+		{"before 5.18", 30 * time.Microsecond, -1, 981, true},
+		{"RTT unknown", 0, 0, 981 + 65536, false},
 	} {
 		if got := kernelBurst(rate, tc.rtt, tc.log); got != tc.burst {
 			t.Errorf("%s: kernelBurst = %d, want %d", tc.name, got, tc.burst)

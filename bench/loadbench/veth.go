@@ -2,6 +2,7 @@ package main
 
 import (
 	"errors"
+	"flag"
 	"fmt"
 	"net"
 	"os"
@@ -14,6 +15,8 @@ import (
 
 	"golang.org/x/sys/unix"
 )
+
+var vethSysctl = flag.String("veth-sysctl", "", "-rows: sysctls to set in the veth path's server namespace before the veth rows, comma-separated key=value (e.g. net.ipv4.tcp_congestion_control=cubic,net.ipv4.tcp_min_tso_segs=1)")
 
 // A vethPath is a client and a server on either end of a veth pair
 // between two network namespaces, so that the server's TCP sends as it
@@ -79,6 +82,16 @@ func newVethPath() (*vethPath, error) {
 	} else {
 		v.close()
 		return nil, fmt.Errorf("neither netem nor net.ipv4.tcp_tso_rtt_log: %w", err)
+	}
+	for _, kv := range strings.Split(*vethSysctl, ",") {
+		if kv = strings.TrimSpace(kv); kv == "" {
+			continue
+		}
+		if err := runCmd("ip", "netns", "exec", v.server, "sysctl", "-qw", kv); err != nil {
+			v.close()
+			return nil, fmt.Errorf("-veth-sysctl: %w", err)
+		}
+		notes = append(notes, kv+" in the sender's namespace")
 	}
 	v.setup = "veth MTU 1500, " + strings.Join(notes, ", ")
 	return v, nil
