@@ -1,6 +1,8 @@
 package main
 
 import (
+	"bytes"
+	"encoding/binary"
 	"errors"
 	"flag"
 	"fmt"
@@ -30,14 +32,16 @@ type latResult struct {
 }
 
 // latencyOnce is run r of the latency rows: direct, sluice, nginx, HAProxy
-// (if set) and the floor relay, all started afresh, -pings round trips each
+// (if set), the floor relay (waiting in epoll_wait and in Go's poller), the
+// Go relay and the kernel relay, all started afresh, -pings round trips each
 // after 1,000 warm-up, in -lat-rounds interleaved rounds. It returns each
 // target's figures by name.
 func latencyOnce(dir, srcAddr, echoAddr string, r int) (map[string]latResult, error) {
 	starters := append(coreStarters(dir, srcAddr, echoAddr),
 		func() (*proxyProc, error) { return startFloorRelay(srcAddr, echoAddr) },
 		func() (*proxyProc, error) { return startPollerRelay(srcAddr, echoAddr) },
-		func() (*proxyProc, error) { return startGoRelay(srcAddr, echoAddr) })
+		func() (*proxyProc, error) { return startGoRelay(srcAddr, echoAddr) },
+		func() (*proxyProc, error) { return startKernelRelay(srcAddr, echoAddr) })
 	targets := []*target{{name: "direct", echoAddr: echoAddr, pids: func() []int { return nil }}}
 	for _, start := range starters {
 		p, err := start()
@@ -56,8 +60,16 @@ func latencyOnce(dir, srcAddr, echoAddr string, r int) (map[string]latResult, er
 		defer c.Close()
 		conns[i] = c
 	}
+	// Every ping differs (its number, in every 8 bytes), and its echo must
+	// be the same bytes: a relay that lost, reordered or mixed up bytes
+	// fails the run rather than giving figures.
 	msg, back := make([]byte, 64), make([]byte, 64)
+	var seq uint64
 	ping := func(c net.Conn) (time.Duration, error) {
+		seq++
+		for i := 0; i < len(msg); i += 8 {
+			binary.LittleEndian.PutUint64(msg[i:], seq*8+uint64(i/8))
+		}
 		start := time.Now()
 		if _, err := c.Write(msg); err != nil {
 			return 0, err
@@ -65,7 +77,11 @@ func latencyOnce(dir, srcAddr, echoAddr string, r int) (map[string]latResult, er
 		if _, err := io.ReadFull(c, back); err != nil {
 			return 0, err
 		}
-		return time.Since(start), nil
+		d := time.Since(start)
+		if !bytes.Equal(back, msg) {
+			return 0, fmt.Errorf("ping %d: echo %x, want %x", seq, back, msg)
+		}
+		return d, nil
 	}
 	rounds := max(*latRounds, 1)
 	per := max(*pings/rounds, 1)

@@ -104,9 +104,11 @@ type result struct {
 
 func main() {
 	flag.Parse()
-	if *floorRelay != "" || *goRelay != "" {
+	if *floorRelay != "" || *goRelay != "" || *kernelRelay != "" {
 		var err error
 		switch {
+		case *kernelRelay != "":
+			err = runKernelRelay(*kernelRelay)
 		case *goRelay != "":
 			err = runGoRelay(*goRelay)
 		case *floorWait == "epoll" || *floorWait == "poller":

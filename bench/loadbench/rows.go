@@ -465,6 +465,7 @@ func runRows(dir, srcAddr, echoAddr string) error {
 		for _, ref := range []struct{ name, what string }{
 			{pollerRelayName, "the floor relay waiting in Go's poller instead"},
 			{goRelayName, "a Go relay (two goroutines a connection, Go's poller)"},
+			{kernelRelayName, "the kernel relay (BPF sockhash, stream verdict; CPU: the relay's and every kworker's)"},
 		} {
 			g := d.Latency[ref.name]
 			if len(g) == 0 {
