@@ -47,8 +47,8 @@ func startKernelRelay(srcAddr, echoAddr string) (*proxyProc, error) {
 	}
 	seen := map[int]bool{}
 	var kworkers []int
-	relay := p.target.pids
-	p.target.pids = func() []int {
+	relay := p.pids
+	p.pids = func() []int {
 		for _, pid := range kworkerPids() {
 			if !seen[pid] {
 				seen[pid] = true
