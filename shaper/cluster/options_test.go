@@ -87,7 +87,10 @@ func TestSentinel(t *testing.T) {
 	if testing.Short() {
 		t.Skip("failover takes a few seconds")
 	}
-	master := startRedis(t)
+	// The master sends the replica its first copy at once: by default
+	// Redis waits 5 s (repl-diskless-sync-delay) for more replicas, the
+	// whole of the wait for "replica in sync" below.
+	master := startRedis(t, "--repl-diskless-sync-delay", "0")
 	replica := startRedis(t, "--replicaof", "127.0.0.1", strconv.Itoa(master.port))
 	var sentinels []string
 	for range 3 {
