@@ -124,11 +124,11 @@ const maxPacedRate = 50_000_000
 
 // pacingHeadroomPerMille is how far above the down rate SO_MAX_PACING_RATE
 // is set, in thousandths: enough that the gate, not the kernel's rounding,
-// is the limit on average, and small enough that the kernel never fits one
-// burst more into a 100 ms window than the rate allows. At 1 MB/s a burst
-// is two 1,436-byte segments (2.9% of a window); 2% headroom let a window
-// take one more, 1.038 of the rate, in every run on a veth pair, where
-// 0.5% kept the median run within 0.981–1.014 (docs/shaping.md).
+// is the limit on average, and small enough that at 1 MB/s the kernel
+// cannot fit one burst more into a 100 ms window than the rate allows. A
+// burst there is two 1,436-byte segments (2.9% of a window); 2% headroom
+// let a window take one more, 1.038 of the rate, in every run on a veth
+// pair, where 0.5% kept 4 of 6 runs within 0.981–1.014 (docs/shaping.md).
 const pacingHeadroomPerMille = 5
 
 // pacingRateFor is the SO_MAX_PACING_RATE sluice sets for a down rate.

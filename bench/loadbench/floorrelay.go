@@ -104,32 +104,13 @@ type floorPeer struct {
 // runFloorRelay serves the floor relay until killed; viaPoller, waiting in
 // Go's poller rather than in epoll_wait.
 func runFloorRelay(spec string, viaPoller bool) error {
-	f := strings.Split(spec, ",")
-	if len(f) != 4 {
-		return fmt.Errorf("-floor-relay: want listenA,upstreamA,listenB,upstreamB, got %q", spec)
-	}
 	if *floorProbe > 0 {
 		go tickProbe(*floorProbe, map[bool]string{false: "epoll_wait", true: "Go's poller"}[viaPoller])
 	}
 	runtime.LockOSThread()
-	ep, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	ep, upstreamOf, err := relayListen("-floor-relay", spec)
 	if err != nil {
 		return err
-	}
-	upstreamOf := map[int]*net.TCPAddr{}
-	for i := 0; i < 4; i += 2 {
-		fd, err := floorListen(f[i])
-		if err != nil {
-			return err
-		}
-		up, err := net.ResolveTCPAddr("tcp", f[i+1])
-		if err != nil {
-			return err
-		}
-		upstreamOf[fd] = up
-		if err := unix.EpollCtl(ep, unix.EPOLL_CTL_ADD, fd, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(fd)}); err != nil {
-			return err
-		}
 	}
 	peers := map[int]*floorPeer{}
 	drop := func(p *floorPeer) {
@@ -226,12 +207,45 @@ func floorListen(addr string) (int, error) {
 	return fd, unix.Listen(fd, 4096)
 }
 
-// floorAccept accepts every pending client on ln, connects each to up
-// (blocking: on loopback the handshake completes inside connect), and adds
-// both sockets to the epoll set.
-func floorAccept(ep, ln int, up *net.TCPAddr, peers map[int]*floorPeer) {
+// relayListen is the setup of the reference relays (spec is
+// listenA,upstreamA,listenB,upstreamB, given with flag): an epoll set
+// with a non-blocking listening socket on each listen address, and the
+// upstream of each listening socket.
+func relayListen(flag, spec string) (ep int, upstreamOf map[int]*net.TCPAddr, err error) {
+	f := strings.Split(spec, ",")
+	if len(f) != 4 {
+		return 0, nil, fmt.Errorf("%s: want listenA,upstreamA,listenB,upstreamB, got %q", flag, spec)
+	}
+	if ep, err = unix.EpollCreate1(unix.EPOLL_CLOEXEC); err != nil {
+		return 0, nil, err
+	}
+	upstreamOf = map[int]*net.TCPAddr{}
+	for i := 0; i < 4; i += 2 {
+		fd, err := floorListen(f[i])
+		if err != nil {
+			return 0, nil, err
+		}
+		up, err := net.ResolveTCPAddr("tcp", f[i+1])
+		if err != nil {
+			return 0, nil, err
+		}
+		upstreamOf[fd] = up
+		if err := unix.EpollCtl(ep, unix.EPOLL_CTL_ADD, fd, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(fd)}); err != nil {
+			return 0, nil, err
+		}
+	}
+	return ep, upstreamOf, nil
+}
+
+// acceptPairs accepts every pending client on ln (accept4 with flags) and
+// connects a socket to up for each (blocking: on loopback the handshake
+// completes inside connect), then hands the pair to f. A client whose
+// upstream connection fails is closed.
+func acceptPairs(ln, flags int, up *net.TCPAddr, f func(client, upstream int)) {
+	sa := &unix.SockaddrInet4{Port: up.Port}
+	copy(sa.Addr[:], up.IP.To4())
 	for {
-		c, _, err := unix.Accept4(ln, unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
+		c, _, err := unix.Accept4(ln, flags)
 		if err != nil {
 			return
 		}
@@ -240,13 +254,19 @@ func floorAccept(ep, ln int, up *net.TCPAddr, peers map[int]*floorPeer) {
 			unix.Close(c)
 			continue
 		}
-		sa := &unix.SockaddrInet4{Port: up.Port}
-		copy(sa.Addr[:], up.IP.To4())
 		if err := unix.Connect(u, sa); err != nil {
 			unix.Close(c)
 			unix.Close(u)
 			continue
 		}
+		f(c, u)
+	}
+}
+
+// floorAccept accepts every pending client on ln, connects each to up,
+// and adds both sockets to the epoll set.
+func floorAccept(ep, ln int, up *net.TCPAddr, peers map[int]*floorPeer) {
+	acceptPairs(ln, unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, up, func(c, u int) {
 		unix.SetNonblock(u, true)
 		for _, fd := range []int{c, u} {
 			unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
@@ -254,7 +274,7 @@ func floorAccept(ep, ln int, up *net.TCPAddr, peers map[int]*floorPeer) {
 		}
 		peers[c] = &floorPeer{fd: c, peer: u}
 		peers[u] = &floorPeer{fd: u, peer: c}
-	}
+	})
 }
 
 // floorWrite writes all of b to fd, waiting in poll(2) while it is full.

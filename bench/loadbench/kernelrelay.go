@@ -270,10 +270,6 @@ type kernelSide struct {
 
 // runKernelRelay serves the kernel relay until killed.
 func runKernelRelay(spec string) error {
-	f := strings.Split(spec, ",")
-	if len(f) != 4 {
-		return fmt.Errorf("-kernel-relay: want listenA,upstreamA,listenB,upstreamB, got %q", spec)
-	}
 	peers, err := bpfCreateMap(unix.BPF_MAP_TYPE_HASH, 8, 8, 2*kernelRelayMaxConns)
 	if err != nil {
 		return err
@@ -290,24 +286,9 @@ func runKernelRelay(spec string) error {
 		return err
 	}
 	runtime.LockOSThread()
-	ep, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	ep, upstreamOf, err := relayListen("-kernel-relay", spec)
 	if err != nil {
 		return err
-	}
-	upstreamOf := map[int]*net.TCPAddr{}
-	for i := 0; i < 4; i += 2 {
-		fd, err := floorListen(f[i])
-		if err != nil {
-			return err
-		}
-		up, err := net.ResolveTCPAddr("tcp", f[i+1])
-		if err != nil {
-			return err
-		}
-		upstreamOf[fd] = up
-		if err := unix.EpollCtl(ep, unix.EPOLL_CTL_ADD, fd, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(fd)}); err != nil {
-			return err
-		}
 	}
 	sides := map[int]*kernelSide{}
 	drop := func(s *kernelSide) {
@@ -359,29 +340,12 @@ func runKernelRelay(spec string) error {
 	}
 }
 
-// kernelAccept accepts every pending client on ln, connects each to up
-// (blocking: on loopback the handshake completes inside connect), puts
-// both sockets in the maps and waits for their ends: epoll is asked only
-// for EPOLLRDHUP, so the wake-ups of arriving data pass the relay by. A
-// pair that cannot join the maps is closed.
+// kernelAccept accepts every pending client on ln, connects each to up,
+// puts both sockets in the maps and waits for their ends: epoll is asked
+// only for EPOLLRDHUP, so the wake-ups of arriving data pass the relay by.
+// A pair that cannot join the maps is closed.
 func kernelAccept(ep, ln int, up *net.TCPAddr, peers, socks int, sides map[int]*kernelSide) {
-	for {
-		c, _, err := unix.Accept4(ln, unix.SOCK_CLOEXEC)
-		if err != nil {
-			return
-		}
-		u, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-		if err != nil {
-			unix.Close(c)
-			continue
-		}
-		sa := &unix.SockaddrInet4{Port: up.Port}
-		copy(sa.Addr[:], up.IP.To4())
-		if err := unix.Connect(u, sa); err != nil {
-			unix.Close(c)
-			unix.Close(u)
-			continue
-		}
+	acceptPairs(ln, unix.SOCK_CLOEXEC, up, func(c, u int) {
 		a, b := &kernelSide{fd: c}, &kernelSide{fd: u}
 		a.peer, b.peer = b, a
 		if err := kernelJoin(a, b, peers, socks); err != nil {
@@ -391,13 +355,13 @@ func kernelAccept(ep, ln int, up *net.TCPAddr, peers, socks int, sides map[int]*
 			bpfDelete(peers, unsafe.Pointer(&b.cookie))
 			unix.Close(c)
 			unix.Close(u)
-			continue
+			return
 		}
 		for _, s := range []*kernelSide{a, b} {
 			sides[s.fd] = s
 			unix.EpollCtl(ep, unix.EPOLL_CTL_ADD, s.fd, &unix.EpollEvent{Events: unix.EPOLLRDHUP, Fd: int32(s.fd)})
 		}
-	}
+	})
 }
 
 // kernelJoin puts the pair a (the client's) and b (upstream) in the maps:

@@ -16,7 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-var vethSysctl = flag.String("veth-sysctl", "", "-rows: sysctls to set in the veth path's server namespace before the veth rows, comma-separated key=value (e.g. net.ipv4.tcp_congestion_control=cubic,net.ipv4.tcp_min_tso_segs=1)")
+var vethSysctl = flag.String("veth-sysctl", "", "-rows: sysctls to set in the veth path's server namespace before the veth rows, comma-separated key=value (e.g. net.ipv4.tcp_congestion_control=reno,net.ipv4.tcp_min_tso_segs=1; a namespace may only pick one in net.ipv4.tcp_allowed_congestion_control)")
 
 // A vethPath is a client and a server on either end of a veth pair
 // between two network namespaces, so that the server's TCP sends as it
