@@ -10,6 +10,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 	"unsafe"
 
@@ -265,7 +266,8 @@ type kernelSide struct {
 	cookie uint64
 	base   uint64 // bytes_acked when it joined the map: none of it relayed
 	peer   *kernelSide
-	ended  bool
+	ended  bool // its end was seen (the loop's)
+	passed bool // its end was passed on to peer (the loop's)
 }
 
 // runKernelRelay serves the kernel relay until killed.
@@ -290,6 +292,20 @@ func runKernelRelay(spec string) error {
 	if err != nil {
 		return err
 	}
+	// A side's end is passed on by a goroutine of its own, which waits
+	// for the kernel to have written everything the side received to its
+	// peer; meanwhile the loop serves every other pair. A pair is closed
+	// by the loop, once both ends are passed on: finished sides come back
+	// through passed, and an eventfd in the epoll set wakes the loop.
+	wake, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	if err != nil {
+		return err
+	}
+	if err := unix.EpollCtl(ep, unix.EPOLL_CTL_ADD, wake, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(wake)}); err != nil {
+		return err
+	}
+	var mu sync.Mutex
+	var passed []*kernelSide
 	sides := map[int]*kernelSide{}
 	drop := func(s *kernelSide) {
 		for _, x := range []*kernelSide{s, s.peer} {
@@ -298,7 +314,9 @@ func runKernelRelay(spec string) error {
 			unix.Close(x.fd) // leaves socks by itself
 		}
 	}
+	one := []byte{1, 0, 0, 0, 0, 0, 0, 0}
 	events := make([]unix.EpollEvent, 128)
+	var buf [8]byte
 	for {
 		n, err := unix.EpollWait(ep, events, -1)
 		if errors.Is(err, unix.EINTR) {
@@ -309,40 +327,81 @@ func runKernelRelay(spec string) error {
 		}
 		for _, ev := range events[:n] {
 			fd := int(ev.Fd)
+			if fd == wake {
+				unix.Read(wake, buf[:])
+				mu.Lock()
+				done := passed
+				passed = nil
+				mu.Unlock()
+				for _, s := range done {
+					s.passed = true
+					if s.peer.passed {
+						drop(s)
+					}
+				}
+				continue
+			}
 			if up, ok := upstreamOf[fd]; ok {
 				kernelAccept(ep, fd, up, peers, socks, sides)
 				continue
 			}
 			s := sides[fd]
-			if s == nil {
+			switch {
+			case s == nil:
 				continue // dropped by an earlier event of this batch
-			}
-			if ev.Events&(unix.EPOLLERR|unix.EPOLLHUP) != 0 && ev.Events&unix.EPOLLRDHUP == 0 {
-				drop(s)
+			case ev.Events&unix.EPOLLERR != 0:
+				// Reset: nothing more of the pair's is passed on.
+				// It closes now, or when the goroutines passing
+				// either end on return (they see the reset).
+				for _, x := range []*kernelSide{s, s.peer} {
+					if !x.ended {
+						x.ended, x.passed = true, true
+					}
+				}
+				if s.passed && s.peer.passed {
+					drop(s)
+				}
+				continue
+			case s.ended || ev.Events&(unix.EPOLLRDHUP|unix.EPOLLHUP) == 0:
 				continue
 			}
-			// s has ended: once everything it received has been
-			// written to its peer (by the kernel, which relays
-			// asynchronously), pass the end on.
 			s.ended = true
-			unix.EpollCtl(ep, unix.EPOLL_CTL_DEL, fd, nil)
-			ti, err := unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO)
-			if err == nil {
-				for deadline := time.Now().Add(kernelRelayCloseTimeout); written(s.peer.fd, s.peer.base) < ti.Bytes_received && time.Now().Before(deadline); {
-					time.Sleep(50 * time.Microsecond)
-				}
-			}
-			unix.Shutdown(s.peer.fd, unix.SHUT_WR)
-			if s.peer.ended {
-				drop(s)
-			}
+			go func(s *kernelSide) {
+				passEnd(s)
+				mu.Lock()
+				passed = append(passed, s)
+				mu.Unlock()
+				unix.Write(wake, one)
+			}(s)
 		}
 	}
 }
 
+// passEnd passes the end of s on to its peer with shutdown(2), once the
+// kernel has written everything s received to the peer, or the peer is
+// closed, or kernelRelayCloseTimeout has passed.
+func passEnd(s *kernelSide) {
+	ti, err := unix.GetsockoptTCPInfo(s.fd, unix.IPPROTO_TCP, unix.TCP_INFO)
+	if err == nil {
+		for deadline := time.Now().Add(kernelRelayCloseTimeout); time.Now().Before(deadline); time.Sleep(50 * time.Microsecond) {
+			if written(s.peer.fd, s.peer.base) >= ti.Bytes_received {
+				break
+			}
+			if pi, err := unix.GetsockoptTCPInfo(s.peer.fd, unix.IPPROTO_TCP, unix.TCP_INFO); err != nil || pi.State == tcpClose {
+				break
+			}
+		}
+	}
+	unix.Shutdown(s.peer.fd, unix.SHUT_WR)
+}
+
+// tcpClose is TCP_CLOSE, the state of a socket reset by its peer.
+const tcpClose = 7
+
 // kernelAccept accepts every pending client on ln, connects each to up,
 // puts both sockets in the maps and waits for their ends: epoll is asked
-// only for EPOLLRDHUP, so the wake-ups of arriving data pass the relay by.
+// only for EPOLLRDHUP, edge-triggered (an end, then a reset, wake it once
+// each), so the wake-ups of arriving data pass the relay by.
 // A pair that cannot join the maps is closed.
 func kernelAccept(ep, ln int, up *net.TCPAddr, peers, socks int, sides map[int]*kernelSide) {
 	acceptPairs(ln, unix.SOCK_CLOEXEC, up, func(c, u int) {
@@ -359,7 +418,7 @@ func kernelAccept(ep, ln int, up *net.TCPAddr, peers, socks int, sides map[int]*
 		}
 		for _, s := range []*kernelSide{a, b} {
 			sides[s.fd] = s
-			unix.EpollCtl(ep, unix.EPOLL_CTL_ADD, s.fd, &unix.EpollEvent{Events: unix.EPOLLRDHUP, Fd: int32(s.fd)})
+			unix.EpollCtl(ep, unix.EPOLL_CTL_ADD, s.fd, &unix.EpollEvent{Events: unix.EPOLLRDHUP | unix.EPOLLET, Fd: int32(s.fd)})
 		}
 	})
 }

@@ -57,6 +57,7 @@ var (
 	windows     = flag.Bool("windows", false, "-shape, -links, -rows: also print every 100 ms window after the first second ÷ rate×0.1 s (stderr)")
 	clientMSS   = flag.Int("client-mss", 1448, "-shape: MSS the clients advertise (TCP_MAXSEG), as on an Ethernet path; 0 keeps loopback's 64 KB")
 	proxyProcs  = flag.Int("proxy-procs", 0, "GOMAXPROCS for sluice and the ideal loop; 0 leaves the Go default (every core)")
+	coreRelays  = flag.Bool("relays", false, "core measurement: also measure the floor relay and the kernel relay (BPF; left out with a line on stderr where it is not allowed), references for what a relay costs on this machine")
 	rowsMode    = flag.Bool("rows", false, "print the goals table (latency, idle memory, CPU, windows, errors, kernel pacing on a veth pair, cores) against nginx and HAProxy")
 )
 
@@ -213,8 +214,13 @@ func runCore(dir, srcAddr, echoAddr string) error {
 	return nil
 }
 
+// errSkipped marks a starter's failure that leaves its target out of the
+// run, with a line on stderr, instead of ending it.
+var errSkipped = errors.New("left out")
+
 // coreStarters returns a starter for each proxy the core measurement
-// compares: sluice, nginx (unless -nginx is empty), HAProxy (if -haproxy is set).
+// compares: sluice, nginx (unless -nginx is empty), HAProxy (if -haproxy is
+// set), and with -relays the floor relay and the kernel relay.
 func coreStarters(dir, srcAddr, echoAddr string) []func() (*proxyProc, error) {
 	starters := []func() (*proxyProc, error){
 		func() (*proxyProc, error) { return startSluice(dir, srcAddr, echoAddr, "") },
@@ -230,6 +236,17 @@ func coreStarters(dir, srcAddr, echoAddr string) []func() (*proxyProc, error) {
 	}
 	if *haproxyBin != "" {
 		starters = append(starters, func() (*proxyProc, error) { return startHAProxyCore(dir, srcAddr, echoAddr) })
+	}
+	if *coreRelays {
+		starters = append(starters,
+			func() (*proxyProc, error) { return startFloorRelay(srcAddr, echoAddr) },
+			func() (*proxyProc, error) {
+				p, err := startKernelRelay(srcAddr, echoAddr)
+				if err != nil {
+					err = fmt.Errorf("%w: %w", errSkipped, err)
+				}
+				return p, err
+			})
 	}
 	return starters
 }
@@ -256,6 +273,10 @@ func coreRun(r int, direct *target, starters []func() (*proxyProc, error), idleN
 	record(direct, res)
 	for _, start := range starters {
 		p, err := start()
+		if errors.Is(err, errSkipped) {
+			fmt.Fprintf(os.Stderr, "loadbench: run %d: %v\n", r, err)
+			continue
+		}
 		if err != nil {
 			return nil, err
 		}
@@ -290,12 +311,16 @@ func report(targets []*target, all map[string][]result) {
 	}
 	d := med["direct"]
 	fmt.Printf("\nmedian of %d runs (%s per throughput measurement, %d pings, %d idle conns)\n", *runs, *duration, *pings, *idleConns)
-	fmt.Printf("%-7s %10s %6s %10s %6s %9s %9s %8s %8s %8s %8s %9s %8s\n",
+	w := 7
+	for _, t := range targets {
+		w = max(w, len(t.name))
+	}
+	fmt.Printf("%-*s %10s %6s %10s %6s %9s %9s %8s %8s %8s %8s %9s %8s\n", w,
 		"target", "1x MB/s", "ratio", "16x MB/s", "ratio", "cpu1 s/GB", "cpu16s/GB", "p50 us", "p99 us", "+p50 us", "+p99 us", "idle KiB", "idle fd")
 	for _, t := range targets {
 		r := med[t.name]
-		fmt.Printf("%-7s %10.0f %6.2f %10.0f %6.2f %9.3f %9.3f %8.1f %8.1f %8.1f %8.1f %9.2f %8.2f\n",
-			r.Target, r.Stream1MBps, r.Stream1MBps/d.Stream1MBps, r.Stream16MBs, r.Stream16MBs/d.Stream16MBs,
+		fmt.Printf("%-*s %10.0f %6.2f %10.0f %6.2f %9.3f %9.3f %8.1f %8.1f %8.1f %8.1f %9.2f %8.2f\n",
+			w, r.Target, r.Stream1MBps, r.Stream1MBps/d.Stream1MBps, r.Stream16MBs, r.Stream16MBs/d.Stream16MBs,
 			r.CPUsPerGB1, r.CPUsPerGB16, r.P50us, r.P99us, r.P50us-d.P50us, r.P99us-d.P99us, r.IdleRSSKiB, r.IdleFDs)
 	}
 }
