@@ -239,7 +239,7 @@ func measureLink(t *target, c linkCase) (linkResult, error) {
 		moved += agg[k]
 	}
 	var res linkResult
-	res.First, res.ErrPct, res.MinWin, res.MaxWin = arrivalFigures(agg, float64(c.rate))
+	res.First, res.ErrPct, res.MinWin, res.MaxWin = arrivalFigures(agg, float64(c.rate), "windows")
 	var all []arrival
 	for _, rs := range reads {
 		all = append(all, *rs...)

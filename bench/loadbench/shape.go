@@ -30,11 +30,18 @@ var shapeCases = []shapeCase{
 
 // shapeResult holds one case's figures, over the aggregate of its conns.
 type shapeResult struct {
-	ErrPct   float64 // steady rate after the first second vs the limit, %
-	FitErr   float64 // the same, from the slope of a least-squares fit of bytes received over time, %
-	First    float64 // bytes in the first second ÷ rate
-	MinWin   float64 // lowest 100 ms window after the first second ÷ rate×0.1 s
-	MaxWin   float64 // highest
+	ErrPct float64 // steady rate after the first second vs the limit, %
+	FitErr float64 // the same, from the slope of a least-squares fit of bytes received over time, %
+	First  float64 // bytes in the first second ÷ rate
+	MinWin float64 // lowest 100 ms window after the first second ÷ rate×0.1 s
+	MaxWin float64 // highest
+	// KMinWin and KMaxWin are MinWin and MaxWin with each read's bytes
+	// counted when the client's kernel received the last of them
+	// (SO_TIMESTAMPNS), not when the read returned, so that a client
+	// scheduled late does not move bytes from one window to the next;
+	// 0 where the stamps are not available.
+	KMinWin  float64 `json:",omitempty"`
+	KMaxWin  float64 `json:",omitempty"`
 	CPUPerGB float64
 	SysPerGB float64 // the system-time part of CPUPerGB
 }
@@ -145,8 +152,12 @@ func shapeOnce(dir, srcAddr, echoAddr string, t shaperTarget, c shapeCase, r int
 
 // printShapeRun prints one run's figures of a shaping case to stderr.
 func printShapeRun(r int, caseName, proxy string, res shapeResult, moves string) {
-	fmt.Fprintf(os.Stderr, "run %d %-18s %-18s err %+7.3f%% (fit %+.4f%%)  first %.3f  win %.3f..%.3f  cpu %.3f s/GB (sys %.3f)%s\n",
-		r, caseName, proxy, res.ErrPct, res.FitErr, res.First, res.MinWin, res.MaxWin, res.CPUPerGB, res.SysPerGB, moves)
+	kwin := ""
+	if res.KMinWin > 0 {
+		kwin = fmt.Sprintf(" (kernel arrival %.3f..%.3f)", res.KMinWin, res.KMaxWin)
+	}
+	fmt.Fprintf(os.Stderr, "run %d %-18s %-18s err %+7.3f%% (fit %+.4f%%)  first %.3f  win %.3f..%.3f%s  cpu %.3f s/GB (sys %.3f)%s\n",
+		r, caseName, proxy, res.ErrPct, res.FitErr, res.First, res.MinWin, res.MaxWin, kwin, res.CPUPerGB, res.SysPerGB, moves)
 }
 
 // shaperNamed returns the shaperTarget called name.
@@ -170,6 +181,7 @@ func measureShape(t *target, c shapeCase) (shapeResult, error) {
 	total := time.Second + *duration
 	nbins := int(total/binWidth) + 1
 	bins := make([][]int64, c.conns)
+	kbins := make([][]int64, c.conns) // by the client kernel's arrival stamp; [0] -1: none
 	reads := make([][]arrival, c.conns)
 	conns := make([]net.Conn, c.conns)
 	starts := make([]time.Time, c.conns) // each conn's clock starts at its own dial
@@ -189,16 +201,30 @@ func measureShape(t *target, c shapeCase) (shapeResult, error) {
 	var wg sync.WaitGroup
 	for i, conn := range conns {
 		wg.Add(1)
-		go func(b []int64, rs *[]arrival, conn net.Conn, start time.Time) {
+		kbins[i] = make([]int64, nbins)
+		go func(b, kb []int64, rs *[]arrival, conn net.Conn, start time.Time) {
 			defer wg.Done()
 			defer conn.Close()
+			read, stamped := plainReader(conn), false
+			if *arrivalStamps {
+				read, stamped = stampedReader(conn)
+			}
+			if !stamped {
+				kb[0] = -1
+			}
 			buf := make([]byte, 256<<10)
+			if stamped {
+				buf = buf[:stampedRead]
+			}
 			conn.SetReadDeadline(start.Add(total))
 			for {
-				n, err := conn.Read(buf)
+				n, at, err := read(buf)
 				now := time.Now()
 				if k := int(now.Sub(start) / binWidth); k < len(b) {
 					b[k] += int64(n)
+				}
+				if k := int(at.Sub(start) / binWidth); stamped && n > 0 && k >= 0 && k < len(kb) {
+					kb[k] += int64(n)
 				}
 				if n > 0 {
 					*rs = append(*rs, arrival{now, n})
@@ -207,7 +233,7 @@ func measureShape(t *target, c shapeCase) (shapeResult, error) {
 					return // the read deadline ends the case
 				}
 			}
-		}(bins[i], &reads[i], conn, starts[i])
+		}(bins[i], kbins[i], &reads[i], conn, starts[i])
 	}
 	wg.Wait()
 	user1, sys1 := cpuTimes(t.pids())
@@ -222,7 +248,10 @@ func measureShape(t *target, c shapeCase) (shapeResult, error) {
 	}
 	var res shapeResult
 	rate := float64(c.rate) * float64(c.conns)
-	res.First, res.ErrPct, res.MinWin, res.MaxWin = arrivalFigures(agg, rate)
+	res.First, res.ErrPct, res.MinWin, res.MaxWin = arrivalFigures(agg, rate, "windows")
+	if kagg, ok := sumBins(kbins, nbins); ok {
+		_, _, res.KMinWin, res.KMaxWin = arrivalFigures(kagg, rate, "windows (kernel arrival)")
+	}
 	// Steady from the last conn's first second to the first conn's end.
 	res.FitErr = (fitRate(slices.Concat(reads...), starts[len(starts)-1].Add(time.Second), starts[0].Add(total))/rate - 1) * 100
 	if moved > 0 {
@@ -290,7 +319,7 @@ func dialClient(addr string) (net.Conn, error) {
 // start of a case (1 s warm-up, then -duration steady) against rate: bytes
 // in the first second ÷ rate, the steady error in %, and the lowest and
 // highest 100 ms window after the first second ÷ rate × 0.1 s.
-func arrivalFigures(agg []int64, rate float64) (first, errPct, minWin, maxWin float64) {
+func arrivalFigures(agg []int64, rate float64, label string) (first, errPct, minWin, maxWin float64) {
 	perSec := int(time.Second / binWidth)
 	sum := func(from, to int) (s int64) {
 		for _, v := range agg[min(from, len(agg)):min(to, len(agg))] {
@@ -310,7 +339,27 @@ func arrivalFigures(agg []int64, rate float64) (first, errPct, minWin, maxWin fl
 		ws = append(ws, fmt.Sprintf("%.3f", w))
 	}
 	if *windows {
-		fmt.Fprintln(os.Stderr, "windows:", strings.Join(ws, " "))
+		fmt.Fprintf(os.Stderr, "%s: %s\n", label, strings.Join(ws, " "))
 	}
 	return first, errPct, minWin, maxWin
+}
+
+// stampedRead is the most a read asks for when it is stamped with the
+// kernel's arrival time: about one Ethernet segment, so that one read's
+// bytes arrived together.
+const stampedRead = 1448
+
+// sumBins adds per-connection bins; ok is false if any connection had no
+// arrival stamps (its [0] is -1).
+func sumBins(bins [][]int64, n int) (agg []int64, ok bool) {
+	agg = make([]int64, n)
+	for _, b := range bins {
+		if len(b) == 0 || b[0] < 0 {
+			return nil, false
+		}
+		for k, v := range b {
+			agg[k] += v
+		}
+	}
+	return agg, true
 }
