@@ -428,7 +428,10 @@ func kernelAccept(ep, ln int, up *net.TCPAddr, peers, socks int, sides map[int]*
 // meets a peer not there yet. What the client sent before its socket
 // joined waits in the socket's receive queue, where the verdict program
 // does not see it; setting SO_RCVLOWAT makes TCP signal data ready, which
-// runs it through the program, in order, ahead of anything later.
+// runs it through the program, in order, ahead of anything later. The
+// same goes for the upstream socket: a backend that speaks first (a
+// download) may have filled its receive buffer before the join, and then
+// sends nothing more that would.
 func kernelJoin(a, b *kernelSide, peers, socks int) error {
 	for _, s := range []*kernelSide{a, b} {
 		var err error
@@ -453,5 +456,10 @@ func kernelJoin(a, b *kernelSide, peers, socks int) error {
 			return fmt.Errorf("bpf sockhash update: %w", err)
 		}
 	}
-	return unix.SetsockoptInt(a.fd, unix.SOL_SOCKET, unix.SO_RCVLOWAT, 1)
+	for _, s := range []*kernelSide{a, b} {
+		if err := unix.SetsockoptInt(s.fd, unix.SOL_SOCKET, unix.SO_RCVLOWAT, 1); err != nil {
+			return err
+		}
+	}
+	return nil
 }
