@@ -148,7 +148,7 @@ func idealDial(c net.Conn, upstream string, rate int64, paced bool) (*idealConn,
 		ic.ufd, err = fd(up)
 	}
 	if err == nil && paced {
-		err = unix.SetsockoptUint64(ic.cfd, unix.SOL_SOCKET, unix.SO_MAX_PACING_RATE, uint64(rate)*102/100)
+		err = unix.SetsockoptUint64(ic.cfd, unix.SOL_SOCKET, unix.SO_MAX_PACING_RATE, uint64(rate)*1005/1000) // sluice's 0.5% headroom
 	}
 	var p [2]int
 	if err == nil {
