@@ -181,7 +181,7 @@ func measureShape(t *target, c shapeCase) (shapeResult, error) {
 	total := time.Second + *duration
 	nbins := int(total/binWidth) + 1
 	bins := make([][]int64, c.conns)
-	kbins := make([][]int64, c.conns) // by the client kernel's arrival stamp; [0] -1: none
+	kbins := make([][]int64, c.conns) // by the client kernel's arrival stamp (-stamps); nil: none
 	reads := make([][]arrival, c.conns)
 	conns := make([]net.Conn, c.conns)
 	starts := make([]time.Time, c.conns) // each conn's clock starts at its own dial
@@ -201,20 +201,17 @@ func measureShape(t *target, c shapeCase) (shapeResult, error) {
 	var wg sync.WaitGroup
 	for i, conn := range conns {
 		wg.Add(1)
-		kbins[i] = make([]int64, nbins)
-		go func(b, kb []int64, rs *[]arrival, conn net.Conn, start time.Time) {
+		go func(b []int64, kb *[]int64, rs *[]arrival, conn net.Conn, start time.Time) {
 			defer wg.Done()
 			defer conn.Close()
 			read, stamped := plainReader(conn), false
 			if *arrivalStamps {
 				read, stamped = stampedReader(conn)
 			}
-			if !stamped {
-				kb[0] = -1
-			}
 			buf := make([]byte, 256<<10)
 			if stamped {
 				buf = buf[:stampedRead]
+				*kb = make([]int64, len(b))
 			}
 			conn.SetReadDeadline(start.Add(total))
 			for {
@@ -223,8 +220,8 @@ func measureShape(t *target, c shapeCase) (shapeResult, error) {
 				if k := int(now.Sub(start) / binWidth); k < len(b) {
 					b[k] += int64(n)
 				}
-				if k := int(at.Sub(start) / binWidth); stamped && n > 0 && k >= 0 && k < len(kb) {
-					kb[k] += int64(n)
+				if k := int(at.Sub(start) / binWidth); n > 0 && k >= 0 && k < len(*kb) {
+					(*kb)[k] += int64(n)
 				}
 				if n > 0 {
 					*rs = append(*rs, arrival{now, n})
@@ -233,7 +230,7 @@ func measureShape(t *target, c shapeCase) (shapeResult, error) {
 					return // the read deadline ends the case
 				}
 			}
-		}(bins[i], kbins[i], &reads[i], conn, starts[i])
+		}(bins[i], &kbins[i], &reads[i], conn, starts[i])
 	}
 	wg.Wait()
 	user1, sys1 := cpuTimes(t.pids())
@@ -349,12 +346,12 @@ func arrivalFigures(agg []int64, rate float64, label string) (first, errPct, min
 // bytes arrived together.
 const stampedRead = 1448
 
-// sumBins adds per-connection bins; ok is false if any connection had no
-// arrival stamps (its [0] is -1).
+// sumBins adds per-connection bins; ok is false if any connection has
+// none (no arrival stamps).
 func sumBins(bins [][]int64, n int) (agg []int64, ok bool) {
 	agg = make([]int64, n)
 	for _, b := range bins {
-		if len(b) == 0 || b[0] < 0 {
+		if b == nil {
 			return nil, false
 		}
 		for k, v := range b {
