@@ -13,7 +13,7 @@ import (
 type ConnLimits struct {
 	// Up is client → upstream; Down is upstream → client.
 	Up, Down shaper.Limit
-	// KernelPacing also sets SO_MAX_PACING_RATE 2% above Down.Rate on the
+	// KernelPacing also sets SO_MAX_PACING_RATE 0.5% above Down.Rate on the
 	// client socket (Linux, up to 50 MB/s) and takes 10 ms grants instead
 	// of 5 ms ones. On a path with a minimum RTT of a few milliseconds or
 	// more the kernel then spaces each grant's packets at the rate; on

@@ -61,6 +61,19 @@ func startKernelRelay(srcAddr, echoAddr string) (*proxyProc, error) {
 	return p, nil
 }
 
+// kernelRelayStarter starts the kernel relay; where BPF is not allowed
+// (no root, or no CAP_BPF and CAP_NET_ADMIN) its error wraps errSkipped,
+// and the measurement goes on without it.
+func kernelRelayStarter(srcAddr, echoAddr string) func() (*proxyProc, error) {
+	return func() (*proxyProc, error) {
+		p, err := startKernelRelay(srcAddr, echoAddr)
+		if err != nil {
+			err = fmt.Errorf("%w: %s: %w", errSkipped, kernelRelayName, err)
+		}
+		return p, err
+	}
+}
+
 // kworkerPids lists the kernel's workqueue threads.
 func kworkerPids() []int {
 	ents, err := os.ReadDir("/proc")

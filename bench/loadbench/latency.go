@@ -40,21 +40,18 @@ func latencyOnce(dir, srcAddr, echoAddr string, r int) (map[string]latResult, er
 	starters := append(coreStarters(dir, srcAddr, echoAddr),
 		func() (*proxyProc, error) { return startFloorRelay(srcAddr, echoAddr) },
 		func() (*proxyProc, error) { return startPollerRelay(srcAddr, echoAddr) },
-		func() (*proxyProc, error) { return startGoRelay(srcAddr, echoAddr) })
+		func() (*proxyProc, error) { return startGoRelay(srcAddr, echoAddr) },
+		kernelRelayStarter(srcAddr, echoAddr))
 	targets := []*target{{name: "direct", echoAddr: echoAddr, pids: func() []int { return nil }}}
 	for _, start := range starters {
 		p, err := start()
+		if errors.Is(err, errSkipped) {
+			fmt.Fprintf(os.Stderr, "loadbench: run %d: %v\n", r, err)
+			continue
+		}
 		if err != nil {
 			return nil, err
 		}
-		defer p.stop()
-		targets = append(targets, p.target)
-	}
-	// The kernel relay needs BPF (root, or CAP_BPF and CAP_NET_ADMIN):
-	// without it the rows go on and its line says why it is missing.
-	if p, err := startKernelRelay(srcAddr, echoAddr); err != nil {
-		fmt.Fprintf(os.Stderr, "loadbench: run %d: no kernel relay: %v\n", r, err)
-	} else {
 		defer p.stop()
 		targets = append(targets, p.target)
 	}

@@ -196,6 +196,11 @@ func median[R any](rs []R, f func(R) float64) float64 {
 func runCore(dir, srcAddr, echoAddr string) error {
 	direct := &target{name: "direct", sourceAddr: srcAddr, echoAddr: echoAddr, pids: func() []int { return nil }}
 	starters := coreStarters(dir, srcAddr, echoAddr)
+	if *coreRelays {
+		starters = append(starters,
+			func() (*proxyProc, error) { return startFloorRelay(srcAddr, echoAddr) },
+			kernelRelayStarter(srcAddr, echoAddr))
+	}
 	all := map[string][]result{}
 	var targets []*target
 	for r := 1; r <= *runs; r++ {
@@ -220,7 +225,7 @@ var errSkipped = errors.New("left out")
 
 // coreStarters returns a starter for each proxy the core measurement
 // compares: sluice, nginx (unless -nginx is empty), HAProxy (if -haproxy is
-// set), and with -relays the floor relay and the kernel relay.
+// set).
 func coreStarters(dir, srcAddr, echoAddr string) []func() (*proxyProc, error) {
 	starters := []func() (*proxyProc, error){
 		func() (*proxyProc, error) { return startSluice(dir, srcAddr, echoAddr, "") },
@@ -236,17 +241,6 @@ func coreStarters(dir, srcAddr, echoAddr string) []func() (*proxyProc, error) {
 	}
 	if *haproxyBin != "" {
 		starters = append(starters, func() (*proxyProc, error) { return startHAProxyCore(dir, srcAddr, echoAddr) })
-	}
-	if *coreRelays {
-		starters = append(starters,
-			func() (*proxyProc, error) { return startFloorRelay(srcAddr, echoAddr) },
-			func() (*proxyProc, error) {
-				p, err := startKernelRelay(srcAddr, echoAddr)
-				if err != nil {
-					err = fmt.Errorf("%w: %w", errSkipped, err)
-				}
-				return p, err
-			})
 	}
 	return starters
 }
