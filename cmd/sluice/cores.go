@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"io"
 	"log/slog"
 	"os"
 	"runtime"
@@ -62,7 +61,9 @@ import (
 // process starved of CPU gets almost none, as it did for 70 ms in one of
 // those runs. A sample is one getrusage and one pread of each thread's
 // schedstat, which it keeps open: about 10 µs with 5 threads, a
-// fortieth of a millisecond of CPU a second.
+// fortieth of a millisecond of CPU a second. On Linux these are raw
+// system calls (sampling_linux.go), which do not wake the runtime's
+// sysmon thread.
 //
 // Each change stops the world while the runtime resizes (a median of
 // 24 µs on the benchmark VM), and is logged ("cores") and counted
@@ -398,7 +399,7 @@ var coreTicks atomic.Int64
 // system.
 func processCPU() (time.Duration, bool) {
 	var ru syscall.Rusage
-	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
+	if getrusageSelf(&ru) != nil {
 		return 0, false
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()), true
@@ -413,7 +414,10 @@ func processCPU() (time.Duration, bool) {
 // value is ready, and close releases it.
 type runDelay struct {
 	root    string // the threads' directory; "" is /proc/self/task
-	dir     *os.File
+	dir     int    // root, open while dirOpen
+	dirOpen bool
+	dents   []byte                  // the listing's buffer
+	tids    []string                // the last listing
 	threads map[string]*threadDelay // by thread ID
 	total   time.Duration
 	gen     uint64 // the reads so far
@@ -433,33 +437,33 @@ func (r *runDelay) read() (time.Duration, bool) {
 	if r.root == "" {
 		r.root = "/proc/self/task"
 	}
-	if r.dir == nil {
-		dir, err := os.Open(r.root)
+	if !r.dirOpen {
+		dir, err := openRead(r.root)
 		if err != nil {
 			return 0, false
 		}
-		r.dir, r.threads = dir, map[string]*threadDelay{}
-	} else if _, err := r.dir.Seek(0, io.SeekStart); err != nil {
-		return 0, false
+		r.dir, r.dirOpen, r.threads = dir, true, map[string]*threadDelay{}
+		r.dents = make([]byte, 4096)
 	}
-	tids, err := r.dir.Readdirnames(-1)
+	tids, err := dirNames(r.dir, r.root, r.dents, r.tids)
 	if err != nil {
 		return 0, false
 	}
+	r.tids = tids
 	r.gen++
 	read := false
 	var buf [128]byte
 	for _, tid := range tids {
 		t := r.threads[tid]
 		if t == nil {
-			fd, err := syscall.Open(r.root+"/"+tid+"/schedstat", syscall.O_RDONLY|syscall.O_CLOEXEC, 0)
+			fd, err := openRead(r.root + "/" + tid + "/schedstat")
 			if err != nil {
 				continue // the thread has exited
 			}
 			t = &threadDelay{fd: fd}
 			r.threads[tid] = t
 		}
-		n, err := syscall.Pread(t.fd, buf[:], 0)
+		n, err := preadAt0(t.fd, buf[:])
 		if err != nil || n <= 0 {
 			continue // exited since the listing, or its ID is a new thread's: closed below, opened anew next time
 		}
@@ -479,7 +483,7 @@ func (r *runDelay) read() (time.Duration, bool) {
 	}
 	for tid, t := range r.threads {
 		if t.gen != r.gen {
-			syscall.Close(t.fd)
+			closeFD(t.fd)
 			delete(r.threads, tid)
 		}
 	}
@@ -489,12 +493,12 @@ func (r *runDelay) read() (time.Duration, bool) {
 // close releases the files read holds.
 func (r *runDelay) close() {
 	for tid, t := range r.threads {
-		syscall.Close(t.fd)
+		closeFD(t.fd)
 		delete(r.threads, tid)
 	}
-	if r.dir != nil {
-		r.dir.Close()
-		r.dir = nil
+	if r.dirOpen {
+		closeFD(r.dir)
+		r.dirOpen = false
 	}
 }
 

@@ -567,7 +567,7 @@ func TestRunDelay(t *testing.T) {
 		t.Errorf("thread 10 gone: files held for %v, want 11 and 12", r.threads)
 	}
 	r.close()
-	if len(r.threads) != 0 || r.dir != nil {
+	if len(r.threads) != 0 || r.dirOpen {
 		t.Errorf("close left %d files", len(r.threads))
 	}
 
@@ -632,5 +632,40 @@ func TestCoresQuietTick(t *testing.T) {
 		if _, moved := f.spend(0.001, 0, time.Second); !moved.IsZero() || f.current() != 1 {
 			t.Fatalf("a 74 ms burst %v after a quiet tick moved it to %d cores", phase, f.current())
 		}
+	}
+}
+
+// TestDirNames: the governor's listing of a directory takes more than one
+// read of entries when they overflow its buffer, skips "." and "..", and
+// lists it again from the start on the next call.
+func TestDirNames(t *testing.T) {
+	root := t.TempDir()
+	const n = 300 // about 10 KB of entries, over the 4 KiB buffer
+	for i := range n {
+		if err := os.Mkdir(fmt.Sprintf("%s/%d", root, 100000+i), 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fd, err := openRead(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closeFD(fd)
+	buf := make([]byte, 4096)
+	var names []string
+	for pass := range 2 {
+		if names, err = dirNames(fd, root, buf, names); err != nil {
+			t.Fatal(err)
+		}
+		seen := map[string]bool{}
+		for _, name := range names {
+			seen[name] = true
+		}
+		if len(names) != n || len(seen) != n || !seen["100000"] || !seen[fmt.Sprint(100000+n-1)] {
+			t.Errorf("pass %d: %d names (%d distinct), want %d from 100000 to %d", pass, len(names), len(seen), n, 100000+n-1)
+		}
+	}
+	if _, err := openRead(root + "/none"); err == nil {
+		t.Error("openRead of a missing file succeeded")
 	}
 }
