@@ -87,9 +87,13 @@ func OnGrid(t time.Time, step time.Duration) time.Time {
 }
 
 // exactTimer is c.NewTimer without the real clock's coalescing, for a
-// caller whose times are on a grid of its own (a [Loop]).
+// caller whose times are on a grid of its own (a [Loop]). On the real clock
+// it is a timerfd where the system has one ([fdTimer]), else a time.Timer.
 func exactTimer(c Clock, d time.Duration) (Timer, <-chan time.Time) {
 	if _, ok := c.(realClock); ok {
+		if t, ok := newFDTimer(d); ok {
+			return t, t.c
+		}
 		t := time.NewTimer(d)
 		return t, t.C
 	}

@@ -8,7 +8,9 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -28,6 +30,7 @@ var (
 	idealProxy   = flag.String("ideal-proxy", "", "internal: run the ideal loop on source,echo,upstream,rate")
 	idealGrant   = flag.Duration("ideal-paced-grant", 10*time.Millisecond, "-shape: the ideal loop's grant when the kernel paces, as time at the rate (sluice's is 10ms)")
 	idealUnpaced = flag.Duration("ideal-unpaced-grant", 5*time.Millisecond, "-shape: the ideal loop's grant when the kernel does not pace (above 50 MB/s), as time at the rate (sluice's is 5ms)")
+	idealTimerfd = flag.Bool("ideal-timerfd", false, "-shape, -rows: the ideal loop ticks by a timerfd in Go's poller, read with a raw read (as sluice's shaping loops wait), instead of a time.Ticker")
 )
 
 // startIdeal runs this binary as the ideal loop in front of srcAddr, with
@@ -35,7 +38,7 @@ var (
 func startIdeal(srcAddr, echoAddr string, rate int64, env []string) (*proxyProc, error) {
 	return startSelf(idealLoop, env, func(a, b string) []string {
 		return []string{"-ideal-proxy", strings.Join([]string{a, b, srcAddr, strconv.FormatInt(rate, 10)}, ","),
-			"-ideal-paced-grant", idealGrant.String(), "-ideal-unpaced-grant", idealUnpaced.String()}
+			"-ideal-paced-grant", idealGrant.String(), "-ideal-unpaced-grant", idealUnpaced.String(), "-ideal-timerfd=" + strconv.FormatBool(*idealTimerfd)}
 	})
 }
 
@@ -109,9 +112,9 @@ func runIdealProxy(spec string) error {
 		}
 	}()
 
-	t := time.NewTicker(tick)
+	ticks := idealTicks(tick)
 	last := time.Now()
-	for now := range t.C {
+	for now := range ticks {
 		el := int64(now.Sub(last))
 		last = now
 		mu.Lock()
@@ -201,4 +204,40 @@ func splice(from, to, n int) (int, unix.Errno) {
 	}
 	r, _, e := unix.RawSyscall6(unix.SYS_SPLICE, uintptr(from), 0, uintptr(to), 0, uintptr(n), unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
 	return int(r), e
+}
+
+// idealTicks sends the time every tick: from a time.Ticker, or with
+// -ideal-timerfd from a timerfd waited on in Go's poller and read with a
+// raw read, which wakes the process once a tick where the runtime's own
+// timers wake it up to a millisecond early and once more
+// (docs/internals.md#the-shaping-loop).
+func idealTicks(tick time.Duration) <-chan time.Time {
+	if !*idealTimerfd {
+		return time.NewTicker(tick).C
+	}
+	fd, err := unix.TimerfdCreate(unix.CLOCK_MONOTONIC, unix.TFD_NONBLOCK|unix.TFD_CLOEXEC)
+	if err == nil {
+		ts := unix.NsecToTimespec(int64(tick))
+		err = unix.TimerfdSettime(fd, 0, &unix.ItimerSpec{Interval: ts, Value: ts}, nil)
+	}
+	var rc syscall.RawConn
+	if err == nil {
+		rc, err = os.NewFile(uintptr(fd), "timerfd").SyscallConn()
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "ideal loop: timerfd:", err, "(ticking by a time.Ticker)")
+		return time.NewTicker(tick).C
+	}
+	ch := make(chan time.Time, 1)
+	go func() {
+		var n [8]byte
+		read := func(fd uintptr) bool {
+			_, _, e := unix.RawSyscall(unix.SYS_READ, fd, uintptr(unsafe.Pointer(&n[0])), uintptr(len(n)))
+			return e != unix.EAGAIN
+		}
+		for rc.Read(read) == nil {
+			ch <- time.Now()
+		}
+	}()
+	return ch
 }
