@@ -18,28 +18,34 @@ import (
 // thread wakes at every timer and polls every 20 µs while one is overdue.
 // A timerfd wakes the process once, at its time, and is set and read with
 // raw system calls, which do not wake sysmon. With a grant every 10 ms
-// that was a quarter of a minimal Go shaper's CPU (docs/shaping.md).
+// that was about a fifth of a minimal Go shaper's CPU (docs/shaping.md).
 //
 // Stop closes the timerfd and ends the goroutine, so a Loop with nothing to
-// serve holds neither; the next Reset opens another. A value sent before a
-// Stop or Reset may still be received after it: the Loop checks the time
-// when it wakes, so such a wake-up costs a turn, nothing more.
+// serve holds neither; the next Reset opens another, or, where none can be
+// opened (the process is out of descriptors), arms a time.Timer instead. A
+// value sent before a Stop or Reset may still be received after it: the
+// Loop checks the time when it wakes, so such a wake-up costs a turn,
+// nothing more.
 type fdTimer struct {
 	c chan time.Time
 
-	mu   sync.Mutex
-	f    *os.File // the timerfd; nil when stopped
-	rc   syscall.RawConn
-	done chan struct{} // closed when the goroutine of f has ended
+	mu       sync.Mutex
+	f        *os.File // the timerfd; nil when stopped
+	rc       syscall.RawConn
+	done     chan struct{} // closed when the goroutine of f has ended
+	fallback *time.Timer   // armed instead while no timerfd can be opened
 }
 
 // newFDTimer returns a timer that expires after d, or false where a
 // timerfd cannot be made.
 func newFDTimer(d time.Duration) (*fdTimer, bool) {
 	t := &fdTimer{c: make(chan time.Time, 1)}
-	if t.Reset(d); t.f == nil {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if !t.openLocked() {
 		return nil, false
 	}
+	t.setLocked(d)
 	return t, true
 }
 
@@ -48,28 +54,37 @@ func newFDTimer(d time.Duration) (*fdTimer, bool) {
 func (t *fdTimer) Reset(d time.Duration) bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	was := t.f != nil
+	was := t.f != nil || t.fallback != nil && t.fallback.Stop()
 	if t.f == nil && !t.openLocked() {
-		// No timerfd (out of descriptors): fire now, and the Loop
-		// tries again at its next sleep.
-		select {
-		case t.c <- time.Now():
-		default:
+		if t.fallback == nil {
+			t.fallback = time.AfterFunc(d, t.send)
+		} else {
+			t.fallback.Reset(d)
 		}
-		return false
+		return was
 	}
 	t.setLocked(d)
 	return was
 }
 
-// Stop closes the timerfd and ends its goroutine.
+// send passes the time on to c, unless a value waits there already.
+func (t *fdTimer) send() {
+	select {
+	case t.c <- time.Now():
+	default:
+	}
+}
+
+// Stop closes the timerfd and ends its goroutine, or stops the time.Timer
+// armed instead.
 func (t *fdTimer) Stop() bool {
 	t.mu.Lock()
 	f, done := t.f, t.done
 	t.f, t.rc, t.done = nil, nil, nil
+	stopped := t.fallback != nil && t.fallback.Stop()
 	t.mu.Unlock()
 	if f == nil {
-		return false
+		return stopped
 	}
 	f.Close() // ends the goroutine's wait
 	<-done
@@ -86,7 +101,7 @@ func (t *fdTimer) setLocked(d time.Duration) {
 
 // openLocked makes the timerfd and starts its goroutine.
 func (t *fdTimer) openLocked() bool {
-	fd, err := unix.TimerfdCreate(unix.CLOCK_MONOTONIC, unix.TFD_NONBLOCK|unix.TFD_CLOEXEC)
+	fd, err := newTimerfd()
 	if err != nil {
 		return false
 	}
@@ -102,6 +117,11 @@ func (t *fdTimer) openLocked() bool {
 	return true
 }
 
+// newTimerfd makes a non-blocking timerfd; a variable for tests.
+var newTimerfd = func() (int, error) {
+	return unix.TimerfdCreate(unix.CLOCK_MONOTONIC, unix.TFD_NONBLOCK|unix.TFD_CLOEXEC)
+}
+
 // wait sends the time on c each time the timerfd expires, until it is
 // closed.
 func (t *fdTimer) wait(rc syscall.RawConn, done chan struct{}) {
@@ -112,9 +132,6 @@ func (t *fdTimer) wait(rc syscall.RawConn, done chan struct{}) {
 		return e != unix.EAGAIN
 	}
 	for rc.Read(read) == nil {
-		select {
-		case t.c <- time.Now():
-		default:
-		}
+		t.send()
 	}
 }

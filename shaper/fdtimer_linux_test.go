@@ -1,6 +1,7 @@
 package shaper
 
 import (
+	"syscall"
 	"testing"
 	"time"
 )
@@ -69,4 +70,42 @@ func TestExactTimerReal(t *testing.T) {
 		t.Errorf("exactTimer on the real clock is a %T, want *fdTimer", tm)
 	}
 	<-c
+}
+
+// TestFDTimerFallback: where no timerfd can be opened (the process is out
+// of descriptors), a Reset arms a time.Timer instead, which fires and
+// stops like the timerfd; once one can be opened again, the next Reset
+// uses it.
+func TestFDTimerFallback(t *testing.T) {
+	tm, ok := newFDTimer(time.Hour)
+	if !ok {
+		t.Fatal("no timerfd")
+	}
+	defer tm.Stop()
+	tm.Stop()
+	made := newTimerfd
+	newTimerfd = func() (int, error) { return -1, syscall.EMFILE }
+	defer func() { newTimerfd = made }()
+	if _, ok := newFDTimer(time.Millisecond); ok {
+		t.Error("newFDTimer without a timerfd succeeded")
+	}
+	tm.Reset(time.Millisecond)
+	if tm.f != nil || tm.fallback == nil {
+		t.Fatal("no fallback timer armed")
+	}
+	select {
+	case <-tm.c:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the fallback timer did not fire")
+	}
+	tm.Reset(time.Hour)
+	if !tm.Stop() {
+		t.Error("Stop of an armed fallback timer reported false")
+	}
+	newTimerfd = made
+	tm.Reset(time.Millisecond)
+	if tm.f == nil {
+		t.Error("a timerfd could be opened again, but the timer did not")
+	}
+	<-tm.c
 }
