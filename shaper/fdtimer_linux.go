@@ -12,7 +12,7 @@ import (
 
 // fdTimer is the real clock's timer for a [Loop] on Linux: a timerfd waited
 // on in Go's network poller by a goroutine of its own, which sends the time
-// on C when it expires. A time.Timer would be waited on by the runtime's
+// on c when it expires. A time.Timer would be waited on by the runtime's
 // netpoller with a timeout in whole milliseconds, so it wakes the process
 // up to a millisecond early and then once more, and the runtime's sysmon
 // thread wakes at every timer and polls every 20 µs while one is overdue.
