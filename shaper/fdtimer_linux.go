@@ -30,8 +30,8 @@ type fdTimer struct {
 	c chan time.Time
 
 	mu       sync.Mutex
-	f        *os.File // the timerfd; nil when stopped
-	rc       syscall.RawConn
+	f        *os.File      // the timerfd; nil when stopped
+	fd       uintptr       // f's descriptor
 	done     chan struct{} // closed when the goroutine of f has ended
 	fallback *time.Timer   // armed instead while no timerfd can be opened
 }
@@ -80,7 +80,7 @@ func (t *fdTimer) send() {
 func (t *fdTimer) Stop() bool {
 	t.mu.Lock()
 	f, done := t.f, t.done
-	t.f, t.rc, t.done = nil, nil, nil
+	t.f, t.done = nil, nil
 	stopped := t.fallback != nil && t.fallback.Stop()
 	t.mu.Unlock()
 	if f == nil {
@@ -94,9 +94,7 @@ func (t *fdTimer) Stop() bool {
 // setLocked arms the timerfd for d from now (at least 1 ns: 0 disarms).
 func (t *fdTimer) setLocked(d time.Duration) {
 	spec := unix.ItimerSpec{Value: unix.NsecToTimespec(int64(max(d, 1)))}
-	var fd uintptr
-	_ = t.rc.Control(func(f uintptr) { fd = f })
-	_, _, _ = unix.RawSyscall6(unix.SYS_TIMERFD_SETTIME, fd, 0, uintptr(unsafe.Pointer(&spec)), 0, 0, 0)
+	_, _, _ = unix.RawSyscall6(unix.SYS_TIMERFD_SETTIME, t.fd, 0, uintptr(unsafe.Pointer(&spec)), 0, 0, 0)
 }
 
 // openLocked makes the timerfd and starts its goroutine.
@@ -112,7 +110,7 @@ func (t *fdTimer) openLocked() bool {
 		return false
 	}
 	done := make(chan struct{})
-	t.f, t.rc, t.done = f, rc, done
+	t.f, t.fd, t.done = f, uintptr(fd), done
 	go t.wait(rc, done)
 	return true
 }
